@@ -1,0 +1,52 @@
+# The two set-up commands: `make demo` and `make test`. Both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Empty: use pip's configured indexes (this project's machines serve torch 2.13.0 as a CPU
+# wheel). Elsewhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu (CPU) or .../whl/cu128 (GPU).
+TORCH_INDEX ?=
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test install install-dev lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first and on its own, so that nothing later can drag in a CUDA build.
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple) "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.torch
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(BIN)/modelguard demo --workdir build/demo
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check modelguard ledger tests bench
+	$(BIN)/ruff format --check modelguard ledger tests bench
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/hashing.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,12 @@
+"""modelguard: model supply-chain security.
+
+>>> import modelguard
+>>> modelguard.__version__
+'0.1.0'
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

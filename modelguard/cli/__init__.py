@@ -1,0 +1,1 @@
+"""The click CLI: thin commands, one module per command group."""
