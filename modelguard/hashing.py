@@ -31,11 +31,15 @@ def new_hasher(algorithm: str) -> Hasher:
     if algorithm == "blake2b":
         return hashlib.blake2b(digest_size=32)
     if algorithm == "blake3":
-        return _blake3.blake3()  # type: ignore[no-any-return]
-    raise BadInputError(f"unknown hash algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
+        return _blake3.blake3()
+    raise BadInputError(
+        f"unknown hash algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})"
+    )
 
 
 def check_algorithm(algorithm: str) -> str:
     if algorithm not in HASH_ALGORITHMS:
-        raise BadInputError(f"unknown hash algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})")
+        raise BadInputError(
+            f"unknown hash algorithm {algorithm!r} (choose from {', '.join(HASH_ALGORITHMS)})"
+        )
     return algorithm

@@ -1,12 +1,13 @@
 """The ``modelguard`` entry point: command registry and the one place errors become exit codes.
 
-    $ modelguard --help
-    $ modelguard manifest model.onnx --json
+$ modelguard --help
+$ modelguard manifest model.onnx --json
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 import traceback
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as usage:
         usage.show()
         if want_json:
-            click.echo(_error_document({"type": "UsageError", "message": usage.format_message()}, EXIT_BAD_INPUT))
+            click.echo(
+                _error_document(
+                    {"type": "UsageError", "message": usage.format_message()}, EXIT_BAD_INPUT
+                )
+            )
         sys.exit(EXIT_BAD_INPUT)
     except ModelGuardError as error:
         if debug:
@@ -104,8 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # the last line of defence: exit 3, one line
         if debug:
             traceback.print_exc()
-        line = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
-        click.echo(f"modelguard: internal error: {line} (rerun with --debug for a traceback)", err=True)
+        line = (
+            f"{type(error).__name__}: {error}".splitlines()[0]
+            if str(error)
+            else type(error).__name__
+        )
+        click.echo(
+            f"modelguard: internal error: {line} (rerun with --debug for a traceback)", err=True
+        )
         if want_json:
             click.echo(_error_document({"type": "InternalError", "message": line}, EXIT_INTERNAL))
         sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,1 @@
+"""Adversarial robustness: data, attacks, defenses, evaluation and certificates."""

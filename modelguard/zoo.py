@@ -1,0 +1,138 @@
+"""Small built-in architectures (inputs in [0, 1]; normalisation lives inside the model).
+
+>>> import torch
+>>> from modelguard.zoo import digits_cnn
+>>> digits_cnn()(torch.zeros(2, 1, 8, 8)).shape
+torch.Size([2, 10])
+
+Model cards name a factory as ``"package.module:function"``. Only factories in this module
+are trusted by default: importing an arbitrary module named by a file is code execution, so
+any other factory must be trusted explicitly by the caller (e.g. ``--arch`` on the CLI).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelguard.errors import BadInputError, UnsafeModelError
+
+DIGITS_MEAN = 0.3  # mean pixel of sklearn digits scaled to [0, 1]
+DIGITS_STD = 0.4
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` as the model's first layer, so attacks work in input space."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def digits_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
+    """The demo CNN for 1x8x8 digits: two 3x3 conv layers, max-pool, two dense layers."""
+    return nn.Sequential(
+        Normalize(DIGITS_MEAN, DIGITS_STD),
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def digits_cnn_large(num_classes: int = 10) -> nn.Module:
+    """A wider, deeper CNN for benchmarks (about 1.2M parameters)."""
+    return nn.Sequential(
+        Normalize(DIGITS_MEAN, DIGITS_STD),
+        nn.Conv2d(1, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 512),
+        nn.ReLU(),
+        nn.Linear(512, num_classes),
+    )
+
+
+def digits_mlp(num_classes: int = 10, hidden: int = 128) -> nn.Module:
+    return nn.Sequential(
+        Normalize(DIGITS_MEAN, DIGITS_STD),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def linear_classifier(in_features: int = 64, num_classes: int = 10) -> nn.Module:
+    """A purely linear model: attacks on it have closed-form optima (used in tests)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+
+
+FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "digits_cnn": digits_cnn,
+    "digits_cnn_large": digits_cnn_large,
+    "digits_mlp": digits_mlp,
+    "linear_classifier": linear_classifier,
+}
+
+
+def factory_name(name: str) -> str:
+    """``"digits_cnn"`` -> ``"modelguard.zoo:digits_cnn"``."""
+    return name if ":" in name else f"{__name__}:{name}"
+
+
+def resolve_factory(factory: str, *, trusted: bool = False) -> Callable[..., nn.Module]:
+    """Import ``"pkg.mod:fn"``; outside this module only when ``trusted`` (the user named it)."""
+    module_name, sep, attr = factory.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInputError(
+            f"architecture factory {factory!r} must look like 'package.module:function'"
+        )
+    if module_name == __name__:
+        if attr not in FACTORIES:
+            raise BadInputError(
+                f"unknown built-in architecture {attr!r} (known: {', '.join(FACTORIES)})"
+            )
+        return FACTORIES[attr]
+    if not trusted:
+        raise UnsafeModelError(
+            f"architecture factory {factory!r} is outside modelguard.zoo; importing it runs its code, "
+            "so name it explicitly (--arch) to trust it"
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise BadInputError(f"cannot import architecture factory {factory!r}: {error}") from error
+    if not callable(fn):
+        raise BadInputError(f"architecture factory {factory!r} is not callable")
+    return fn
+
+
+def build(
+    factory: str, kwargs: Mapping[str, Any] | None = None, *, trusted: bool = False
+) -> nn.Module:
+    model = resolve_factory(factory, trusted=trusted)(**dict(kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"architecture factory {factory!r} did not return a torch.nn.Module")
+    return model
