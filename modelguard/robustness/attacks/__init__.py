@@ -1,0 +1,38 @@
+"""Adversarial attacks, one file each, behind one interface (:class:`Attack`).
+
+>>> from modelguard.robustness.attacks import ATTACKS, build_attack
+>>> sorted(ATTACKS)[:3]
+['bim', 'fgsm', 'pgd']
+
+A new attack is a new file plus one line in ``ATTACKS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelguard.errors import BadInputError
+from modelguard.robustness.attacks.base import Attack, Classifier
+from modelguard.robustness.attacks.fgsm import FGSM
+from modelguard.robustness.attacks.pgd import BIM, PGD, PGDL2, PGDMargin
+
+ATTACKS: dict[str, type[Attack]] = {
+    FGSM.name: FGSM,
+    PGD.name: PGD,
+    PGDL2.name: PGDL2,
+    PGDMargin.name: PGDMargin,
+    BIM.name: BIM,
+}
+
+
+def build_attack(name: str, model: Classifier, **params: Any) -> Attack:
+    """``ATTACKS[name](model, **params)`` with a one-line error for unknown names/params."""
+    if name not in ATTACKS:
+        raise BadInputError(f"unknown attack {name!r} (known: {', '.join(sorted(ATTACKS))})")
+    try:
+        return ATTACKS[name](model, **params)
+    except TypeError as error:
+        raise BadInputError(f"{name}: bad attack parameters ({error})") from error
+
+
+__all__ = ["ATTACKS", "Attack", "build_attack"]
