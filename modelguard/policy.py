@@ -1,0 +1,300 @@
+"""Deployment policy (TOML): who may sign, how many must, what is revoked, what is too old.
+
+>>> from modelguard.policy import parse_policy
+>>> p = parse_policy({"threshold": 1, "signers": []}, source="inline")
+Traceback (most recent call last):
+...
+modelguard.errors.BadInputError: inline: policy needs at least one [[signers]] entry
+
+A policy file (see docs/policy.md)::
+
+    version = 1
+    threshold = 2                      # k distinct trusted keys must have signed
+    max_signature_age = "90d"          # s, m, h, d suffixes, or an integer of seconds
+    allowed_hash_algorithms = ["sha256"]
+    model_name = "^digits-[a-z0-9-]+$" # a regex the signed model name must fully match
+    revoked_key_ids = ["<hex sha256 of SPKI DER>"]
+
+    [[signers]]
+    name = "release-bot"
+    public_key = "keys/release-bot.pub"   # relative to the policy file
+    [[signers]]
+    name = "alice"
+    public_key_pem = "-----BEGIN PUBLIC KEY-----\\n..."
+
+    [certificate]                      # checked by the robustness certificate hook
+    min_robust_accuracy = 0.80
+    epsilon = 0.1
+    norm = "linf"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelguard.errors import BadInputError
+from modelguard.hashing import HASH_ALGORITHMS
+from modelguard.keys import PublicKey, key_id, load_public_key, load_public_key_pem
+
+POLICY_VERSION = 1
+MAX_POLICY_BYTES = 1024 * 1024
+_TOP_KEYS = {
+    "version",
+    "threshold",
+    "max_signature_age",
+    "allowed_hash_algorithms",
+    "model_name",
+    "revoked_key_ids",
+    "signers",
+    "certificate",
+}
+_SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
+_CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required"}
+_AGE = re.compile(r"(\d+)\s*([smhd]?)")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class TrustedSigner:
+    name: str
+    public_key: PublicKey
+    key_id: str
+
+
+@dataclass(frozen=True)
+class CertificateRequirement:
+    """Minimum worst-case robust accuracy at ``epsilon`` (``norm``) a certificate must show."""
+
+    min_robust_accuracy: float
+    epsilon: float
+    norm: str = "linf"
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_robust_accuracy": self.min_robust_accuracy,
+            "epsilon": self.epsilon,
+            "norm": self.norm,
+            "required": self.required,
+        }
+
+
+# (requirement, model path, signature path) -> list of failure reasons; empty = satisfied.
+CertificateCheck = Callable[[CertificateRequirement, Path, Path], list[str]]
+_certificate_check: CertificateCheck | None = None
+
+
+def set_certificate_check(check: CertificateCheck | None) -> None:
+    """Install the robustness-certificate check (the certificate module registers itself)."""
+    global _certificate_check
+    _certificate_check = check
+
+
+def certificate_check() -> CertificateCheck | None:
+    return _certificate_check
+
+
+@dataclass(frozen=True)
+class Policy:
+    signers: tuple[TrustedSigner, ...]
+    threshold: int = 1
+    revoked_key_ids: frozenset[str] = frozenset()
+    max_signature_age_s: int | None = None
+    allowed_hash_algorithms: tuple[str, ...] = ("sha256",)
+    model_name_pattern: str | None = None
+    certificate: CertificateRequirement | None = None
+    source: str = "<policy>"
+
+    @property
+    def trusted_keys(self) -> list[PublicKey]:
+        return [s.public_key for s in self.signers if s.key_id not in self.revoked_key_ids]
+
+    def signer_name(self, kid: str) -> str | None:
+        return next((s.name for s in self.signers if s.key_id == kid), None)
+
+    def name_allowed(self, model_name: str | None) -> bool:
+        if self.model_name_pattern is None:
+            return True
+        return (
+            model_name is not None and re.fullmatch(self.model_name_pattern, model_name) is not None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "signers": [{"name": s.name, "key_id": s.key_id} for s in self.signers],
+            "threshold": self.threshold,
+            "revoked_key_ids": sorted(self.revoked_key_ids),
+            "max_signature_age_s": self.max_signature_age_s,
+            "allowed_hash_algorithms": list(self.allowed_hash_algorithms),
+            "model_name": self.model_name_pattern,
+            "certificate": self.certificate.to_dict() if self.certificate else None,
+        }
+
+
+def parse_age(value: object, source: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = _AGE.fullmatch(value.strip())
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1)) * _AGE_UNITS[match.group(2)]
+    raise BadInputError(
+        f"max_signature_age {value!r} is not like 3600, '90m', '12h' or '30d'", path=source
+    )
+
+
+def _fail(message: str, source: str) -> BadInputError:
+    return BadInputError(message, path=source)
+
+
+def _signer(entry: object, base: Path | None, source: str) -> TrustedSigner:
+    if not isinstance(entry, Mapping):
+        raise _fail("each [[signers]] entry must be a table", source)
+    unknown = set(entry) - _SIGNER_KEYS
+    if unknown:
+        raise _fail(f"[[signers]] has unknown keys {sorted(unknown)}", source)
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail("[[signers]] entry needs a name", source)
+    has_path, has_pem = "public_key" in entry, "public_key_pem" in entry
+    if has_path == has_pem:
+        raise _fail(
+            f"signer {name!r} needs exactly one of public_key (path) or public_key_pem", source
+        )
+    if has_pem:
+        pem = entry["public_key_pem"]
+        if not isinstance(pem, str):
+            raise _fail(f"signer {name!r}: public_key_pem must be a string", source)
+        key = load_public_key_pem(pem.encode(), source=f"{source} (signer {name})")
+    else:
+        raw = entry["public_key"]
+        if not isinstance(raw, str):
+            raise _fail(f"signer {name!r}: public_key must be a path string", source)
+        path = Path(raw).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        key = load_public_key(path)
+    return TrustedSigner(name=name, public_key=key, key_id=key_id(key))
+
+
+def _certificate(table: object, source: str) -> CertificateRequirement:
+    if not isinstance(table, Mapping):
+        raise _fail("[certificate] must be a table", source)
+    unknown = set(table) - _CERTIFICATE_KEYS
+    if unknown:
+        raise _fail(f"[certificate] has unknown keys {sorted(unknown)}", source)
+    accuracy, epsilon = table.get("min_robust_accuracy"), table.get("epsilon")
+    if (
+        not isinstance(accuracy, int | float)
+        or isinstance(accuracy, bool)
+        or not 0 <= accuracy <= 1
+    ):
+        raise _fail("[certificate] min_robust_accuracy must be a number in [0, 1]", source)
+    if not isinstance(epsilon, int | float) or isinstance(epsilon, bool) or epsilon < 0:
+        raise _fail("[certificate] epsilon must be a number >= 0", source)
+    norm = table.get("norm", "linf")
+    if norm not in ("linf", "l2"):
+        raise _fail("[certificate] norm must be 'linf' or 'l2'", source)
+    required = table.get("required", True)
+    if not isinstance(required, bool):
+        raise _fail("[certificate] required must be true or false", source)
+    return CertificateRequirement(float(accuracy), float(epsilon), norm, required)
+
+
+def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = None) -> Policy:
+    """Validate a parsed TOML document; :class:`BadInputError` naming the first problem."""
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise _fail(f"unknown policy keys {sorted(unknown)}", source)
+    if data.get("version", POLICY_VERSION) != POLICY_VERSION:
+        raise _fail(
+            f"policy version {data.get('version')!r} is not supported (only {POLICY_VERSION})",
+            source,
+        )
+    raw_signers = data.get("signers", [])
+    if not isinstance(raw_signers, list) or not raw_signers:
+        raise _fail("policy needs at least one [[signers]] entry", source)
+    signers = [_signer(entry, base, source) for entry in raw_signers]
+    ids = [s.key_id for s in signers]
+    if len(set(ids)) != len(ids):
+        raise _fail("the same public key is listed for two signers", source)
+    names = [s.name for s in signers]
+    if len(set(names)) != len(names):
+        raise _fail("two signers share a name", source)
+    revoked = data.get("revoked_key_ids", [])
+    if not isinstance(revoked, list) or not all(
+        isinstance(r, str) and _HEX64.fullmatch(r) for r in revoked
+    ):
+        raise _fail("revoked_key_ids must be a list of 64-hex-digit key ids", source)
+    threshold = data.get("threshold", 1)
+    usable = len(set(ids) - set(revoked))
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+        raise _fail("threshold must be an integer >= 1", source)
+    if threshold > usable:
+        raise _fail(
+            f"threshold {threshold} exceeds the {usable} trusted, unrevoked signers", source
+        )
+    algorithms = data.get("allowed_hash_algorithms", ["sha256"])
+    if (
+        not isinstance(algorithms, list)
+        or not algorithms
+        or not all(a in HASH_ALGORITHMS for a in algorithms)
+    ):
+        raise _fail(
+            f"allowed_hash_algorithms must be a non-empty list from {list(HASH_ALGORITHMS)}", source
+        )
+    pattern = data.get("model_name")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise _fail("model_name must be a regular expression string", source)
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise _fail(f"model_name is not a valid regex: {error}", source) from None
+    age = data.get("max_signature_age")
+    return Policy(
+        signers=tuple(signers),
+        threshold=threshold,
+        revoked_key_ids=frozenset(revoked),
+        max_signature_age_s=parse_age(age, source) if age is not None else None,
+        allowed_hash_algorithms=tuple(algorithms),
+        model_name_pattern=pattern,
+        certificate=_certificate(data["certificate"], source) if "certificate" in data else None,
+        source=source,
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a TOML policy file."""
+    try:
+        if path.stat().st_size > MAX_POLICY_BYTES:
+            raise _fail("policy file is larger than 1 MiB", str(path))
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise _fail(f"cannot read policy: {error.strerror}", str(path)) from None
+    except UnicodeDecodeError:
+        raise _fail("policy is not UTF-8 text", str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _fail(f"policy is not valid TOML: {error}", str(path)) from None
+    return parse_policy(data, source=str(path), base=path.parent)
+
+
+def policy_from_keys(keys: Sequence[PublicKey]) -> Policy:
+    """The implicit policy of ``verify --key A --key B``: every given key must have signed."""
+    signers = tuple(
+        TrustedSigner(name=f"key {i + 1}", public_key=k, key_id=key_id(k))
+        for i, k in enumerate(keys)
+    )
+    unique = len({s.key_id for s in signers})
+    if unique != len(signers):
+        raise BadInputError("the same public key was given twice")
+    return Policy(signers=signers, threshold=len(signers), source="--key")
