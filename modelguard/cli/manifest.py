@@ -1,0 +1,191 @@
+"""``modelguard manifest`` and ``modelguard diff``.
+
+$ modelguard manifest model_dir/ --hash blake3
+$ modelguard manifest model.onnx --json > manifest.json
+$ modelguard diff model.onnx tampered.onnx; echo $?    # 1: they differ
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from modelguard.cli.output import emit, json_option, progress
+from modelguard.hashing import DEFAULT_HASH, HASH_ALGORITHMS
+from modelguard.manifest import Manifest, ManifestDiff, build_manifest, diff_models
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _hash_options(func: click.decorators.FC) -> click.decorators.FC:
+    func = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Hashing threads (default: CPU count).",
+    )(func)
+    func = click.option(
+        "--ignore",
+        "ignore_paths",
+        multiple=True,
+        metavar="RELPATH",
+        help="Skip this path (relative to the model root); repeatable.",
+    )(func)
+    func = click.option(
+        "--allow-symlinks",
+        is_flag=True,
+        help="Follow symlinks inside a model directory (refused by default).",
+    )(func)
+    func = click.option(
+        "--hash",
+        "hash_algorithm",
+        type=click.Choice(HASH_ALGORITHMS),
+        default=DEFAULT_HASH,
+        show_default=True,
+        help="Digest algorithm.",
+    )(func)
+    return func
+
+
+def _render_manifest(manifest: Manifest, path: Path) -> None:
+    out = Console(soft_wrap=True)
+    table = Table(title=f"manifest of {path}", title_justify="left")
+    table.add_column("file")
+    table.add_column("format")
+    table.add_column("size", justify="right")
+    table.add_column("tensors", justify="right")
+    table.add_column(f"{manifest.hash_algorithm} (file)")
+    table.add_column("structure")
+    for record in manifest.files:
+        table.add_row(
+            record.path,
+            record.format,
+            _size(record.size),
+            str(len(record.tensors)),
+            record.digest[:16] + "…",
+            (record.structure_digest or "")[:16] + ("…" if record.structure_digest else "-"),
+        )
+    out.print(table)
+    out.print(
+        f"{len(manifest.files)} files, {manifest.tensor_count} tensors, {_size(manifest.total_size)}"
+    )
+    out.print(
+        f"layer root (RFC 9162, over {len(manifest.layer_leaves())} leaves): [bold]{manifest.layer_root}[/bold]"
+    )
+
+
+@click.command(
+    "manifest",
+    epilog="Example: modelguard manifest model_dir/ --hash blake3 --json > manifest.json",
+)
+@click.argument("path", type=click.Path(path_type=Path))
+@_hash_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the manifest as canonical JSON (RFC 8785) to this file.",
+)
+@json_option
+def manifest(
+    path: Path,
+    hash_algorithm: str,
+    allow_symlinks: bool,
+    ignore_paths: tuple[str, ...],
+    threads: int | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Hash a model (file or directory) file by file, layer by layer.
+
+    Prints per-file digests, per-tensor digests, structure digests and the RFC 9162 Merkle
+    root over all layer leaves. With --json the document is the manifest itself (docs/manifest.md).
+    """
+    with progress("hashing", total=None) as advance:
+        result = build_manifest(
+            path,
+            hash_algorithm=hash_algorithm,
+            allow_symlinks=allow_symlinks,
+            ignore_paths=ignore_paths,
+            threads=threads,
+            progress=advance,
+        )
+    if output is not None:
+        output.write_bytes(result.canonical_json())
+    emit(result.to_dict(), as_json, lambda _console: _render_manifest(result, path))
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _render_diff(result: ManifestDiff, a: Path, b: Path) -> None:
+    out = Console(soft_wrap=True)
+    if result.identical:
+        out.print(f"[green]identical[/green]: {a} and {b}")
+        return
+    out.print(f"[red]differ[/red]: {a} vs {b}")
+    for label, paths in (
+        ("added file", result.files_added),
+        ("removed file", result.files_removed),
+        ("changed file", result.files_changed),
+        ("structure changed", result.structure_changed),
+    ):
+        for p in paths:
+            out.print(f"  {label}: {p}")
+    if result.tensors:
+        table = Table(title="tensors", title_justify="left")
+        for column in ("file", "tensor", "change", "shape", "max |Δ|", "L2(Δ)"):
+            table.add_column(column)
+        for t in result.tensors:
+            record = t.actual or t.expected
+            shape = "x".join(map(str, record.shape)) if record else ""
+            if t.expected and t.actual and t.expected.shape != t.actual.shape:
+                shape = f"{list(t.expected.shape)} -> {list(t.actual.shape)}"
+            table.add_row(t.path, t.name, t.change, shape, _number(t.max_abs), _number(t.l2))
+        out.print(table)
+
+
+@click.command("diff", epilog="Exit code: 0 identical, 1 they differ, 2 bad or unsafe input.")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@_hash_options
+@json_option
+@click.pass_context
+def diff(
+    ctx: click.Context,
+    a: Path,
+    b: Path,
+    hash_algorithm: str,
+    allow_symlinks: bool,
+    ignore_paths: tuple[str, ...],
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Compare two models: files and tensors added, removed, changed (with max-abs and L2), structure."""
+    result = diff_models(
+        a,
+        b,
+        hash_algorithm=hash_algorithm,
+        allow_symlinks=allow_symlinks,
+        ignore_paths=ignore_paths,
+        threads=threads,
+    )
+    emit(
+        {"a": str(a), "b": str(b), **result.to_dict()},
+        as_json,
+        lambda _console: _render_diff(result, a, b),
+    )
+    if not result.identical:
+        ctx.exit(1)

@@ -1,0 +1,722 @@
+"""Per-layer model manifests: whole-file, structure and tensor digests plus an RFC 9162 layer root.
+
+>>> import numpy as np, tempfile, pathlib
+>>> from safetensors.numpy import save_file
+>>> from modelguard.manifest import Manifest, build_manifest, compare_manifests
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> save_file({"w": np.ones(4, np.float32)}, d / "m.safetensors")
+>>> m = build_manifest(d / "m.safetensors")
+>>> [(f.path, f.format, [t.name for t in f.tensors]) for f in m.files]
+[('m.safetensors', 'safetensors', ['w'])]
+>>> Manifest.from_dict(m.to_dict()) == m and compare_manifests(m, m).identical
+True
+
+The manifest knows nothing about file formats: adapters in :mod:`modelguard.formats` give it
+:class:`~modelguard.formats.TensorSlice` values and structure bytes, and it hashes them in a
+thread pool (hashlib and blake3 release the GIL), reading through mmap views in bounded chunks.
+Digests depend only on the bytes, never on thread count, chunk size or platform. The format of
+the JSON document and of the Merkle leaves is specified in docs/manifest.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import blake3
+import numpy as np
+import rfc8785
+
+from ledger.merkle import root_hash
+from modelguard.errors import BadInputError, FormatError, UnsafeModelError
+from modelguard.formats import DTYPE_BITS, ParsedModel, TensorSlice, map_file, parse_model_file
+from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
+
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+RECORD_FORMATS = ("onnx", "safetensors", "pytorch", "raw")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+ProgressCallback = Callable[[int], None]
+
+
+# --- value objects ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    digest: str  # hex digest of the canonical tensor bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "nbytes": self.nbytes,
+            "digest": self.digest,
+        }
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # posix, relative to the model root
+    size: int
+    digest: str  # whole-file digest
+    format: str  # "onnx" | "safetensors" | "pytorch" | "raw"
+    structure_digest: str | None
+    tensors: tuple[TensorRecord, ...]  # sorted by name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "digest": self.digest,
+            "format": self.format,
+            "structure_digest": self.structure_digest,
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+    def tensor(self, name: str) -> TensorRecord | None:
+        return next((t for t in self.tensors if t.name == name), None)
+
+
+def _leaves(hash_algorithm: str, files: Iterable[FileRecord]) -> list[bytes]:
+    leaves: list[bytes] = []
+    for record in files:
+        leaves.append(
+            rfc8785.dumps(
+                {
+                    "kind": "file",
+                    "hash_algorithm": hash_algorithm,
+                    "path": record.path,
+                    "format": record.format,
+                    "size": record.size,
+                    "digest": record.digest,
+                }
+            )
+        )
+        if record.structure_digest is not None:
+            leaves.append(
+                rfc8785.dumps(
+                    {
+                        "kind": "structure",
+                        "hash_algorithm": hash_algorithm,
+                        "path": record.path,
+                        "digest": record.structure_digest,
+                    }
+                )
+            )
+        for t in record.tensors:
+            leaves.append(
+                rfc8785.dumps(
+                    {
+                        "kind": "tensor",
+                        "hash_algorithm": hash_algorithm,
+                        "path": record.path,
+                        "name": t.name,
+                        "dtype": t.dtype,
+                        "shape": list(t.shape),
+                        "nbytes": t.nbytes,
+                        "digest": t.digest,
+                    }
+                )
+            )
+    return leaves
+
+
+@dataclass(frozen=True)
+class Manifest:
+    hash_algorithm: str
+    files: tuple[FileRecord, ...]  # sorted by path
+    layer_root: str  # hex RFC 9162 Merkle tree hash over layer_leaves()
+    version: int = MANIFEST_VERSION
+
+    @classmethod
+    def create(cls, hash_algorithm: str, files: Iterable[FileRecord]) -> Manifest:
+        ordered = tuple(sorted(files, key=lambda f: f.path))
+        return cls(hash_algorithm, ordered, root_hash(_leaves(hash_algorithm, ordered)).hex())
+
+    def layer_leaves(self) -> list[bytes]:
+        """Leaf data in tree order: per file a file leaf, a structure leaf, then tensor leaves."""
+        return _leaves(self.hash_algorithm, self.files)
+
+    def leaf_index(self, path: str, tensor: str | None = None) -> int:
+        """Index of a file's leaf (tensor None) or of one tensor's leaf, for membership proofs."""
+        index = 0
+        for record in self.files:
+            if record.path == path:
+                if tensor is None:
+                    return index
+                offset = 2 if record.structure_digest is not None else 1
+                for position, t in enumerate(record.tensors):
+                    if t.name == tensor:
+                        return index + offset + position
+                break
+            index += 1 + (record.structure_digest is not None) + len(record.tensors)
+        raise KeyError(f"{path}:{tensor}" if tensor else path)
+
+    def file(self, path: str) -> FileRecord | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def tensor_count(self) -> int:
+        return sum(len(f.tensors) for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "hash_algorithm": self.hash_algorithm,
+            "layer_root": self.layer_root,
+            "files": [f.to_dict() for f in self.files],
+        }
+
+    def canonical_json(self) -> bytes:
+        """RFC 8785 (JCS) bytes of :meth:`to_dict`."""
+        return bytes(rfc8785.dumps(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Validate and rebuild; FormatError names the first problem (including a wrong layer_root)."""
+        _keys(data, {"version", "hash_algorithm", "layer_root", "files"}, "manifest")
+        if data["version"] != MANIFEST_VERSION:
+            raise FormatError(f"manifest: unsupported version {data['version']!r}")
+        algorithm = data["hash_algorithm"]
+        if algorithm not in HASH_ALGORITHMS:
+            raise FormatError(f"manifest: unknown hash_algorithm {algorithm!r}")
+        if not isinstance(data["files"], list):
+            raise FormatError("manifest: files must be a list")
+        files = tuple(_file_from_dict(f) for f in data["files"])
+        paths = [f.path for f in files]
+        if paths != sorted(set(paths)):
+            raise FormatError("manifest: files must be sorted by path and unique")
+        manifest = cls.create(algorithm, files)
+        if data["layer_root"] != manifest.layer_root:
+            raise FormatError(
+                f"manifest: layer_root {data['layer_root']!r} does not match its leaves ({manifest.layer_root})"
+            )
+        return manifest
+
+
+def _keys(data: Any, expected: set[str], what: str) -> None:
+    if not isinstance(data, Mapping) or set(data) != expected:
+        got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise FormatError(f"{what}: expected keys {sorted(expected)}, got {got}")
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FormatError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _digest(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise FormatError(f"{what} must be 64 lowercase hex characters")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"{what} must be a non-empty string")
+    return value
+
+
+def _file_from_dict(data: Any) -> FileRecord:
+    _keys(
+        data, {"path", "size", "digest", "format", "structure_digest", "tensors"}, "manifest file"
+    )
+    path = _str(data["path"], "file path")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or pure.as_posix() != path:
+        raise FormatError(f"manifest: file path {path!r} is not a normalized relative posix path")
+    if data["format"] not in RECORD_FORMATS:
+        raise FormatError(f"manifest: {path}: unknown format {data['format']!r}")
+    structure = data["structure_digest"]
+    if (structure is None) != (data["format"] == "raw"):
+        raise FormatError(
+            f"manifest: {path}: structure_digest must be present exactly for model files"
+        )
+    if not isinstance(data["tensors"], list):
+        raise FormatError(f"manifest: {path}: tensors must be a list")
+    tensors = []
+    for t in data["tensors"]:
+        _keys(t, {"name", "dtype", "shape", "nbytes", "digest"}, f"manifest tensor in {path}")
+        if t["dtype"] not in DTYPE_BITS:
+            raise FormatError(f"manifest: {path}: unknown dtype {t['dtype']!r}")
+        if not isinstance(t["shape"], list):
+            raise FormatError(f"manifest: {path}: shape must be a list")
+        tensors.append(
+            TensorRecord(
+                _str(t["name"], "tensor name"),
+                t["dtype"],
+                tuple(_int(d, "shape entry") for d in t["shape"]),
+                _int(t["nbytes"], "nbytes"),
+                _digest(t["digest"], "tensor digest"),
+            )
+        )
+    names = [t.name for t in tensors]
+    if names != sorted(set(names)):
+        raise FormatError(f"manifest: {path}: tensors must be sorted by name and unique")
+    if data["format"] == "raw" and tensors:
+        raise FormatError(f"manifest: {path}: a raw file has no tensors")
+    return FileRecord(
+        path,
+        _int(data["size"], "file size"),
+        _digest(data["digest"], "file digest"),
+        data["format"],
+        None if structure is None else _digest(structure, "structure digest"),
+        tuple(tensors),
+    )
+
+
+# --- walking a model --------------------------------------------------------------------------
+
+
+def model_root(path: Path) -> Path:
+    """A directory is its own root; a single file's root is its parent directory."""
+    return path if path.is_dir() else path.parent
+
+
+def _ignored(rel: str, ignore: Sequence[str]) -> bool:
+    return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in ignore)
+
+
+def list_model_files(
+    path: Path, *, allow_symlinks: bool = False, ignore_paths: Sequence[str] = ()
+) -> tuple[Path, list[str]]:
+    """(model root, posix paths of every regular file under it, sorted); refuses symlinks by default."""
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise BadInputError(f"cannot read: {error.strerror or error}", path=str(path)) from error
+    if stat.S_ISLNK(info.st_mode) and not allow_symlinks:
+        raise UnsafeModelError("is a symlink (pass --allow-symlinks to follow it)", path=str(path))
+    ignore = [PurePosixPath(p.replace("\\", "/")).as_posix() for p in ignore_paths]
+    if not path.is_dir():
+        if not path.is_file():
+            raise BadInputError("not a regular file or directory", path=str(path))
+        return path.parent, [path.name]
+    found: list[str] = []
+    seen_dirs = {os.path.realpath(path)}
+    stack = [path]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            raise BadInputError(
+                f"cannot list directory: {error.strerror or error}", path=str(directory)
+            ) from error
+        for entry in entries:
+            full = Path(entry.path)
+            rel = full.relative_to(path).as_posix()
+            if _ignored(rel, ignore):
+                continue
+            if entry.is_symlink():
+                if not allow_symlinks:
+                    raise UnsafeModelError(
+                        "is a symlink (pass --allow-symlinks to follow it)", path=str(full)
+                    )
+                real = os.path.realpath(full)
+                if entry.is_dir(follow_symlinks=True):
+                    if real in seen_dirs:
+                        raise UnsafeModelError("symlink loop", path=str(full))
+                    seen_dirs.add(real)
+                    stack.append(full)
+                    continue
+            if entry.is_dir(follow_symlinks=allow_symlinks):
+                stack.append(full)
+            elif entry.is_file(follow_symlinks=allow_symlinks):
+                found.append(rel)
+            else:
+                raise UnsafeModelError(
+                    "not a regular file (device, fifo or socket)", path=str(full)
+                )
+    return path, sorted(found)
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+
+def _hasher(algorithm: str, parallel: bool) -> Hasher:
+    if algorithm == "blake3" and parallel:
+        # blake3's own tree parallelism: same digest for any thread count
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return new_hasher(algorithm)
+
+
+def hash_view(
+    view: memoryview,
+    algorithm: str,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    parallel: bool = False,
+    progress: ProgressCallback | None = None,
+) -> str:
+    """Hex digest of ``view`` fed in chunks of ``chunk_size`` bytes."""
+    hasher = _hasher(algorithm, parallel)
+    for start in range(0, view.nbytes, chunk_size):
+        chunk = view[start : start + chunk_size]
+        hasher.update(chunk)
+        if progress is not None:
+            progress(chunk.nbytes)
+    return hasher.hexdigest()
+
+
+def hash_bytes(data: bytes, algorithm: str) -> str:
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+@dataclass
+class _Job:
+    key: tuple[str, ...]
+    size: int
+    view: Callable[[], memoryview]
+
+
+@dataclass
+class _Plan:
+    files: dict[str, tuple[int, str, ParsedModel | None]] = field(
+        default_factory=dict
+    )  # path -> (size, format, parsed)
+    jobs: list[_Job] = field(default_factory=list)
+
+
+def _plan(root: Path, rels: list[str]) -> _Plan:
+    plan = _Plan()
+    extra: list[str] = []
+    for rel in rels:
+        full = root / rel
+        parsed = parse_model_file(full, root=root)
+        size = full.stat().st_size
+        plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
+        plan.jobs.append(_Job(("file", rel), size, (lambda p: lambda: map_file(p))(full)))
+        if parsed is not None:
+            for t in parsed.tensors:
+                plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
+                if (
+                    t.location is not None
+                    and t.location[0] not in rels
+                    and t.location[0] not in extra
+                ):
+                    extra.append(t.location[0])  # ONNX external data next to a single model file
+    for rel in extra:
+        full = root / rel
+        size = full.stat().st_size
+        plan.files[rel] = (size, "raw", None)
+        plan.jobs.append(_Job(("file", rel), size, (lambda p: lambda: map_file(p))(full)))
+    return plan
+
+
+def build_manifest(
+    path: Path,
+    *,
+    hash_algorithm: str = "sha256",
+    allow_symlinks: bool = False,
+    ignore_paths: Sequence[str] = (),
+    threads: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
+
+    ``threads``: worker threads (default: CPU count). ``progress(n)`` is called from worker
+    threads with the number of bytes just hashed (file bytes, then tensor bytes again).
+    """
+    check_algorithm(hash_algorithm)
+    if chunk_size <= 0:
+        raise BadInputError("chunk size must be positive")
+    workers = threads if threads is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise BadInputError("threads must be at least 1")
+    root, rels = list_model_files(
+        Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths
+    )
+    plan = _plan(root, rels)
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            with lock:
+                progress(n)
+
+    def run(job: _Job) -> tuple[tuple[str, ...], str]:
+        return job.key, hash_view(
+            job.view(),
+            hash_algorithm,
+            chunk_size=chunk_size,
+            parallel=workers > 1,
+            progress=advance,
+        )
+
+    # largest first, so one big tensor does not start last and leave the other threads idle
+    jobs = sorted(plan.jobs, key=lambda j: (-j.size, j.key))
+    if workers == 1:
+        digests = dict(run(job) for job in jobs)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
+            digests = dict(pool.map(run, jobs))
+
+    records = []
+    for rel, (size, kind, parsed) in plan.files.items():
+        tensors: tuple[TensorRecord, ...] = ()
+        structure_digest = None
+        if parsed is not None:
+            structure_digest = hash_bytes(parsed.structure, hash_algorithm)
+            tensors = tuple(
+                TensorRecord(t.name, t.dtype, t.shape, t.nbytes, digests[("tensor", rel, t.name)])
+                for t in parsed.tensors
+            )
+        records.append(
+            FileRecord(rel, size, digests[("file", rel)], kind, structure_digest, tensors)
+        )
+    return Manifest.create(hash_algorithm, records)
+
+
+# --- comparing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    path: str
+    name: str
+    change: str  # "added" | "removed" | "changed"
+    expected: TensorRecord | None
+    actual: TensorRecord | None
+    max_abs: float | None = None  # of actual - expected, when dtype and shape match
+    l2: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "name": self.name, "change": self.change}
+        if self.expected is not None:
+            out["expected"] = self.expected.to_dict()
+        if self.actual is not None:
+            out["actual"] = self.actual.to_dict()
+        if self.change == "changed":
+            out["max_abs"] = _json_float(self.max_abs)
+            out["l2"] = _json_float(self.l2)
+        return out
+
+
+def _json_float(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class ManifestDiff:
+    files_added: tuple[str, ...] = ()
+    files_removed: tuple[str, ...] = ()
+    files_changed: tuple[str, ...] = ()  # whole-file digest or size differs
+    structure_changed: tuple[
+        str, ...
+    ] = ()  # model files whose structure digest (or format) differs
+    tensors: tuple[TensorChange, ...] = ()
+
+    @property
+    def identical(self) -> bool:
+        return not (
+            self.files_added
+            or self.files_removed
+            or self.files_changed
+            or self.structure_changed
+            or self.tensors
+        )
+
+    def changed_tensor_names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "files_added": list(self.files_added),
+            "files_removed": list(self.files_removed),
+            "files_changed": list(self.files_changed),
+            "structure_changed": list(self.structure_changed),
+            "tensors_added": [t.to_dict() for t in self.tensors if t.change == "added"],
+            "tensors_removed": [t.to_dict() for t in self.tensors if t.change == "removed"],
+            "tensors_changed": [t.to_dict() for t in self.tensors if t.change == "changed"],
+        }
+
+
+def _compare_records(
+    expected: FileRecord, actual: FileRecord, path: str
+) -> tuple[bool, list[TensorChange]]:
+    structure = (
+        expected.format != actual.format or expected.structure_digest != actual.structure_digest
+    )
+    changes: list[TensorChange] = []
+    theirs = {t.name: t for t in actual.tensors}
+    ours = {t.name: t for t in expected.tensors}
+    for name in sorted(ours.keys() | theirs.keys()):
+        a, b = ours.get(name), theirs.get(name)
+        if a is None:
+            changes.append(TensorChange(path, name, "added", None, b))
+        elif b is None:
+            changes.append(TensorChange(path, name, "removed", a, None))
+        elif a != b:
+            changes.append(TensorChange(path, name, "changed", a, b))
+    return structure, changes
+
+
+def compare_manifests(
+    expected: Manifest, actual: Manifest, *, rename: Mapping[str, str] | None = None
+) -> ManifestDiff:
+    """What differs between two manifests (``rename`` maps actual paths onto expected ones)."""
+    if expected.hash_algorithm != actual.hash_algorithm:
+        raise BadInputError(
+            f"cannot compare manifests hashed with {expected.hash_algorithm} and {actual.hash_algorithm}"
+        )
+    rename = rename or {}
+    ours = {f.path: f for f in expected.files}
+    theirs = {rename.get(f.path, f.path): f for f in actual.files}
+    added, removed, changed, structure = [], [], [], []
+    tensors: list[TensorChange] = []
+    for path in sorted(ours.keys() | theirs.keys()):
+        a, b = ours.get(path), theirs.get(path)
+        if a is None:
+            added.append(path)
+        elif b is None:
+            removed.append(path)
+        else:
+            if (a.digest, a.size) != (b.digest, b.size):
+                changed.append(path)
+            structure_differs, tensor_changes = _compare_records(a, b, path)
+            if structure_differs:
+                structure.append(path)
+            tensors.extend(tensor_changes)
+    return ManifestDiff(
+        tuple(added), tuple(removed), tuple(changed), tuple(structure), tuple(tensors)
+    )
+
+
+def _as_float(data: memoryview, dtype: str) -> np.ndarray | None:
+    """Tensor bytes as float64 values, or None for dtypes without a plain numeric reading."""
+    import ml_dtypes
+
+    plain = {
+        "float64": "<f8",
+        "float32": "<f4",
+        "float16": "<f2",
+        "int64": "<i8",
+        "int32": "<i4",
+        "int16": "<i2",
+        "int8": "i1",
+        "uint64": "<u8",
+        "uint32": "<u4",
+        "uint16": "<u2",
+        "uint8": "u1",
+        "bool": "u1",
+    }
+    if dtype in plain:
+        return np.frombuffer(data, dtype=plain[dtype]).astype(np.float64)
+    special = {
+        "bfloat16": ml_dtypes.bfloat16,
+        "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+        "float8_e5m2": ml_dtypes.float8_e5m2,
+        "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+        "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
+    }
+    if dtype in special:
+        return np.frombuffer(data, dtype=special[dtype]).astype(np.float64)
+    return None
+
+
+def change_stats(
+    a: TensorSlice, b: TensorSlice, *, chunk_elements: int = 1 << 22
+) -> tuple[float | None, float | None]:
+    """(max |b - a|, ||b - a||_2) computed in bounded chunks; (None, None) when not comparable."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return None, None
+    bits = DTYPE_BITS[a.dtype]
+    if bits % 8:
+        return None, None
+    step = chunk_elements * bits // 8
+    view_a, view_b = a.read(), b.read()
+    max_abs, squares = 0.0, 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, view_a.nbytes, step):
+            xa = _as_float(view_a[start : start + step], a.dtype)
+            xb = _as_float(view_b[start : start + step], b.dtype)
+            if xa is None or xb is None:
+                return None, None
+            delta = xb - xa
+            delta[np.isnan(xa) & np.isnan(xb)] = 0.0
+            if delta.size:
+                max_abs = max(max_abs, float(np.max(np.abs(delta))))
+                squares += float(np.dot(delta, delta))
+    return max_abs, math.sqrt(squares)
+
+
+def diff_models(
+    a: Path,
+    b: Path,
+    *,
+    hash_algorithm: str = "sha256",
+    allow_symlinks: bool = False,
+    ignore_paths: Sequence[str] = (),
+    threads: int | None = None,
+) -> ManifestDiff:
+    """Compare two models (files or directories); changed same-shape tensors get max-abs and L2."""
+    a, b = Path(a), Path(b)
+    kwargs: dict[str, Any] = {
+        "hash_algorithm": hash_algorithm,
+        "allow_symlinks": allow_symlinks,
+        "ignore_paths": ignore_paths,
+        "threads": threads,
+    }
+    ma, mb = build_manifest(a, **kwargs), build_manifest(b, **kwargs)
+    rename = {b.name: a.name} if not a.is_dir() and not b.is_dir() else {}
+    diff = compare_manifests(ma, mb, rename=rename)
+    if not any(t.change == "changed" for t in diff.tensors):
+        return diff
+    back = {v: k for k, v in rename.items()}
+    parsed: dict[tuple[str, str], ParsedModel | None] = {}
+    enriched = []
+    for change in diff.tensors:
+        if change.change == "changed":
+            for side, root in (("a", model_root(a)), ("b", model_root(b))):
+                rel = change.path if side == "a" else back.get(change.path, change.path)
+                if (side, change.path) not in parsed:
+                    parsed[(side, change.path)] = parse_model_file(root / rel, root=root)
+            pa, pb = parsed[("a", change.path)], parsed[("b", change.path)]
+            if pa is not None and pb is not None:
+                ta = next(t for t in pa.tensors if t.name == change.name)
+                tb = next(t for t in pb.tensors if t.name == change.name)
+                max_abs, l2 = change_stats(ta, tb)
+                change = TensorChange(
+                    change.path,
+                    change.name,
+                    change.change,
+                    change.expected,
+                    change.actual,
+                    max_abs,
+                    l2,
+                )
+        enriched.append(change)
+    return ManifestDiff(
+        diff.files_added,
+        diff.files_removed,
+        diff.files_changed,
+        diff.structure_changed,
+        tuple(enriched),
+    )
