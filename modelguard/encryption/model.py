@@ -19,8 +19,8 @@ root, checks every tensor against its digest, and only then moves the output int
 from __future__ import annotations
 
 import contextlib
-import importlib
 import hmac
+import importlib
 import json
 import mmap
 import os
