@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from modelguard.errors import BadInputError, KeyFileError
 
@@ -59,13 +59,18 @@ def key_algorithm(key: PrivateKey | PublicKey) -> str:
     return name
 
 
-def public_pem(public_key: PublicKey) -> bytes:
+def public_pem(public_key: PublicKey | x25519.X25519PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def key_id(public_key: PublicKey) -> str:
+def generate_encryption_key() -> x25519.X25519PrivateKey:
+    """A fresh X25519 key: a recipient for ``modelguard encrypt --recipient`` (issue #5)."""
+    return x25519.X25519PrivateKey.generate()
+
+
+def key_id(public_key: PublicKey | x25519.X25519PublicKey) -> str:
     """Hex SHA-256 of the SubjectPublicKeyInfo DER: modelguard's name for a key."""
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -123,7 +128,7 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 def write_keypair(
-    out_dir: Path, name: str, key: PrivateKey, passphrase: bytes | None
+    out_dir: Path, name: str, key: PrivateKey | x25519.X25519PrivateKey, passphrase: bytes | None
 ) -> tuple[Path, Path]:
     """Write ``out_dir/name.priv`` (PEM PKCS#8, encrypted unless ``passphrase`` is None, mode
     0600) and ``out_dir/name.pub`` (PEM SubjectPublicKeyInfo). Refuses to overwrite."""

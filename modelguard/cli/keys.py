@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rich.console import Console
 
 from modelguard.cli.output import emit, json_option
@@ -19,6 +20,8 @@ from modelguard.keys import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
     DEFAULT_KEY_NAME,
+    PrivateKey,
+    generate_encryption_key,
     generate_key,
     key_id,
     read_passphrase,
@@ -107,10 +110,12 @@ def keygen(
     as_json: bool,
 ) -> None:
     """Generate a key pair; the private key is encrypted at rest unless --no-passphrase."""
-    if purpose == "encryption":
-        raise BadInputError("keygen --purpose encryption is not available yet (issue #5)")
     passphrase = _new_passphrase(passphrase_env, passphrase_file, no_passphrase)
-    key = generate_key(algorithm)
+    key: PrivateKey | X25519PrivateKey
+    if purpose == "encryption":
+        key, algorithm = generate_encryption_key(), "x25519"
+    else:
+        key = generate_key(algorithm)
     priv_path, pub_path = write_keypair(out_dir, name, key, passphrase)
     document = {
         "ok": True,
