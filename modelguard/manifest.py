@@ -527,10 +527,11 @@ class ManifestDiff:
     files_added: tuple[str, ...] = ()
     files_removed: tuple[str, ...] = ()
     files_changed: tuple[str, ...] = ()  # whole-file digest or size differs
-    structure_changed: tuple[
-        str, ...
-    ] = ()  # model files whose structure digest (or format) differs
+    # model files whose structure digest (or format) differs
+    structure_changed: tuple[str, ...] = ()
     tensors: tuple[TensorChange, ...] = ()
+    # what changed inside a structure (filled by diff_models for ONNX graphs)
+    structure_details: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -555,7 +556,33 @@ class ManifestDiff:
             "tensors_added": [t.to_dict() for t in self.tensors if t.change == "added"],
             "tensors_removed": [t.to_dict() for t in self.tensors if t.change == "removed"],
             "tensors_changed": [t.to_dict() for t in self.tensors if t.change == "changed"],
+            "structure_details": list(self.structure_details),
         }
+
+    def lines(self) -> list[str]:
+        """One human-readable line per difference (empty when identical)."""
+        out = [f"file added: {p}" for p in self.files_added]
+        out += [f"file removed: {p}" for p in self.files_removed]
+        out += [f"file changed: {p} (whole-file digest differs)" for p in self.files_changed]
+        out += [f"structure changed: {p}" for p in self.structure_changed]
+        out += [f"  {detail}" for detail in self.structure_details]
+        for t in self.tensors:
+            line = f"tensor {t.change}: {t.path}:{t.name}"
+            if (
+                t.expected is not None
+                and t.actual is not None
+                and t.expected.shape != t.actual.shape
+            ):
+                line += f" (shape {list(t.expected.shape)} -> {list(t.actual.shape)})"
+            elif t.max_abs is not None:
+                line += f" (max |delta| {t.max_abs:.6g}, L2 {t.l2:.6g})"
+            out.append(line)
+        return out
+
+
+def describe_diff(diff: ManifestDiff) -> list[str]:
+    """One line per differing file, structure or tensor (see :meth:`ManifestDiff.lines`)."""
+    return diff.lines()
 
 
 def _compare_records(
@@ -687,10 +714,18 @@ def diff_models(
     ma, mb = build_manifest(a, **kwargs), build_manifest(b, **kwargs)
     rename = {b.name: a.name} if not a.is_dir() and not b.is_dir() else {}
     diff = compare_manifests(ma, mb, rename=rename)
-    if not any(t.change == "changed" for t in diff.tensors):
-        return diff
     back = {v: k for k, v in rename.items()}
     parsed: dict[tuple[str, str], ParsedModel | None] = {}
+    details: list[str] = []
+    for path in diff.structure_changed:
+        pa = parse_model_file(model_root(a) / path, root=model_root(a))
+        pb = parse_model_file(model_root(b) / back.get(path, path), root=model_root(b))
+        if pa is not None and pb is not None and pa.format == pb.format == "onnx":
+            from modelguard.formats.onnx import describe_structure_change
+
+            details += [
+                f"{path}: {line}" for line in describe_structure_change(pa.structure, pb.structure)
+            ]
     enriched = []
     for change in diff.tensors:
         if change.change == "changed":

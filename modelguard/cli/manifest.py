@@ -143,7 +143,9 @@ def _render_diff(result: ManifestDiff, a: Path, b: Path) -> None:
         ("structure changed", result.structure_changed),
     ):
         for p in paths:
-            out.print(f"  {label}: {p}")
+            out.print(f"  {label}: {p}", markup=False)
+    for detail in result.structure_details:
+        out.print(f"    {detail}", markup=False)
     if result.tensors:
         table = Table(title="tensors", title_justify="left")
         for column in ("file", "tensor", "change", "shape", "max |Δ|", "L2(Δ)"):

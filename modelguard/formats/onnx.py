@@ -32,6 +32,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import numpy as np
 
@@ -360,3 +361,90 @@ def parse_onnx(path: Path, *, root: Path) -> ParsedModel:
 
     structure = model.SerializeToString(deterministic=True)
     return ParsedModel("onnx", structure, sorted_unique(tensors, path))
+
+
+# --- explaining a structure change -----------------------------------------------------------
+
+
+def _node_label(index: int, node: Any) -> str:
+    return (
+        f"node #{index} {node.name!r} ({node.op_type})"
+        if node.name
+        else f"node #{index} ({node.op_type})"
+    )
+
+
+def _value_infos(values: Any) -> list[str]:
+    return [f"{v.name}:{v.type.SerializeToString(deterministic=True).hex()}" for v in values]
+
+
+def _opsets(model: Any) -> list[tuple[str, int]]:
+    return sorted((o.domain, o.version) for o in model.opset_import)
+
+
+def _meta(model: Any) -> list[tuple[str, str]]:
+    return sorted((p.key, p.value) for p in model.metadata_props)
+
+
+def _inits(model: Any) -> list[tuple[str, int, list[int]]]:
+    return [(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer]
+
+
+def describe_structure_change(before: bytes, after: bytes, *, limit: int = 20) -> list[str]:
+    """Lines naming what differs between two ONNX structures (nodes, edges, I/O, opsets, metadata)."""
+    import onnx
+
+    a, b = onnx.ModelProto.FromString(before), onnx.ModelProto.FromString(after)
+    lines: list[str] = []
+    if _opsets(a) != _opsets(b):
+        lines.append(f"opsets {_opsets(a)} -> {_opsets(b)}")
+    if a.ir_version != b.ir_version:
+        lines.append(f"ir_version {a.ir_version} -> {b.ir_version}")
+    if _meta(a) != _meta(b) or (a.producer_name, a.producer_version, a.doc_string) != (
+        b.producer_name,
+        b.producer_version,
+        b.doc_string,
+    ):
+        lines.append("model metadata changed")
+    for label, field in (("graph inputs", "input"), ("graph outputs", "output")):
+        names_a = _value_infos(getattr(a.graph, field))
+        names_b = _value_infos(getattr(b.graph, field))
+        if names_a != names_b:
+            lines.append(
+                f"{label} {[n.split(':')[0] for n in names_a]} -> {[n.split(':')[0] for n in names_b]}"
+                + (
+                    " (types differ)"
+                    if [n.split(":")[0] for n in names_a] == [n.split(":")[0] for n in names_b]
+                    else ""
+                )
+            )
+    if _inits(a) != _inits(b):
+        lines.append("initializer names, types or shapes changed")
+    nodes_a, nodes_b = list(a.graph.node), list(b.graph.node)
+    for index in range(max(len(nodes_a), len(nodes_b))):
+        if index >= len(nodes_a):
+            lines.append(f"{_node_label(index, nodes_b[index])} added")
+        elif index >= len(nodes_b):
+            lines.append(f"{_node_label(index, nodes_a[index])} removed")
+        elif nodes_a[index] != nodes_b[index]:
+            na, nb = nodes_a[index], nodes_b[index]
+            what = []
+            if na.op_type != nb.op_type or na.domain != nb.domain:
+                what.append(f"op {na.op_type} -> {nb.op_type}")
+            if list(na.input) != list(nb.input):
+                what.append(f"inputs {list(na.input)} -> {list(nb.input)}")
+            if list(na.output) != list(nb.output):
+                what.append(f"outputs {list(na.output)} -> {list(nb.output)}")
+            if [x.SerializeToString(deterministic=True) for x in na.attribute] != [
+                x.SerializeToString(deterministic=True) for x in nb.attribute
+            ]:
+                what.append("attributes changed")
+            if na.name != nb.name:
+                what.append(f"name {na.name!r} -> {nb.name!r}")
+            lines.append(f"{_node_label(index, na)}: {', '.join(what) or 'changed'}")
+        if len(lines) >= limit:
+            lines.append("... (more differences not listed)")
+            break
+    if not lines:
+        lines.append("graph changed (value_info, functions or other fields)")
+    return lines
