@@ -754,4 +754,5 @@ def diff_models(
         diff.files_changed,
         diff.structure_changed,
         tuple(enriched),
+        tuple(details),
     )
