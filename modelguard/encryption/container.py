@@ -21,6 +21,7 @@ holds, so nothing can be swapped, reordered, dropped, duplicated or transplanted
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -55,6 +56,12 @@ MAX_HEADER = 1 << 24
 MAX_INDEX = 1 << 28
 DEFAULT_CHUNK = 64 << 20  # spreads big tensors over threads; AES-GCM takes < 2^31 bytes a call
 MAX_CHUNK = (1 << 31) - 1 - TAG_SIZE
+
+
+def close_map(mapped: mmap.mmap) -> None:
+    """Close an mmap; if an error left views on it alive, leave it to the garbage collector."""
+    with contextlib.suppress(BufferError):  # a traceback still holds a view; the error matters
+        mapped.close()
 
 
 def default_threads() -> int:
@@ -298,9 +305,9 @@ def write_container(
             _run_parallel(seal, segments, threads)
             target.flush()
         finally:
-            target.close()
+            close_map(target)
             if isinstance(source, mmap.mmap):
-                source.close()
+                close_map(source)
 
 
 def _run_parallel(
@@ -428,7 +435,7 @@ class ContainerReader:
     def close(self) -> None:
         if getattr(self, "_map", None) is not None:
             assert self._map is not None
-            self._map.close()
+            close_map(self._map)
             self._map = None
         self._handle.close()
 

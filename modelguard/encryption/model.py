@@ -39,6 +39,7 @@ from modelguard.encryption.container import (
     ContainerReader,
     FilePlan,
     TensorEntry,
+    close_map,
     write_container,
 )
 from modelguard.encryption.keywrap import (
@@ -454,7 +455,7 @@ def _write_file(reader: ContainerReader, destination: Path, threads: int | None)
             del view
             target.flush()
         finally:
-            target.close()
+            close_map(target)
     checker.raise_if_failed()
     return checker.checked
 
