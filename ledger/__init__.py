@@ -2,11 +2,81 @@
 
 A library of its own: it imports nothing from modelguard and nothing from ML.
 
->>> from ledger.merkle import root_hash
->>> root_hash([]).hex()[:16]
-'e3b0c44298fc1c14'
+>>> import tempfile, os
+>>> from ledger import open_ledger, NoteSigner, open_checkpoint
+>>> log = open_ledger("sqlite:///" + os.path.join(tempfile.mkdtemp(), "audit.db"))
+>>> _ = log.append("sign", subject={"name": "m", "version": "1"}, payload_digest="sha256:ab",
+...                actor="key-1", details={"note": "first"})
+>>> signer = NoteSigner.generate(log.origin)
+>>> cp = open_checkpoint(log.checkpoint(signer), [signer.verifier()])
+>>> log.inclusion_proof(0).verify(cp)
+>>> log.verify().ok
+True
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ledger.entry import Entry, EventSpec
+from ledger.errors import (
+    LedgerError,
+    LedgerInputError,
+    LedgerIntegrityError,
+    NoteVerificationError,
+    ProofError,
+)
+from ledger.log import Ledger, verify_jsonl
+from ledger.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, sign_note
+from ledger.proofs import ConsistencyProof, InclusionProof
+from ledger.verify import Problem, VerifyReport
+
+__all__ = [
+    "Checkpoint",
+    "ConsistencyProof",
+    "Entry",
+    "EventSpec",
+    "InclusionProof",
+    "Ledger",
+    "LedgerError",
+    "LedgerInputError",
+    "LedgerIntegrityError",
+    "NoteSigner",
+    "NoteVerificationError",
+    "NoteVerifier",
+    "Problem",
+    "ProofError",
+    "VerifyReport",
+    "open_checkpoint",
+    "open_ledger",
+    "sign_note",
+    "verify_jsonl",
+]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL, else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///") :])
+
+
+def open_ledger(url: str, *, create: bool = True, origin: str | None = None) -> Ledger:
+    """Open (and, with ``create``, set up) the ledger at ``url``.
+
+    ``sqlite:///relative/or/absolute/path.db`` (``sqlite:////abs`` also works) or
+    ``postgresql://user@host:port/db?schema=NAME`` (``schema`` is optional, default public).
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        if not str(path):
+            raise LedgerInputError(f"{url}: sqlite URL has no path")
+        from ledger.sqlite import SqliteLedger
+
+        return SqliteLedger(path, create=create, origin=origin)
+    if urlsplit(url).scheme in ("postgresql", "postgres"):
+        from ledger.postgres import PostgresLedger
+
+        return PostgresLedger(url, create=create, origin=origin)
+    raise LedgerInputError(f"{url}: ledger URL must start with sqlite:/// or postgresql://")

@@ -1,0 +1,470 @@
+"""modelguard's glue to the ledger: where the ledger lives, and the events modelguard records.
+
+>>> import os, tempfile
+>>> from modelguard.audit import record_event, find_sign_entry, newest_version
+>>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "ledger.db")
+>>> e = record_event("sign", subject={"name": "digits", "version": "1.0", "root": "ab" * 32},
+...                  payload_digest="sha256:" + "cd" * 32, actor="k1", ledger_url=url)
+>>> find_sign_entry("sha256:" + "cd" * 32, url).index
+0
+>>> newest_version("digits", url)
+'1.0'
+
+Ledger URL: ``--ledger`` (``ledger_url=``), else ``$MODELGUARD_LEDGER``, else
+``sqlite:///<cwd>/.modelguard/ledger.db``; created on first write. The checkpoint-signing
+Ed25519 note key: ``key_path=`` (``--note-key``), else ``$MODELGUARD_LEDGER_KEY``, else next
+to a SQLite ledger (``<db>.note.key``, mode 0600, and ``<db>.note.pub``), else (PostgreSQL)
+``<cwd>/.modelguard/ledger-note.key``; created on first use, named after the log's origin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger import (
+    Checkpoint,
+    ConsistencyProof,
+    Entry,
+    EventSpec,
+    InclusionProof,
+    Ledger,
+    LedgerInputError,
+    LedgerIntegrityError,
+    NoteSigner,
+    NoteVerifier,
+    VerifyReport,
+    open_checkpoint,
+    open_ledger,
+)
+from ledger import sqlite_path as _sqlite_path
+from ledger.log import verify_jsonl
+from ledger.note import split_note
+from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationError
+
+ENV_LEDGER = "MODELGUARD_LEDGER"
+ENV_NOTE_KEY = "MODELGUARD_LEDGER_KEY"
+SIGN_KINDS = ("sign",)
+
+__all__ = [
+    "ENV_LEDGER",
+    "ENV_NOTE_KEY",
+    "LineageNode",
+    "check_consistency",
+    "check_inclusion",
+    "compare_versions",
+    "find_sign_entry",
+    "lineage",
+    "load_note_signer",
+    "newest_version",
+    "normalize_digest",
+    "open_audit_ledger",
+    "prove_entry",
+    "record_event",
+    "resolve_ledger_url",
+    "revocation_for",
+    "revoke",
+    "sign_checkpoint",
+    "verify_ledger",
+]
+
+
+def resolve_ledger_url(value: str | None) -> str:
+    """``--ledger`` value, else $MODELGUARD_LEDGER, else the default under the cwd."""
+    if value:
+        return value
+    env = os.environ.get(ENV_LEDGER)
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / '.modelguard' / 'ledger.db'}"
+
+
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """Ledger library errors -> modelguard's typed errors (exit 2 / exit 1)."""
+    try:
+        yield
+    except LedgerInputError as error:
+        raise BadInputError(str(error)) from None
+    except LedgerIntegrityError as error:
+        raise LedgerVerificationError(str(error)) from None
+
+
+def _exists(url: str) -> bool:
+    path = _sqlite_path(url)
+    return path is None or path.exists()
+
+
+def open_audit_ledger(ledger_url: str | None = None, *, create: bool = True) -> Ledger:
+    """Open the resolved ledger (creating it unless ``create=False``); errors mapped."""
+    url = resolve_ledger_url(ledger_url)
+    with _mapped_errors():
+        return open_ledger(url, create=create)
+
+
+def record_event(
+    kind: str,
+    *,
+    subject: Mapping[str, str],
+    payload_digest: str,
+    actor: str,
+    details: Mapping[str, Any] | None = None,
+    ledger_url: str | None = None,
+) -> Entry:
+    """Append one event; it is durable and chained when this returns."""
+    with open_audit_ledger(ledger_url) as log, _mapped_errors():
+        return log.append(
+            kind, subject=subject, payload_digest=payload_digest, actor=actor, details=details
+        )
+
+
+def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
+    """Append several events in one durable transaction."""
+    with open_audit_ledger(ledger_url) as log, _mapped_errors():
+        return log.append_many(events)
+
+
+def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
+    """Entries matching ``filters``; an absent SQLite ledger has none (and is not created)."""
+    url = resolve_ledger_url(ledger_url)
+    if not _exists(url):
+        return []
+    with open_audit_ledger(url, create=False) as log, _mapped_errors():
+        return log.entries(**filters)
+
+
+def find_sign_entry(payload_digest: str, ledger_url: str | None = None) -> Entry | None:
+    """The newest ``sign`` entry for this signature bundle digest ("sha256:<hex>")."""
+    found = _query(ledger_url, kind="sign", payload_digest=payload_digest)
+    return found[-1] if found else None
+
+
+def normalize_digest(value: str) -> str:
+    """Lowercase, without an ``<algorithm>:`` prefix: "sha256:AB" and "ab" compare equal."""
+    return value.strip().lower().split(":", 1)[-1]
+
+
+def revocation_for(digest_or_key_id: str, ledger_url: str | None = None) -> Entry | None:
+    """The first ``revoke`` entry naming this digest or key id (prefix-insensitive)."""
+    wanted = normalize_digest(digest_or_key_id)
+    for entry in _query(ledger_url, kind="revoke"):
+        if normalize_digest(entry.subject.get("revoked", "")) == wanted:
+            return entry
+    return None
+
+
+def revoke(
+    digest_or_key_id: str, *, reason: str, actor: str = "", ledger_url: str | None = None
+) -> Entry:
+    """Record that a model digest, signature digest or key id must no longer be trusted."""
+    if not digest_or_key_id.strip():
+        raise BadInputError("nothing to revoke: empty digest or key id")
+    if not reason.strip():
+        raise BadInputError("a revocation needs a reason")
+    return record_event(
+        "revoke",
+        subject={"revoked": digest_or_key_id.strip()},
+        payload_digest=digest_or_key_id.strip(),
+        actor=actor or os.environ.get("USER", "unknown"),
+        details={"reason": reason},
+        ledger_url=ledger_url,
+    )
+
+
+_VERSION_PART = re.compile(r"\d+|[A-Za-z]+")
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    # Numbers compare as numbers and rank above words ("1.0.1" > "1.0" > "1.0rc1" is not
+    # attempted: pre-release words rank below numbers, so "1.0rc1" < "1.0.1").
+    parts = _VERSION_PART.findall(version.lower().removeprefix("v"))
+    return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts)
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version ``a`` is older than, equal to, or newer than ``b``."""
+    ka, kb = _version_key(a), _version_key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def newest_version(model_name: str, ledger_url: str | None = None) -> str | None:
+    """The highest version recorded in a ``sign`` entry for this model name."""
+    versions = [
+        e.subject["version"]
+        for e in _query(ledger_url, kind="sign", subject={"name": model_name})
+        if "version" in e.subject
+    ]
+    if not versions:
+        return None
+    newest = versions[0]
+    for version in versions[1:]:
+        if compare_versions(version, newest) > 0:
+            newest = version
+    return newest
+
+
+# --- checkpoints and proofs -------------------------------------------------------------
+
+
+def note_key_path(ledger_url: str | None = None, key_path: str | Path | None = None) -> Path:
+    """Where the ledger's checkpoint-signing key lives (see the module docstring)."""
+    if key_path:
+        return Path(key_path)
+    env = os.environ.get(ENV_NOTE_KEY)
+    if env:
+        return Path(env)
+    db = _sqlite_path(resolve_ledger_url(ledger_url))
+    if db is not None:
+        return db.with_name(db.name + ".note.key")
+    return Path.cwd() / ".modelguard" / "ledger-note.key"
+
+
+def _public_path(private: Path) -> Path:
+    name = private.name[: -len(".key")] if private.name.endswith(".key") else private.name
+    return private.with_name(name + ".pub")
+
+
+def load_note_signer(
+    ledger_url: str | None = None, key_path: str | Path | None = None, *, create: bool = True
+) -> NoteSigner:
+    """The note signing key, created (mode 0600, named after the log's origin) if missing."""
+    path = note_key_path(ledger_url, key_path)
+    if not path.exists():
+        if not create:
+            raise KeyFileError("no ledger note key (sign a checkpoint first)", path=str(path))
+        with open_audit_ledger(ledger_url) as log, _mapped_errors():
+            origin = log.origin
+        signer = NoteSigner.generate(origin)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write a private temp file, then link it into place: a concurrent creator loses
+        # cleanly (FileExistsError) and reads the winner's key.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".note-key-")
+        try:
+            os.write(fd, (signer.to_key_string() + "\n").encode())
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)
+                _public_path(path).write_text(signer.verifier().to_key_string() + "\n")
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+    try:
+        return NoteSigner.from_key_string(text)
+    except LedgerInputError as error:
+        raise KeyFileError(str(error), path=str(path)) from None
+
+
+def load_note_verifier(path: str | Path) -> NoteVerifier:
+    """A verifier key file (``<name>+<hex id>+<base64>``), or the signer key it belongs to."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as error:
+        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+    try:
+        if text.startswith("PRIVATE+KEY+"):
+            return NoteSigner.from_key_string(text).verifier()
+        return NoteVerifier.from_key_string(text)
+    except LedgerInputError as error:
+        raise KeyFileError(str(error), path=str(path)) from None
+
+
+def _trusted(
+    ledger_url: str | None, key_path: str | Path | None, public_keys: Sequence[str | Path]
+) -> list[NoteVerifier]:
+    """Verifiers given explicitly, else the local note key's (if it exists)."""
+    if public_keys:
+        return [load_note_verifier(p) for p in public_keys]
+    path = note_key_path(ledger_url, key_path)
+    return [load_note_verifier(path)] if path.exists() else []
+
+
+def sign_checkpoint(ledger_url: str | None = None, key_path: str | Path | None = None) -> str:
+    """Sign the current tree head with the ledger's note key; return the C2SP note."""
+    signer = load_note_signer(ledger_url, key_path)
+    with open_audit_ledger(ledger_url) as log, _mapped_errors():
+        return log.checkpoint(signer)
+
+
+def prove_entry(
+    index: int, ledger_url: str | None = None, tree_size: int | None = None
+) -> InclusionProof:
+    """Inclusion proof of entry ``index`` (it carries the entry); checked before returning."""
+    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+        proof = log.inclusion_proof(index, tree_size)
+        proof.verify()
+        return proof
+
+
+def check_inclusion(
+    entry: Entry,
+    ledger_url: str | None = None,
+    key_path: str | Path | None = None,
+    public_keys: Sequence[str | Path] = (),
+) -> InclusionProof:
+    """Demand that ``entry`` is in the ledger: inclusion proof to a freshly signed checkpoint.
+
+    The proof is checked against a checkpoint verified with the note key (given public keys,
+    else the local one), so a caller learns the entry sits in the signed tree, not just a row.
+    Raises LedgerVerificationError otherwise.
+    """
+    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+        stored = log.checkpoints()
+    note = stored[-1] if stored else ""
+    if not stored or Checkpoint.from_text(split_note(note)[0]).size <= entry.index:
+        note = sign_checkpoint(ledger_url, key_path)
+    trusted = _trusted(ledger_url, key_path, public_keys)
+    with _mapped_errors():
+        checkpoint = open_checkpoint(note, trusted)
+        with open_audit_ledger(ledger_url, create=False) as log:
+            proof = log.inclusion_proof(entry.index, checkpoint.size)
+        if proof.leaf_hash != entry.leaf_hash:
+            raise LedgerVerificationError(
+                f"ledger entry {entry.index} differs from the entry that was looked up"
+            )
+        proof.verify(checkpoint)
+    return proof
+
+
+def check_proof(
+    proof_document: Mapping[str, Any], checkpoint_note: str, public_keys: Sequence[str | Path]
+) -> Checkpoint:
+    """Offline: an inclusion proof JSON against a signed checkpoint and the log's public key."""
+    with _mapped_errors():
+        checkpoint = open_checkpoint(checkpoint_note, [load_note_verifier(p) for p in public_keys])
+        InclusionProof.from_dict(proof_document).verify(checkpoint)
+    return checkpoint
+
+
+def check_consistency(
+    old_checkpoint_note: str,
+    ledger_url: str | None = None,
+    key_path: str | Path | None = None,
+    public_keys: Sequence[str | Path] = (),
+) -> tuple[ConsistencyProof, str]:
+    """Prove the current log extends a saved checkpoint; returns (proof, new signed checkpoint).
+
+    A forked or rewritten log fails here with LedgerVerificationError.
+    """
+    new_note = sign_checkpoint(ledger_url, key_path)
+    trusted = _trusted(ledger_url, key_path, public_keys)
+    with _mapped_errors():
+        old = open_checkpoint(old_checkpoint_note, trusted)
+        new = open_checkpoint(new_note, trusted)
+        if old.origin != new.origin:
+            raise LedgerVerificationError(
+                f"saved checkpoint is for log {old.origin!r}, this ledger is {new.origin!r}"
+            )
+        if old.size > new.size:
+            raise LedgerVerificationError(
+                f"saved checkpoint has {old.size} entries, the ledger only {new.size} (truncated)"
+            )
+        with open_audit_ledger(ledger_url, create=False) as log:
+            proof = log.consistency_proof(old.size, new.size)
+        proof = ConsistencyProof(old.size, new.size, old.root, new.root, proof.hashes, proof.origin)
+        proof.verify()
+    return proof, new_note
+
+
+def verify_ledger(
+    ledger_url: str | None = None,
+    *,
+    jsonl: str | Path | None = None,
+    checkpoint_note: str | None = None,
+    key_path: str | Path | None = None,
+    public_keys: Sequence[str | Path] = (),
+) -> VerifyReport:
+    """Recompute the ledger (or an exported JSONL file) and report the first bad index."""
+    trusted = _trusted(ledger_url, key_path, public_keys) if jsonl is None or public_keys else []
+    with _mapped_errors():
+        if jsonl is not None:
+            if checkpoint_note and not trusted:
+                raise LedgerInputError("checking a checkpoint needs the log's public key (--key)")
+            return verify_jsonl(Path(jsonl), checkpoint=checkpoint_note, verifiers=trusted)
+        with open_audit_ledger(ledger_url, create=False) as log:
+            return log.verify(trusted)
+
+
+# --- lineage ----------------------------------------------------------------------------
+
+
+@dataclass
+class LineageNode:
+    """One model (a manifest root) with the entries about it and the models derived from it."""
+
+    root: str
+    entries: list[Entry] = field(default_factory=list)
+    children: list[LineageNode] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        subject = self.entries[-1].subject if self.entries else {}
+        name = subject.get("name", "?")
+        version = subject.get("version")
+        return f"{name}{' ' + version if version else ''} ({self.root[:16]})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "label": self.label,
+            "entries": [
+                {"index": e.index, "kind": e.kind, "subject": e.subject, "timestamp": e.timestamp}
+                for e in self.entries
+            ],
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageNode]:
+    """Ancestry (through ``subject.parent`` links, e.g. harden entries) and descendants.
+
+    Matches a model name, a manifest root or a payload digest; returns the family trees
+    (oldest ancestor at the top) that contain a match. Empty when nothing matches.
+    """
+    all_entries = [e for e in _query(ledger_url) if "root" in e.subject]
+    by_root: dict[str, list[Entry]] = {}
+    parent_of: dict[str, str] = {}
+    for entry in all_entries:
+        root = normalize_digest(entry.subject["root"])
+        by_root.setdefault(root, []).append(entry)
+        if entry.subject.get("parent"):
+            parent_of.setdefault(root, normalize_digest(entry.subject["parent"]))
+    wanted = normalize_digest(name_or_digest)
+    matches = {
+        normalize_digest(e.subject["root"])
+        for e in all_entries
+        if name_or_digest in (e.subject.get("name"), e.payload_digest)
+        or normalize_digest(e.subject["root"]) == wanted
+        or normalize_digest(e.payload_digest) == wanted
+    }
+    tops: list[str] = []
+    for root in sorted(matches):
+        seen = {root}
+        while root in parent_of and parent_of[root] not in seen:
+            root = parent_of[root]
+            seen.add(root)
+        if root not in tops:
+            tops.append(root)
+    children: dict[str, list[str]] = {}
+    for child, parent in parent_of.items():
+        children.setdefault(parent, []).append(child)
+
+    def build(root: str, seen: frozenset[str]) -> LineageNode:
+        node = LineageNode(root, by_root.get(root, []))
+        for child in sorted(children.get(root, []), key=lambda r: by_root[r][0].index):
+            if child not in seen:
+                node.children.append(build(child, seen | {child}))
+        return node
+
+    return [build(top, frozenset({top})) for top in tops]
