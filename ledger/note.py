@@ -76,7 +76,7 @@ class NoteVerifier:
 
     @classmethod
     def from_key_string(cls, text: str) -> NoteVerifier:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may contain "+"
         if len(parts) != 3:
             raise LedgerInputError("verifier key must be <name>+<hex key id>+<base64 key>")
         name, hex_id, blob = parts
@@ -124,7 +124,7 @@ class NoteSigner:
 
     @classmethod
     def from_key_string(cls, text: str) -> NoteSigner:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise LedgerInputError("signer key must be PRIVATE+KEY+<name>+<hex id>+<base64 key>")
         name, hex_id, blob = parts[2:]
