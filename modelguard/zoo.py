@@ -6,20 +6,25 @@
 torch.Size([2, 10])
 
 Model cards name a factory as ``"package.module:function"``. Only factories in this module
-are trusted by default: importing an arbitrary module named by a file is code execution, so
-any other factory must be trusted explicitly by the caller (e.g. ``--arch`` on the CLI).
+and functions inside the ``modelguard`` package marked with :func:`model_factory` (defended
+wrappers such as ``modelguard.robustness.defenses.wrappers:squeezed``) are trusted by default:
+importing an arbitrary module named by a file is code execution, so any other factory must be
+trusted explicitly by the caller (e.g. ``--arch`` on the CLI).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from modelguard.errors import BadInputError, UnsafeModelError
+
+FactoryT = TypeVar("FactoryT", bound=Callable[..., nn.Module])
+_FACTORY_MARK = "__modelguard_factory__"
 
 DIGITS_MEAN = 0.3  # mean pixel of sklearn digits scaled to [0, 1]
 DIGITS_STD = 0.4
@@ -102,8 +107,29 @@ def factory_name(name: str) -> str:
     return name if ":" in name else f"{__name__}:{name}"
 
 
+def model_factory(fn: FactoryT) -> FactoryT:
+    """Mark a function inside the ``modelguard`` package as a factory model cards may name."""
+    setattr(fn, _FACTORY_MARK, True)
+    return fn
+
+
+def _marked_factory(module_name: str, attr: str) -> Callable[..., nn.Module] | None:
+    """A :func:`model_factory` function of a ``modelguard.*`` module, else None."""
+    if not module_name.startswith("modelguard.") or not all(
+        part.isidentifier() for part in module_name.split(".")
+    ):
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    fn = getattr(module, attr, None)
+    return fn if callable(fn) and getattr(fn, _FACTORY_MARK, False) is True else None
+
+
 def resolve_factory(factory: str, *, trusted: bool = False) -> Callable[..., nn.Module]:
-    """Import ``"pkg.mod:fn"``; outside this module only when ``trusted`` (the user named it)."""
+    """Import ``"pkg.mod:fn"``; outside this module only when ``trusted`` (the user named it)
+    or when it is a :func:`model_factory` inside the ``modelguard`` package."""
     module_name, sep, attr = factory.partition(":")
     if not sep or not module_name or not attr:
         raise BadInputError(
@@ -115,6 +141,9 @@ def resolve_factory(factory: str, *, trusted: bool = False) -> Callable[..., nn.
                 f"unknown built-in architecture {attr!r} (known: {', '.join(FACTORIES)})"
             )
         return FACTORIES[attr]
+    marked = _marked_factory(module_name, attr)
+    if marked is not None:
+        return marked
     if not trusted:
         raise UnsafeModelError(
             f"architecture factory {factory!r} is outside modelguard.zoo; importing it runs its code, "
