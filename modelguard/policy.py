@@ -291,8 +291,7 @@ def load_policy(path: Path) -> Policy:
 def policy_from_keys(keys: Sequence[PublicKey]) -> Policy:
     """The implicit policy of ``verify --key A --key B``: every given key must have signed."""
     signers = tuple(
-        TrustedSigner(name=f"key {i + 1}", public_key=k, key_id=key_id(k))
-        for i, k in enumerate(keys)
+        TrustedSigner(name=f"key {key_id(k)[:16]}", public_key=k, key_id=key_id(k)) for k in keys
     )
     unique = len({s.key_id for s in signers})
     if unique != len(signers):

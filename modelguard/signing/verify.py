@@ -74,12 +74,18 @@ def verify_bundle(bundle: Mapping[str, Any], trusted: Sequence[PublicKey]) -> Ve
         candidates = [k for k in trusted if _matches(k, parsed.hint, signature.keyid)]
         good = [k for k in candidates if verify_bytes(k, signature.sig, message)]
         if candidates and not good:
-            names = ", ".join(key_id(k)[:16] for k in candidates)
-            raise SignatureError(f"signature does not verify with trusted key {names}")
+            names = ", ".join(key_id(k) for k in candidates)
+            raise SignatureError(
+                f"signature does not verify with trusted key {names}",
+                details={"reason": "invalid", "key_ids": [key_id(k) for k in candidates]},
+            )
         verified.extend(key_id(k) for k in good if key_id(k) not in verified)
     if not verified:
         who = f"key hint {parsed.hint[:16]}" if parsed.hint else "an unnamed key"
-        raise SignatureError(f"not signed by a trusted key (signed by {who})")
+        raise SignatureError(
+            f"not signed by a trusted key (signed by {who})",
+            details={"reason": "untrusted", "hint": parsed.hint},
+        )
     try:
         statement = json.loads(envelope.payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -1,0 +1,198 @@
+"""``modelguard sign`` and ``modelguard verify``: OMS-compatible per-layer signatures.
+
+$ modelguard sign build/model --key keys/modelguard.priv --passphrase-env MG_PASS
+$ modelguard verify build/model --key keys/modelguard.pub
+$ modelguard verify build/model --policy policy.toml --require-ledger --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from modelguard.cli.keys import passphrase_options
+from modelguard.cli.output import emit, json_option
+from modelguard.keys import load_private_key, load_public_key, read_passphrase
+from modelguard.policy import load_policy
+from modelguard.signing.model import sign_model, verify_model
+
+_PATH = click.Path(path_type=Path, exists=False)
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  modelguard sign model_dir --key keys/modelguard.priv --passphrase-env MG_PASS
+  modelguard sign model.onnx --key k.priv --passphrase-file pass.txt --name digits --version 1.2
+  modelguard sign model_dir --key second.priv --no-ledger      # adds model.sig.d/<keyid>.sig
+"""
+)
+@click.argument("path", type=_PATH)
+@click.option(
+    "--key", "key_path", required=True, type=_PATH, help="Private key (PEM) to sign with."
+)
+@passphrase_options
+@click.option(
+    "--signature",
+    "signature_path",
+    type=_PATH,
+    help="Bundle to write (default: model.sig inside/next to the model).",
+)
+@click.option("--name", help="Model name (default: the file or directory name).")
+@click.option(
+    "--version", "model_version", help="Model version, recorded in the signature and ledger."
+)
+@click.option("--parent", help="sha256 layer root of the model this one was derived from.")
+@click.option(
+    "--ledger",
+    "ledger_url",
+    help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
+)
+@click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
+@json_option
+def sign(
+    path: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    passphrase_file: Path | None,
+    signature_path: Path | None,
+    name: str | None,
+    model_version: str | None,
+    parent: str | None,
+    ledger_url: str | None,
+    no_ledger: bool,
+    as_json: bool,
+) -> None:
+    """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
+    if no_ledger and ledger_url:
+        raise click.UsageError("--ledger and --no-ledger contradict each other")
+    key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
+    result = sign_model(
+        path,
+        key,
+        signature_path=signature_path,
+        name=name,
+        version=model_version,
+        parent=parent,
+        ledger_url=ledger_url,
+        record=not no_ledger,
+    )
+    document = result.to_dict()
+
+    def human(console: Console) -> None:
+        what = "co-signature" if result.cosigned else "signature"
+        console.print(f"[green]signed[/] {path}: {what} written to {result.signature_path}")
+        console.print(
+            f"  key {result.key_id}\n  {document['files']} file(s), {document['tensors']} tensor(s), "
+            f"layer root {result.manifest.layer_root}"
+        )
+        if result.ledger_entry:
+            console.print(
+                f"  ledger entry {result.ledger_entry.get('index')} ({result.payload_digest})"
+            )
+
+    emit(document, as_json, human)
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  modelguard verify model_dir --key keys/modelguard.pub
+  modelguard verify model_dir --key alice.pub --key bob.pub      # both must have signed
+  modelguard verify model_dir --policy policy.toml --json         # the CI deployment gate
+  modelguard verify model_dir --policy policy.toml --ledger postgresql://... --require-ledger
+Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 bad input.
+"""
+)
+@click.argument("path", type=_PATH)
+@click.option(
+    "--signature",
+    "signature_path",
+    type=_PATH,
+    help="Bundle to check (default: model.sig inside/next to the model).",
+)
+@click.option(
+    "--key",
+    "key_paths",
+    multiple=True,
+    type=_PATH,
+    help="Trusted public key; repeat: every key given must have signed.",
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    type=_PATH,
+    help="TOML policy: trusted signers, threshold, revocations, age (docs/policy.md).",
+)
+@click.option("--ledger", "ledger_url", help="Ledger URL for --require-ledger.")
+@click.option(
+    "--require-ledger", is_flag=True, help="Demand a ledgered, unrevoked, non-rollback sign entry."
+)
+@click.option(
+    "--allow-rollback", is_flag=True, help="Accept a version older than the newest in the ledger."
+)
+@json_option
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    path: Path,
+    signature_path: Path | None,
+    key_paths: tuple[Path, ...],
+    policy_path: Path | None,
+    ledger_url: str | None,
+    require_ledger: bool,
+    allow_rollback: bool,
+    as_json: bool,
+) -> None:
+    """Verify signatures, then every file, tensor and structure digest of a model."""
+    if bool(key_paths) == bool(policy_path):
+        raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
+    policy = load_policy(policy_path) if policy_path else None
+    keys = [load_public_key(p) for p in key_paths]
+    report = verify_model(
+        path,
+        signature_path,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
+    )
+    error = report.error()
+
+    def human(console: Console) -> None:
+        signers = Table(title="Signatures", show_lines=False)
+        for column in ("signature", "signer", "status", "signed at", "layers"):
+            signers.add_column(column)
+        for s in report.signers:
+            style = (
+                "green"
+                if s.status == "verified"
+                else "red"
+                if s.status in ("invalid", "revoked")
+                else "yellow"
+            )
+            signers.add_row(
+                Path(s.signature).name,
+                s.name or (s.key_id or "?")[:16],
+                f"[{style}]{s.status}[/]",
+                s.signed_at or "-",
+                "yes" if s.layer_detail else "no detail",
+            )
+        console.print(signers)
+        checks = Table(title=f"Checks for {path}")
+        for column in ("check", "result", "detail"):
+            checks.add_column(column)
+        for c in report.checks:
+            checks.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail)
+        console.print(checks)
+        verdict = "[green bold]VERIFIED[/]" if error is None else "[red bold]VERIFICATION FAILED[/]"
+        console.print(verdict)
+
+    emit(report.to_dict(), as_json, human)
+    if error is not None:
+        click.echo(f"modelguard: verification failed: {error}", err=True)
+        ctx.exit(error.exit_code)
