@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import importlib
 import json
 import mmap
 import os
@@ -317,7 +316,8 @@ def encrypt_model(
     signature = None
     signed = None
     if sign_key is not None:
-        sign_model = importlib.import_module("modelguard.signing").sign_model
+        from modelguard.signing.model import sign_model
+
         signed = sign_model(
             target,
             sign_key,

@@ -1,0 +1,368 @@
+"""Verified inference: check signature, policy and ledger first, then decrypt into ONNX Runtime.
+
+>>> from modelguard.runtime import choose_providers
+>>> choose_providers("cpu")
+['CPUExecutionProvider']
+
+Typical use (``keys`` trusted signer public keys, ``identity`` an X25519 private key)::
+
+    session = open_session("model.onnx.mgenc", signature="model.sig", keys=[signer_pub],
+                           identity=identity)
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+
+Order of operations, never relaxed: (1) the container is opened (its file handle pins what
+gets read), (2) :func:`modelguard.signing.model.verify_model` checks signatures, every file
+digest, the policy and, when asked, ledger inclusion, revocation and rollback, (3) only then is
+the data key unwrapped, the header's plaintext layer root recomputed from the manifest in the
+index, and every tensor decrypted straight into memory and checked against its signed digest,
+(4) the graph goes to ``InferenceSession`` as bytes and the weights as OrtValues through
+``SessionOptions.add_external_initializers``. Nothing plaintext is written anywhere: no
+optimized-model file, no engine cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelguard.errors import BadInputError, FormatError, VerificationError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+# canonical dtype -> numpy dtype; types numpy lacks: (same-width holder, ONNX element type)
+_NUMPY_DTYPES: dict[str, str] = {
+    "float64": "<f8", "float32": "<f4", "float16": "<f2", "int64": "<i8", "int32": "<i4",
+    "int16": "<i2", "int8": "i1", "uint64": "<u8", "uint32": "<u4", "uint16": "<u2",
+    "uint8": "u1", "bool": "?", "complex64": "<c8", "complex128": "<c16",
+}  # fmt: skip
+_ONNX_ONLY: dict[str, tuple[str, int]] = {
+    "bfloat16": ("<u2", 16), "float8_e4m3fn": ("u1", 17), "float8_e4m3fnuz": ("u1", 18),
+    "float8_e5m2": ("u1", 19), "float8_e5m2fnuz": ("u1", 20),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- providers
+
+
+def cuda_usable() -> bool:
+    """CUDA EP listed by ONNX Runtime *and* its provider library loads (CUDA, cuBLAS, cuDNN found).
+
+    Loading the provider library with ctypes is silent on CPU-only machines, unlike asking ONNX
+    Runtime for a CUDA session, which logs errors before falling back.
+    """
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return False
+    capi = Path(ort.__file__).parent / "capi"
+    if importlib.util.find_spec("nvidia") is not None:  # CUDA/cuDNN from pip's nvidia-* wheels
+        quiet = io.StringIO()
+        with (
+            contextlib.suppress(AttributeError, OSError, RuntimeError),
+            contextlib.redirect_stdout(quiet),
+            contextlib.redirect_stderr(quiet),
+        ):
+            ort.preload_dlls(directory="")
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """``auto``: CUDA when usable, else CPU; ``cpu``; ``cuda`` (refused if unusable); or a list."""
+    if not isinstance(providers, str):
+        return list(providers)
+    if providers == "cpu":
+        return [CPU]
+    if providers == "cuda":
+        if not cuda_usable():
+            raise BadInputError(
+                "--provider cuda: CUDAExecutionProvider is not usable on this machine"
+            )
+        return [CUDA, CPU]
+    if providers == "auto":
+        return [CUDA, CPU] if cuda_usable() else [CPU]
+    raise BadInputError(f"unknown provider {providers!r} (auto, cuda or cpu)")
+
+
+def session_options() -> Any:
+    """Options that never write plaintext: no optimized model file, no profiling output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = ""
+    options.enable_profiling = False
+    options.log_severity_level = 3
+    return options
+
+
+# ---------------------------------------------------------------------------- verified session
+
+
+@dataclass
+class VerifiedSession:
+    """An InferenceSession plus what was checked to get it."""
+
+    session: Any  # onnxruntime.InferenceSession
+    provider: str
+    encrypted: bool
+    model: str
+    layer_root: str | None
+    tensors_verified: int
+    verification: Any = None  # modelguard.signing.model.VerificationReport
+    _buffers: list[Any] = field(default_factory=list, repr=False)  # keep OrtValue memory alive
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "encrypted": self.encrypted,
+            "layer_root": self.layer_root,
+            "tensors_verified": self.tensors_verified,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
+        }
+
+
+def _onnx_target(path: Path, encrypted: bool) -> tuple[Path, str]:
+    """The file holding the ONNX graph (container or plaintext), and its model-relative path."""
+    from modelguard.encryption.container import SUFFIX
+
+    if path.is_file():
+        return path, path.name.removesuffix(SUFFIX)
+    suffix = ".onnx" + SUFFIX if encrypted else ".onnx"
+    found = sorted(p for p in path.rglob("*" + suffix) if p.is_file())
+    if len(found) != 1:
+        raise BadInputError(f"{path}: expected exactly one {suffix} file, found {len(found)}")
+    return found[0], found[0].relative_to(path).as_posix().removesuffix(SUFFIX)
+
+
+def _same_file(handle_stat: os.stat_result, path: Path) -> bool:
+    now = os.stat(path)
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+        handle_stat.st_dev,
+        handle_stat.st_ino,
+        handle_stat.st_size,
+        handle_stat.st_mtime_ns,
+    )
+
+
+def _verify(
+    path: Path,
+    signature: Path | str | None,
+    keys: Sequence[Any],
+    policy: Any,
+    ledger_url: str | None,
+    require_ledger: bool,
+) -> Any:
+    from modelguard.signing.model import verify_model
+
+    if signature is None and policy is None and not keys:
+        raise BadInputError(
+            "open_session verifies first: give a signature and trusted keys or a policy"
+        )
+    report = verify_model(
+        path,
+        Path(signature) if signature is not None else None,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+    )
+    report.raise_if_failed()
+    return report
+
+
+def _ort_value(array: np.ndarray, dtype: str) -> Any:
+    import onnxruntime as ort
+
+    if dtype in _ONNX_ONLY:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, _ONNX_ONLY[dtype][1])
+    return ort.OrtValue.ortvalue_from_numpy(array)
+
+
+def _holder(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype in _NUMPY_DTYPES:
+        return np.empty(shape, dtype=_NUMPY_DTYPES[dtype])
+    if dtype in _ONNX_ONLY:
+        return np.empty(shape, dtype=_ONNX_ONLY[dtype][0])
+    raise FormatError(f"tensor dtype {dtype} cannot be handed to ONNX Runtime from memory")
+
+
+def _open_encrypted(
+    path: Path,
+    identities: Sequence[Any],
+    verify: Any,
+    providers: list[str],
+    threads: int | None,
+) -> VerifiedSession:
+    import onnxruntime as ort
+
+    from modelguard.encryption.container import ContainerReader, default_threads
+    from modelguard.encryption.model import TensorChecker, checked_manifest, container_files
+
+    target, onnx_rel = _onnx_target(path, encrypted=True)
+    containers = container_files(path) if path.is_dir() else [(onnx_rel, target)]
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(ContainerReader(c)) for _, c in containers]
+        pinned = [(r, r.stat) for r in readers]
+        report = verify()  # (2) nothing is decrypted before this returns
+        for reader, opened in pinned:
+            if not _same_file(opened, reader.path):
+                raise VerificationError(
+                    "container changed while it was being verified", path=str(reader.path)
+                )
+        root: str | None = None
+        graph = b""
+        jobs = []
+        for reader in readers:
+            reader.unlock(identities)
+            manifest = checked_manifest(reader)
+            if root is not None and reader.layer_root != root:
+                raise VerificationError(
+                    "containers of different models are mixed", path=str(reader.path)
+                )
+            root = reader.layer_root
+            if reader.index.path == onnx_rel:
+                graph = reader.read_stream("graph")
+            mine = [t for t in reader.index.tensors if t.record == onnx_rel]
+            if mine:
+                checker = TensorChecker(manifest, reader.index, str(reader.path))
+                jobs += [(reader, checker, t, _holder(t.dtype, t.shape)) for t in mine]
+        if not graph:
+            raise FormatError(
+                f"no ONNX graph for {onnx_rel!r} in the encrypted model", path=str(path)
+            )
+
+        def decrypt(job: tuple[Any, Any, Any, np.ndarray]) -> None:
+            reader, checker, tensor, array = job
+            flat = array.reshape(-1).view(np.uint8).data
+            reader.decrypt_tensor_into(tensor, flat)
+            checker(tensor, flat)
+
+        jobs.sort(key=lambda j: -j[2].length)
+        with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
+            list(pool.map(decrypt, jobs))
+        for _, checker, _, _ in jobs:
+            checker.raise_if_failed()
+    options = session_options()
+    values = [_ort_value(array, tensor.dtype) for _, _, tensor, array in jobs]
+    if jobs:
+        options.add_external_initializers([tensor.name for _, _, tensor, _ in jobs], values)
+    session = ort.InferenceSession(graph, options, providers=providers)
+    return VerifiedSession(
+        session=session,
+        provider=session.get_providers()[0],
+        encrypted=True,
+        model=str(path),
+        layer_root=root,
+        tensors_verified=len(jobs),
+        verification=report,
+        _buffers=[values, [j[3] for j in jobs]],
+    )
+
+
+def _open_plaintext(path: Path, verify: Any, providers: list[str]) -> VerifiedSession:
+    import onnxruntime as ort
+
+    target, _ = _onnx_target(path, encrypted=False)
+    with open(target, "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        report = verify()
+        if not _same_file(opened, target):
+            raise VerificationError("model changed while it was being verified", path=str(target))
+        data = handle.read()
+    options = session_options()
+    if path.is_dir():  # external data resolves next to the model file
+        session = ort.InferenceSession(str(target), options, providers=providers)
+    else:
+        session = ort.InferenceSession(data, options, providers=providers)
+    manifest = getattr(report, "manifest", None)
+    return VerifiedSession(
+        session=session,
+        provider=session.get_providers()[0],
+        encrypted=False,
+        model=str(path),
+        layer_root=manifest.layer_root if manifest is not None else None,
+        tensors_verified=sum(len(f.tensors) for f in manifest.files) if manifest is not None else 0,
+        verification=report,
+    )
+
+
+def open_verified(
+    path: Path | str,
+    *,
+    signature: Path | str | None = None,
+    keys: Sequence[Any] = (),
+    policy: Any = None,
+    identity: Any = None,
+    passphrase: bytes | str | None = None,
+    key: bytes | None = None,
+    providers: str | Sequence[str] = "auto",
+    ledger_url: str | None = None,
+    require_ledger: bool = False,
+    threads: int | None = None,
+) -> VerifiedSession:
+    """Like :func:`open_session`, returning the session with what was verified."""
+    from modelguard.encryption.model import identities_from, is_encrypted
+
+    model = Path(path)
+    if not model.exists():
+        raise BadInputError(f"no such model file or directory: {model}")
+    chosen = choose_providers(providers)
+
+    def verify() -> Any:
+        return _verify(model, signature, keys, policy, ledger_url, require_ledger)
+
+    if is_encrypted(model):
+        identities = identities_from(identity, passphrase, key)
+        return _open_encrypted(model, identities, verify, chosen, threads)
+    return _open_plaintext(model, verify, chosen)
+
+
+def open_session(
+    path: Path | str,
+    *,
+    signature: Path | str | None = None,
+    keys: Sequence[Any] = (),
+    policy: Any = None,
+    identity: Any = None,
+    passphrase: bytes | str | None = None,
+    key: bytes | None = None,
+    providers: str | Sequence[str] = "auto",
+    ledger_url: str | None = None,
+    require_ledger: bool = False,
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` for a verified (and, if encrypted, decrypted) model.
+
+    Raises a :class:`~modelguard.errors.VerificationError` (exit 1) before any decryption when
+    the signature, policy or ledger check fails, and on any tampered segment or tensor.
+    """
+    verified = open_verified(
+        path,
+        signature=signature,
+        keys=keys,
+        policy=policy,
+        identity=identity,
+        passphrase=passphrase,
+        key=key,
+        providers=providers,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+    )
+    session = verified.session
+    session._modelguard = verified  # the OrtValues' memory lives as long as the session
+    return session
