@@ -60,8 +60,11 @@ __all__ = [
     "check_inclusion",
     "check_proof",
     "compare_versions",
+    "export_ledger",
     "find_sign_entry",
+    "init_ledger",
     "lineage",
+    "list_entries",
     "load_note_signer",
     "load_note_verifier",
     "newest_version",
@@ -69,6 +72,7 @@ __all__ = [
     "note_key_path",
     "open_audit_ledger",
     "prove_entry",
+    "prove_with_checkpoint",
     "record_event",
     "record_events",
     "resolve_ledger_url",
@@ -213,6 +217,27 @@ def newest_version(model_name: str, ledger_url: str | None = None) -> str | None
     return newest
 
 
+def list_entries(
+    ledger_url: str | None = None,
+    *,
+    kind: str | None = None,
+    subject: str | None = None,
+    limit: int | None = None,
+) -> tuple[int, list[Entry]]:
+    """(ledger size, matching entries in index order; ``limit`` keeps the newest)."""
+    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+        return log.size(), log.entries(kind=kind, subject=subject, limit=limit)
+
+
+def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
+    """Write the ledger as JSONL (one canonical entry per line); return the entry count."""
+    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+        try:
+            return log.export_jsonl(Path(path))
+        except OSError as error:
+            raise BadInputError(f"cannot write: {error.strerror}", path=str(path)) from None
+
+
 # --- checkpoints and proofs -------------------------------------------------------------
 
 
@@ -294,6 +319,23 @@ def _trusted(
     return [load_note_verifier(path)] if path.exists() else []
 
 
+def init_ledger(
+    ledger_url: str | None = None, *, origin: str | None = None, key_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Create the ledger and its note key if missing; describe them."""
+    url = resolve_ledger_url(ledger_url)
+    with _mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
+        size, log_origin = log.size(), log.origin
+    signer = load_note_signer(url, key_path)
+    return {
+        "url": url,
+        "origin": log_origin,
+        "size": size,
+        "note_key": str(note_key_path(url, key_path)),
+        "public_key": signer.verifier().to_key_string(),
+    }
+
+
 def sign_checkpoint(ledger_url: str | None = None, key_path: str | Path | None = None) -> str:
     """Sign the current tree head with the ledger's note key; return the C2SP note."""
     signer = load_note_signer(ledger_url, key_path)
@@ -309,6 +351,23 @@ def prove_entry(
         proof = log.inclusion_proof(index, tree_size)
         proof.verify()
         return proof
+
+
+def prove_with_checkpoint(
+    index: int, ledger_url: str | None = None, key_path: str | Path | None = None
+) -> dict[str, Any]:
+    """``{"proof": inclusion proof JSON, "checkpoint": signed note}`` for entry ``index``.
+
+    The checkpoint is freshly signed, and the proof is for exactly its tree size, so the pair
+    checks offline with nothing but the log's public key (:func:`check_proof`).
+    """
+    note = sign_checkpoint(ledger_url, key_path)
+    with _mapped_errors():
+        checkpoint = Checkpoint.from_text(split_note(note)[0])
+        with open_audit_ledger(ledger_url, create=False) as log:
+            proof = log.inclusion_proof(index, checkpoint.size)
+        proof.verify(checkpoint)
+    return {"proof": proof.to_dict(), "checkpoint": note}
 
 
 def check_inclusion(
@@ -342,13 +401,26 @@ def check_inclusion(
 
 
 def check_proof(
-    proof_document: Mapping[str, Any], checkpoint_note: str, public_keys: Sequence[str | Path]
-) -> Checkpoint:
-    """Offline: an inclusion proof JSON against a signed checkpoint and the log's public key."""
+    document: Mapping[str, Any],
+    public_keys: Sequence[str | Path],
+    checkpoint_note: str | None = None,
+) -> tuple[InclusionProof, Checkpoint]:
+    """Offline: an inclusion proof against a signed checkpoint and the log's public key(s).
+
+    ``document``: the output of :func:`prove_with_checkpoint` (proof + checkpoint), or a bare
+    proof JSON with ``checkpoint_note`` given separately (which then takes precedence).
+    """
+    if not public_keys:
+        raise BadInputError("checking a proof needs the log's public note key (--key)")
+    proof_doc = document.get("proof") if "checkpoint" in document else document
+    note = checkpoint_note or document.get("checkpoint")
+    if not isinstance(proof_doc, Mapping) or not isinstance(note, str):
+        raise BadInputError("need an inclusion proof and a signed checkpoint (--checkpoint)")
     with _mapped_errors():
-        checkpoint = open_checkpoint(checkpoint_note, [load_note_verifier(p) for p in public_keys])
-        InclusionProof.from_dict(proof_document).verify(checkpoint)
-    return checkpoint
+        checkpoint = open_checkpoint(note, [load_note_verifier(p) for p in public_keys])
+        proof = InclusionProof.from_dict(proof_doc)
+        proof.verify(checkpoint)
+    return proof, checkpoint
 
 
 def check_consistency(
