@@ -167,6 +167,7 @@ def _verify(
     policy: Any,
     ledger_url: str | None,
     require_ledger: bool,
+    allow_rollback: bool,
 ) -> Any:
     from modelguard.signing.model import verify_model
 
@@ -181,6 +182,7 @@ def _verify(
         policy=policy,
         ledger_url=ledger_url,
         require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
     )
     report.raise_if_failed()
     return report
@@ -314,6 +316,7 @@ def open_verified(
     providers: str | Sequence[str] = "auto",
     ledger_url: str | None = None,
     require_ledger: bool = False,
+    allow_rollback: bool = False,
     threads: int | None = None,
 ) -> VerifiedSession:
     """Like :func:`open_session`, returning the session with what was verified."""
@@ -325,7 +328,7 @@ def open_verified(
     chosen = choose_providers(providers)
 
     def verify() -> Any:
-        return _verify(model, signature, keys, policy, ledger_url, require_ledger)
+        return _verify(model, signature, keys, policy, ledger_url, require_ledger, allow_rollback)
 
     if is_encrypted(model):
         identities = identities_from(identity, passphrase, key)
@@ -345,6 +348,7 @@ def open_session(
     providers: str | Sequence[str] = "auto",
     ledger_url: str | None = None,
     require_ledger: bool = False,
+    allow_rollback: bool = False,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for a verified (and, if encrypted, decrypted) model.
 
@@ -362,6 +366,7 @@ def open_session(
         providers=providers,
         ledger_url=ledger_url,
         require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
     )
     session = verified.session
     session._modelguard = verified  # the OrtValues' memory lives as long as the session
