@@ -595,6 +595,7 @@ class ContainerReader:
         """
         index = self.index
         ranges = index.structure_ranges()
+        self.read_stream("graph")  # not part of the file, but every segment must authenticate
         structure = memoryview(self.read_stream("structure"))
         stream = 0
         for offset, length in ranges:
