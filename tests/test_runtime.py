@@ -1,0 +1,248 @@
+"""Verified inference: verification before decryption, parity, no plaintext on disk, providers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from tinymodels import mlp_onnx, model_dir
+
+from modelguard.encryption import ContainerReader, encrypt_model
+from modelguard.errors import BadInputError, DecryptionError, SignatureError, VerificationError
+from modelguard.keys import generate_key, write_keypair
+from modelguard.runtime import choose_providers, cuda_usable, open_session, open_verified
+from modelguard.signing.model import sign_model
+
+X = np.random.default_rng(7).standard_normal((6, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def signed_encrypted(tmp_path: Path) -> dict:
+    src = tmp_path / "src" / "m.onnx"
+    src.parent.mkdir()
+    mlp_onnx(src, hidden=64)
+    signer, identity = generate_key(), X25519PrivateKey.generate()
+    (tmp_path / "enc").mkdir()
+    enc = tmp_path / "enc" / "m.onnx.mgenc"
+    result = encrypt_model(
+        src, enc, recipients=[identity.public_key()], sign_key=signer, record=False
+    )
+    return {"src": src, "enc": enc, "sig": result.signature, "signer": signer, "identity": identity}
+
+
+def plain_outputs(path: Path) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})[
+        0
+    ]
+
+
+def test_encrypted_session_matches_plain_session_bit_exactly(signed_encrypted: dict) -> None:
+    s = signed_encrypted
+    session = open_session(
+        s["enc"],
+        signature=s["sig"],
+        keys=[s["signer"].public_key()],
+        identity=s["identity"],
+        providers="cpu",
+    )
+    got = session.run(None, {"x": X})[0]
+    assert np.array_equal(got, plain_outputs(s["src"]))
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+
+
+def test_encrypted_directory_model_parity(tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "model")
+    signer = generate_key()
+    result = encrypt_model(src, tmp_path / "enc", key=bytes(32), sign_key=signer, record=False)
+    assert result.signature == tmp_path / "enc" / "model.sig"
+    verified = open_verified(
+        tmp_path / "enc", keys=[signer.public_key()], key=bytes(32), providers="cpu"
+    )
+    assert verified.encrypted and verified.tensors_verified == 4
+    assert np.array_equal(
+        verified.session.run(None, {"x": X})[0], plain_outputs(src / "model.onnx")
+    )
+
+
+def test_verification_runs_before_any_decryption(
+    signed_encrypted: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = signed_encrypted
+    unlocked: list[Path] = []
+    original = ContainerReader.unlock
+    monkeypatch.setattr(
+        ContainerReader,
+        "unlock",
+        lambda self, ids: unlocked.append(self.path) or original(self, ids),
+    )
+    data = bytearray(s["enc"].read_bytes())
+    data[-40] ^= 0x01  # inside the last tensor segment
+    s["enc"].write_bytes(bytes(data))
+    with pytest.raises(VerificationError):
+        open_session(
+            s["enc"], signature=s["sig"], keys=[s["signer"].public_key()], identity=s["identity"]
+        )
+    stranger = generate_key()
+    with pytest.raises(SignatureError):
+        open_session(
+            s["enc"], signature=s["sig"], keys=[stranger.public_key()], identity=s["identity"]
+        )
+    assert unlocked == []
+
+
+def test_wrong_identity_after_valid_signature(signed_encrypted: dict) -> None:
+    s = signed_encrypted
+    with pytest.raises(DecryptionError):
+        open_session(
+            s["enc"],
+            signature=s["sig"],
+            keys=[s["signer"].public_key()],
+            identity=X25519PrivateKey.generate(),
+        )
+
+
+def test_no_trust_anchor_is_refused(signed_encrypted: dict) -> None:
+    s = signed_encrypted
+    with pytest.raises(BadInputError):
+        open_session(s["enc"], identity=s["identity"])
+
+
+def test_plaintext_model_goes_through_the_same_gate(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    mlp_onnx(src)
+    signer = generate_key()
+    signed = sign_model(src, signer, record=False)
+    session = open_session(
+        src, signature=signed.signature_path, keys=[signer.public_key()], providers="cpu"
+    )
+    assert np.array_equal(session.run(None, {"x": X})[0], plain_outputs(src))
+    mlp_onnx(src, seed=9)  # same architecture, other weights: a swapped model
+    with pytest.raises(VerificationError):
+        open_session(src, signature=signed.signature_path, keys=[signer.public_key()])
+
+
+def test_providers() -> None:
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert choose_providers("auto")[-1] == "CPUExecutionProvider"
+    if cuda_usable():
+        assert choose_providers("cuda")[0] == "CUDAExecutionProvider"
+    else:
+        assert choose_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(BadInputError, match="not usable"):
+            choose_providers("cuda")
+    with pytest.raises(BadInputError):
+        choose_providers("tpu")
+
+
+def _write_keys(tmp_path: Path, s: dict) -> tuple[Path, Path]:
+    keys = tmp_path / "keys"
+    write_keypair(keys, "signer", s["signer"], None)
+    identity = keys / "alice.priv"
+    identity.write_bytes(
+        s["identity"].private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return keys / "signer.pub", identity
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelguard", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_run_leaves_no_plaintext_on_disk(signed_encrypted: dict, tmp_path: Path) -> None:
+    """Run inference in a subprocess with its own TMPDIR, then scan TMPDIR and the cwd."""
+    s = signed_encrypted
+    pub, identity = _write_keys(tmp_path, s)
+    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
+    work.mkdir()
+    tmpdir.mkdir()
+    np.save(work / "x.npy", X)
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmpdir),
+        "MODELGUARD_LEDGER": f"sqlite:///{tmp_path / 'l.db'}",
+    }
+    done = _cli(
+        "run",
+        str(s["enc"]),
+        "--signature",
+        str(s["sig"]),
+        "--key",
+        str(pub),
+        "--identity",
+        str(identity),
+        "--input",
+        "x.npy",
+        "--output",
+        "y.npy",
+        "--json",
+        cwd=work,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["provider"] == "CPUExecutionProvider" and document["tensors_verified"] == 4
+    assert np.array_equal(np.load(work / "y.npy"), plain_outputs(s["src"]))
+
+    from modelguard.formats import parse_model_file
+
+    parsed = parse_model_file(s["src"], root=s["src"].parent)
+    assert parsed is not None
+    needles = [bytes(t.read()) for t in parsed.tensors] + [parsed.structure[:64]]
+    scanned = 0
+    for folder in (work, tmpdir, s["enc"].parent):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                blob = path.read_bytes()
+                scanned += 1
+                for needle in needles:
+                    assert needle[:48] not in blob, f"plaintext bytes found in {path}"
+    assert scanned >= 3  # x.npy, y.npy, the container (and whatever else got written)
+
+
+def test_run_cli_refuses_tampered_container_with_one_line(
+    signed_encrypted: dict, tmp_path: Path
+) -> None:
+    s = signed_encrypted
+    pub, identity = _write_keys(tmp_path, s)
+    np.save(tmp_path / "x.npy", X)
+    data = bytearray(s["enc"].read_bytes())
+    data[len(data) // 2] ^= 0x80
+    s["enc"].write_bytes(bytes(data))
+    done = _cli(
+        "run",
+        str(s["enc"]),
+        "--signature",
+        str(s["sig"]),
+        "--key",
+        str(pub),
+        "--identity",
+        str(identity),
+        "--input",
+        "x.npy",
+        "--output",
+        "y.npy",
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and "modelguard: error:" in done.stderr
+    assert not (tmp_path / "y.npy").exists()
