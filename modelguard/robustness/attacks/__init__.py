@@ -13,8 +13,13 @@ from typing import Any
 
 from modelguard.errors import BadInputError
 from modelguard.robustness.attacks.base import Attack, Classifier
+from modelguard.robustness.attacks.cw import CarliniWagnerL2
+from modelguard.robustness.attacks.deepfool import DeepFool
 from modelguard.robustness.attacks.fgsm import FGSM
+from modelguard.robustness.attacks.mifgsm import MIFGSM
 from modelguard.robustness.attacks.pgd import BIM, PGD, PGDL2, PGDMargin
+from modelguard.robustness.attacks.square import SquareAttack
+from modelguard.robustness.attacks.transfer import TransferAttack
 
 ATTACKS: dict[str, type[Attack]] = {
     FGSM.name: FGSM,
@@ -22,6 +27,11 @@ ATTACKS: dict[str, type[Attack]] = {
     PGDL2.name: PGDL2,
     PGDMargin.name: PGDMargin,
     BIM.name: BIM,
+    MIFGSM.name: MIFGSM,
+    DeepFool.name: DeepFool,
+    CarliniWagnerL2.name: CarliniWagnerL2,
+    SquareAttack.name: SquareAttack,
+    TransferAttack.name: TransferAttack,
 }
 
 
