@@ -108,7 +108,7 @@ def test_other_algorithms_are_stable_too(
     directory = tmp_path_factory.mktemp("m")
     tensors_onnx(directory / "m.onnx", tensors)
     one = build_manifest(directory, hash_algorithm=algorithm, threads=1, chunk_size=3)
-    many = build_manifest(directory, hash_algorithm=algorithm, threads=4)
+    many = build_manifest(directory, hash_algorithm=algorithm, threads=4, chunk_size=16)
     assert one == many
     blob = (directory / "m.onnx").read_bytes()
     whole = (
