@@ -166,3 +166,14 @@ def test_truncated_checkpoint_is_refused(
     (tmp_path / "cut.pt").write_bytes(blob[: len(blob) - 100])
     code, _, err = run_cli(capsys, "manifest", str(tmp_path / "cut.pt"))
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_bare_pickle_passes_the_scan_but_is_not_loaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bare.pt").write_bytes(pickle.dumps({"a": 1}))
+    code, out, err = run_cli(capsys, "manifest", str(tmp_path / "bare.pt"))
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"modelguard: error: {tmp_path / 'bare.pt'}: torch.load(weights_only=True) refused it: Weights only load failed"
+    ]

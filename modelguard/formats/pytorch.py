@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import pickletools
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -302,7 +303,9 @@ def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
     where = str(path)
     is_zip = _scan_file(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except (
         pickle.UnpicklingError,
         RuntimeError,
@@ -311,8 +314,13 @@ def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
         OSError,
         AttributeError,
     ) as error:
+        reason = (
+            str(error).strip().split(". ")[0].splitlines()[0]
+            if str(error).strip()
+            else type(error).__name__
+        )
         raise FormatError(
-            f"torch.load(weights_only=True) refused it: {str(error).splitlines()[0]}", path=where
+            f"torch.load(weights_only=True) refused it: {reason}", path=where
         ) from error
     found: dict[str, Any] = {}
     skeleton = _flatten(loaded, "", found, where)
