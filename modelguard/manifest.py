@@ -401,7 +401,7 @@ class _Plan:
     jobs: list[_Job] = field(default_factory=list)
 
 
-def _plan(root: Path, rels: list[str]) -> _Plan:
+def _plan(root: Path, rels: list[str], *, single_file: bool) -> _Plan:
     plan = _Plan()
     extra: list[str] = []
     for rel in rels:
@@ -414,11 +414,12 @@ def _plan(root: Path, rels: list[str]) -> _Plan:
             for t in parsed.tensors:
                 plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
                 if (
-                    t.location is not None
+                    single_file
+                    and t.location is not None
                     and t.location[0] not in rels
                     and t.location[0] not in extra
                 ):
-                    extra.append(t.location[0])  # ONNX external data next to a single model file
+                    extra.append(t.location[0])  # ONNX external data belongs to the model
     for rel in extra:
         full = root / rel
         size = full.stat().st_size
@@ -451,7 +452,7 @@ def build_manifest(
     root, rels = list_model_files(
         Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths
     )
-    plan = _plan(root, rels)
+    plan = _plan(root, rels, single_file=not Path(path).is_dir())
     lock = threading.Lock()
 
     def advance(n: int) -> None:
