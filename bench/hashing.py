@@ -10,6 +10,7 @@ The file is deleted at the end. Needs model-signing (dev extra) for its columns.
 
 What the rows measure:
 - ``hashlib sha256, 1 thread``: the baseline, mmap + 32 MiB updates on one thread.
+- ``blake3, 1 thread``: context: how much faster the hash function alone is.
 - ``modelguard manifest sha256/blake3``: ``build_manifest`` (what ``modelguard manifest`` runs):
   parse + whole-file digest + one digest per tensor, thread pool over all of them.
 - ``modelguard tensor digests only``: the per-layer part alone (thread pool over tensors).
@@ -97,6 +98,14 @@ def hashlib_single(path: Path) -> str:
         return hash_view(memoryview(mapped), "sha256")
 
 
+def blake3_single(path: Path) -> str:
+    with (
+        open(path, "rb") as handle,
+        mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+    ):
+        return hash_view(memoryview(mapped), "blake3")
+
+
 def tensor_digests_only(path: Path, threads: int) -> None:
     parsed = parse_model_file(path, root=path.parent)
     assert parsed is not None
@@ -107,6 +116,10 @@ def tensor_digests_only(path: Path, threads: int) -> None:
 def methods(path: Path, threads: int) -> dict[str, Callable[[], object]]:
     found: dict[str, Callable[[], object]] = {
         "hashlib sha256, 1 thread (baseline)": lambda: hashlib_single(path),
+        "blake3, 1 thread (context)": lambda: blake3_single(path),
+        "modelguard manifest sha256 (1 thread)": lambda: build_manifest(
+            path, hash_algorithm="sha256", threads=1
+        ),
         f"modelguard manifest sha256 ({threads} threads)": lambda: build_manifest(
             path, hash_algorithm="sha256", threads=threads
         ),
