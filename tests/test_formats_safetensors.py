@@ -99,11 +99,13 @@ ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ],
 )
 def test_malformed_headers_are_refused(
-    tmp_path: Path, header: object, data: bytes, reason: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: object, data: bytes, reason: str
 ) -> None:
     path = write_raw(tmp_path / "m.safetensors", header, data)
     with pytest.raises(FormatError, match=reason):
         parse_safetensors(path, root=tmp_path)
+    code, out, err = run_cli(capsys, "manifest", str(path))
+    assert code == 2 and out == "" and err.count("\n") == 1 and reason in err
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
