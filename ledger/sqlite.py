@@ -13,6 +13,7 @@ processes can never append on top of the same entry; waiters queue on busy_timeo
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ class SqliteLedger(Ledger):
     def __init__(self, path: str | Path, *, create: bool = True, origin: str | None = None) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
         if not self.path.exists():
             if not create:
                 raise LedgerInputError(f"{self.url}: no ledger here (run `ledger init`)")
@@ -64,8 +66,18 @@ class SqliteLedger(Ledger):
         finally:
             cur.close()
 
-    def _write(self) -> Any:
-        return self._transaction("BEGIN IMMEDIATE")
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        # SQLite's busy handler polls with sleeps of up to 100 ms; a blocking flock on a
+        # side file queues writers and wakes the next one at once. BEGIN IMMEDIATE still
+        # serializes against any writer that does not take the flock.
+        with open(self._lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with self._transaction("BEGIN IMMEDIATE") as cur:
+                    yield cur
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _read(self) -> Any:
         return self._transaction("BEGIN")

@@ -23,6 +23,7 @@ from ledger.note import Checkpoint, NoteVerifier, open_checkpoint
 from ledger.proofs import b64
 
 # Columns kept next to each entry for queries; they must agree with the entry's content.
+MAX_PROBLEMS = 1000
 INDEXED_COLUMNS = ("kind", "subject_name", "subject_root", "payload_digest", "actor")
 
 
@@ -60,6 +61,7 @@ class VerifyReport:
     root: bytes = EMPTY_ROOT
     problems: list[Problem] = field(default_factory=list)
     checkpoints_checked: int = 0
+    omitted: int = 0  # problems beyond MAX_PROBLEMS, not listed
 
     @property
     def ok(self) -> bool:
@@ -87,6 +89,7 @@ class VerifyReport:
             "first_bad_index": self.first_bad_index,
             "checkpoints_checked": self.checkpoints_checked,
             "problems": [p.to_dict() for p in self.problems],
+            "problems_omitted": self.omitted,
         }
 
 
@@ -150,29 +153,25 @@ def verify_entries(
     """
     report = VerifyReport()
     prev = GENESIS_PREV
-    expected = 0
+    expected = 0  # the index the next stored row should have
+    leaf = 0  # rows seen: the tree is recomputed over the rows as stored
     computed: dict[int, bytes] = {}
     stack: list[tuple[int, bytes]] = []  # (level, hash): the compact range so far
     for row in rows:
-        if row.position != expected:
-            if row.position > expected:
-                report.problems.append(
-                    Problem(
-                        expected,
-                        "deleted",
-                        f"entry {expected} is missing (deleted); the next stored entry is"
-                        f" {row.position}",
-                    )
+        if row.position != expected:  # positions only ever increase (primary key, lines)
+            report.problems.append(
+                Problem(
+                    expected,
+                    "deleted",
+                    f"entry {expected} is missing (deleted); the next stored entry is"
+                    f" {row.position}",
                 )
-            else:
-                report.problems.append(
-                    Problem(expected, "inserted", f"entry {row.position} is stored twice")
-                )
+            )
             # Carry on from the stored position so that later problems are still reported.
             expected = row.position
         h, prev = _check_row(row, expected, prev, report)
         if nodes is not None:
-            stored = nodes.get(node_id(0, expected))
+            stored = nodes.get(node_id(0, row.position))
             if stored is None:
                 report.problems.append(
                     Problem(
@@ -184,11 +183,12 @@ def verify_entries(
                     Problem(
                         expected,
                         "edited",
-                        f"entry {expected}: content does not match its leaf hash in the tree (edited)",
+                        f"entry {expected}: content does not match its leaf hash in the tree"
+                        " (edited)",
                     )
                 )
-        computed[node_id(0, expected)] = h
-        level, node, idx = 0, h, expected
+        computed[node_id(0, leaf)] = h
+        level, node, idx = 0, h, leaf
         while stack and stack[-1][0] == level:
             _, left = stack.pop()
             node = node_hash(left, node)
@@ -197,13 +197,17 @@ def verify_entries(
             computed[node_id(level, idx)] = node
         stack.append((level, node))
         expected += 1
-    report.size = expected
-    report.root = fold_cover([computed[node_id(*k)] for k in compact_range(expected)])
+        leaf += 1
+    report.size = leaf
+    report.root = fold_cover([computed[node_id(*k)] for k in compact_range(leaf)])
     if nodes is not None:
         _compare_nodes(nodes, computed, report)
     for note in checkpoints:
         _check_checkpoint(note, computed, report, verifiers, origin)
     report.problems.sort(key=lambda p: (p.index is None, p.index or 0))
+    if len(report.problems) > MAX_PROBLEMS:
+        report.omitted = len(report.problems) - MAX_PROBLEMS
+        del report.problems[MAX_PROBLEMS:]
     return report
 
 
@@ -220,22 +224,24 @@ def _compare_nodes(
         if nid not in computed:
             report.problems.append(
                 Problem(
-                    min(first, report.size),
+                    report.size,
                     "deleted",
                     f"the tree holds entries {first}..{last} but the log ends at"
                     f" {report.size - 1} (entries deleted)",
                 )
             )
         elif level and computed[nid] != h:
+            # The entries under it recompute to another hash; which one changed shows in the
+            # per-entry checks (when the stored leaf was rewritten too, in the next prev).
             report.problems.append(
-                Problem(first, "tree", f"tree node over entries {first}..{last} was altered")
+                Problem(None, "tree", f"tree node over entries {first}..{last} was altered")
             )
     for nid in computed:
         if nid not in nodes:
             level, first, last = _leaf_range(nid)
             if level:
                 report.problems.append(
-                    Problem(first, "tree", f"tree node over entries {first}..{last} is missing")
+                    Problem(None, "tree", f"tree node over entries {first}..{last} is missing")
                 )
 
 
