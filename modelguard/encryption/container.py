@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import rfc8785
 from cryptography.exceptions import InvalidTag
@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelguard.encryption.keywrap import Identity, Recipient, unwrap_data_key
 from modelguard.errors import DecryptionError, FormatError
+from modelguard.hashing import new_hasher
 
 MAGIC = b"\x89MGENC\r\n"
 VERSION = 1
@@ -62,6 +63,31 @@ def close_map(mapped: mmap.mmap) -> None:
     """Close an mmap; if an error left views on it alive, leave it to the garbage collector."""
     with contextlib.suppress(BufferError):  # a traceback still holds a view; the error matters
         mapped.close()
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """``os.pwrite`` until every byte is written (it may write less than asked)."""
+    while data.nbytes:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+class SegmentBuffers:
+    """One preallocated buffer per worker thread, reused for every segment it handles.
+
+    Ciphertext goes to the file with ``pwrite`` from here: faulting fresh pages of a sparse
+    mmap'd output costs more than the copy into the page cache.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._local = threading.local()
+
+    def get(self, length: int) -> memoryview:
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = bytearray(self._size)
+        return memoryview(buffer)[:length]
 
 
 def default_threads() -> int:
@@ -269,59 +295,58 @@ def write_container(
     header_digest = hashlib.sha256(head).digest()
     total = len(head) + MAC_SIZE + sum(s.length + TAG_SIZE for s in segments)
 
-    with open(out, "wb+") as sink:
-        sink.truncate(total)
-        target = mmap.mmap(sink.fileno(), total)
-        try:
-            target[: len(head)] = head
-            target[len(head) : len(head) + MAC_SIZE] = mac
-            offsets, cursor = [], len(head) + MAC_SIZE
-            for segment in segments:
-                offsets.append(cursor)
-                cursor += segment.length + TAG_SIZE
+    offsets, cursor = [], len(head) + MAC_SIZE
+    for segment in segments:
+        offsets.append(cursor)
+        cursor += segment.length + TAG_SIZE
 
-            def plaintext(segment: Segment) -> bytes | memoryview:
-                if segment.kind == "index":
-                    return index
-                if segment.kind == "graph":
-                    return memoryview(plan.graph)[segment.start : segment.start + segment.length]
-                if segment.kind == "tensor":
-                    assert segment.tensor is not None
-                    begin = segment.tensor.offset + segment.start
-                    return memoryview(source)[begin : begin + segment.length]
-                parts = list(_pieces(ranges, segment.start, segment.length))
-                if len(parts) == 1:
-                    return memoryview(source)[parts[0][0] : parts[0][0] + parts[0][1]]
-                return b"".join(source[o : o + n] for o, n in parts)
+    def plaintext(segment: Segment) -> bytes | memoryview:
+        if segment.kind == "index":
+            return index
+        if segment.kind == "graph":
+            return memoryview(plan.graph)[segment.start : segment.start + segment.length]
+        if segment.kind == "tensor":
+            assert segment.tensor is not None
+            begin = segment.tensor.offset + segment.start
+            return memoryview(source)[begin : begin + segment.length]
+        parts = list(_pieces(ranges, segment.start, segment.length))
+        if len(parts) == 1:
+            return memoryview(source)[parts[0][0] : parts[0][0] + parts[0][1]]
+        return b"".join(source[o : o + n] for o, n in parts)
+
+    buffers = SegmentBuffers(max(s.length for s in segments) + TAG_SIZE)
+    try:
+        with open(out, "wb") as sink:
+            sink.truncate(total)
+            os.pwrite(sink.fileno(), head + mac, 0)
 
             def seal(segment: Segment) -> None:
                 aad = segment.aad(file_id, header_digest, len(segments))
-                begin = offsets[segment.number]
-                with memoryview(target) as view:
-                    buf = view[begin : begin + segment.length + TAG_SIZE]
-                    aead.encrypt_into(nonce(segment.number), plaintext(segment), aad, buf)
-                    buf.release()
+                buf = buffers.get(segment.length + TAG_SIZE)
+                aead.encrypt_into(nonce(segment.number), plaintext(segment), aad, buf)
+                pwrite_all(sink.fileno(), buf, offsets[segment.number])
 
-            _run_parallel(seal, segments, threads)
-            target.flush()
-        finally:
-            close_map(target)
-            if isinstance(source, mmap.mmap):
-                close_map(source)
+            _run_parallel(seal, segments, threads, lambda s: s.length)
+    finally:
+        if isinstance(source, mmap.mmap):
+            close_map(source)
+
+
+T = TypeVar("T")
 
 
 def _run_parallel(
-    work: Callable[[Segment], None], segments: Sequence[Segment], threads: int | None
+    work: Callable[[T], None], items: Sequence[T], threads: int | None, size: Callable[[T], int]
 ) -> None:
-    """Run ``work`` over segments, biggest first, on a thread pool (AES-GCM drops the GIL)."""
-    order = sorted(segments, key=lambda s: -s.length)
+    """Run ``work`` over items, biggest first, on a thread pool (AES-GCM and hashlib drop the GIL)."""
+    order = sorted(items, key=lambda item: -size(item))
     workers = threads or default_threads()
-    if workers == 1 or len(order) == 1:
-        for segment in order:
-            work(segment)
+    if workers == 1 or len(order) <= 1:
+        for item in order:
+            work(item)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-aead") as pool:
-        for future in [pool.submit(work, s) for s in order]:
+        for future in [pool.submit(work, item) for item in order]:
             future.result()
 
 
@@ -420,6 +445,7 @@ class ContainerReader:
         self._aead: AESGCM | None = None
         self._index: ContainerIndex | None = None
         self._offsets: list[int] = []
+        self._by_tensor: dict[int, list[Segment]] | None = None
 
     def __enter__(self) -> ContainerReader:
         return self
@@ -567,7 +593,12 @@ class ContainerReader:
             ) from None
 
     def tensor_segments(self, tensor: TensorEntry) -> list[Segment]:
-        return [s for s in self.index.segments if s.tensor is tensor]
+        if self._by_tensor is None:
+            self._by_tensor = {}
+            for segment in self.index.segments:
+                if segment.tensor is not None:
+                    self._by_tensor.setdefault(id(segment.tensor), []).append(segment)
+        return self._by_tensor.get(id(tensor), [])
 
     def decrypt_tensor_into(self, tensor: TensorEntry, out: memoryview) -> None:
         """Decrypt one tensor (all its chunks) into ``out`` (``tensor.length`` bytes)."""
@@ -617,7 +648,44 @@ class ContainerReader:
                 if finished == segment.chunks:
                     on_tensor(tensor, out[tensor.offset : tensor.offset + tensor.length])
 
-        _run_parallel(work, [s for s in index.segments if s.kind == "tensor"], threads)
+        tensor_segments = [s for s in index.segments if s.kind == "tensor"]
+        _run_parallel(work, tensor_segments, threads, lambda s: s.length)
+
+    def write_to(
+        self,
+        fd: int,
+        *,
+        threads: int | None = None,
+        hash_algorithm: str | None = None,
+        on_digest: Callable[[TensorEntry, str], None] | None = None,
+    ) -> None:
+        """Write the plaintext file to ``fd`` (sized already), tensor by tensor, chunk by chunk.
+
+        Each worker decrypts a chunk into its own preallocated buffer, hashes it (``on_digest``
+        gets each tensor's hex digest) and ``pwrite``s it: plaintext is held once, in pieces.
+        """
+        index = self.index
+        self.read_stream("graph")  # not part of the file, but every segment must authenticate
+        structure = memoryview(self.read_stream("structure"))
+        stream = 0
+        for offset, length in index.structure_ranges():
+            pwrite_all(fd, structure[stream : stream + length], offset)
+            stream += length
+        tensors = [t for t in index.tensors if self.tensor_segments(t)]
+        buffers = SegmentBuffers(max((min(t.length, index.chunk_size) for t in tensors), default=0))
+
+        def work(tensor: TensorEntry) -> None:
+            hasher = new_hasher(hash_algorithm) if hash_algorithm else None
+            for segment in self.tensor_segments(tensor):
+                buf = buffers.get(segment.length)
+                self._decrypt(segment, buf)
+                if hasher is not None:
+                    hasher.update(buf)
+                pwrite_all(fd, buf, tensor.offset + segment.start)
+            if hasher is not None and on_digest is not None:
+                on_digest(tensor, hasher.hexdigest())
+
+        _run_parallel(work, tensors, threads, lambda t: t.length)
 
     def read_all(self) -> bytes:
         out = bytearray(self.index.size)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import mmap
 import os
 import shutil
 import tempfile
@@ -38,7 +37,6 @@ from modelguard.encryption.container import (
     ContainerReader,
     FilePlan,
     TensorEntry,
-    close_map,
     write_container,
 )
 from modelguard.encryption.keywrap import (
@@ -202,15 +200,16 @@ def plan_model(
         if parsed is None:
             continue
         for tensor in parsed.tensors:
-            if tensor.location is None:
-                continue  # decoded tensors (typed ONNX fields, pickles) stay in the structure
+            if tensor.location is None or tensor.nbytes == 0:
+                continue  # decoded (typed ONNX fields, pickles) or empty: stays in the structure
             file, offset, length = tensor.location
             entries = by_file.setdefault(file, {})
-            if offset in entries and entries[offset].length != length:
-                raise FormatError(f"tensors overlap at offset {offset}", path=file)
-            entries.setdefault(
-                offset,
-                TensorEntry(tensor.name, tensor.dtype, tensor.shape, offset, length, record.path),
+            if offset in entries:
+                raise FormatError(
+                    f"tensors {entries[offset].name!r} and {tensor.name!r} share bytes", path=file
+                )
+            entries[offset] = TensorEntry(
+                tensor.name, tensor.dtype, tensor.shape, offset, length, record.path
             )
             if record.format == "onnx":
                 onnx_located.setdefault(record.path, set()).add(tensor.name)
@@ -423,7 +422,10 @@ class TensorChecker:
     def __call__(self, tensor: TensorEntry, data: memoryview | bytearray) -> None:
         hasher = new_hasher(self.algorithm)
         hasher.update(memoryview(data))
-        ok = hmac.compare_digest(hasher.hexdigest(), self.digests[(tensor.record, tensor.name)])
+        self.check(tensor, hasher.hexdigest())
+
+    def check(self, tensor: TensorEntry, digest: str) -> None:
+        ok = hmac.compare_digest(digest, self.digests[(tensor.record, tensor.name)])
         with self._lock:
             self.checked.append(tensor.name)
             if not ok and self.failure is None:
@@ -444,18 +446,14 @@ def _write_file(reader: ContainerReader, destination: Path, threads: int | None)
     manifest = checked_manifest(reader)
     index = reader.index
     checker = TensorChecker(manifest, index, str(reader.path))
-    with open(destination, "wb+") as sink:
-        if index.size == 0:
-            return []
+    with open(destination, "wb") as sink:
         sink.truncate(index.size)
-        target = mmap.mmap(sink.fileno(), index.size)
-        try:
-            view = memoryview(target)
-            reader.decrypt_into(view, threads=threads, on_tensor=checker)
-            del view
-            target.flush()
-        finally:
-            close_map(target)
+        reader.write_to(
+            sink.fileno(),
+            threads=threads,
+            hash_algorithm=checker.algorithm,
+            on_digest=checker.check,
+        )
     checker.raise_if_failed()
     return checker.checked
 
