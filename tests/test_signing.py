@@ -59,6 +59,24 @@ def test_roundtrip_directory_and_report(signed_model: Path) -> None:
     document = report.to_dict()
     assert document["ok"] is True and document["failures"] == []
     json.dumps(document)
+    # every byte was checked through the signed tensor/gap layout (the parallel path)
+    assert any("every byte hashed" in c.detail for c in report.checks)
+
+
+def test_layout_tiles_every_model_file(signed_model: Path) -> None:
+    bundle = json.loads((signed_model / "model.sig").read_bytes())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    layout = statement["predicate"]["modelguard"]["layout"]
+    assert set(layout) == {"model.onnx", "model.safetensors"}
+    for path, segments in layout.items():
+        assert segments[0][0] == 0
+        assert sum(s[1] for s in segments) == (signed_model / path).stat().st_size
+        assert {s[2] for s in segments if s[2]} == {
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+        }
 
 
 def test_single_file_model_signature_sits_next_to_it(tmp_path: Path) -> None:
