@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from tinymodels import mlp_onnx, tensors_onnx
 
@@ -241,3 +243,23 @@ def test_detect_format_keeps_bin_data_raw(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(np.ones(8, np.float32).tobytes())
     assert detect_format(tmp_path / "weights.bin") is None
     assert detect_format(tmp_path / "m.onnx") == "onnx"
+
+
+@settings(max_examples=80)
+@given(data=st.data())
+def test_mutated_models_parse_or_fail_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    directory = tmp_path_factory.mktemp("fuzz")
+    mlp_onnx(directory / "m.onnx")
+    blob = bytearray((directory / "m.onnx").read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(blob)))
+    (directory / "m.onnx").write_bytes(bytes(blob[:cut]))
+    try:
+        parsed = parse_onnx(directory / "m.onnx", root=directory)
+    except (FormatError, UnsafeModelError):
+        return
+    for t in parsed.tensors:
+        assert t.read().nbytes == t.nbytes

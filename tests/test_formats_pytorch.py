@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelguard.cli import main as cli_main
 from modelguard.errors import FormatError, UnsafeModelError
@@ -177,3 +179,24 @@ def test_bare_pickle_passes_the_scan_but_is_not_loaded(
     assert err.strip().splitlines() == [
         f"modelguard: error: {tmp_path / 'bare.pt'}: torch.load(weights_only=True) refused it: Weights only load failed"
     ]
+
+
+@settings(max_examples=40)
+@given(data=st.data(), legacy=st.booleans())
+def test_mutated_checkpoints_parse_or_fail_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, legacy: bool
+) -> None:
+    directory = tmp_path_factory.mktemp("fuzz")
+    torch.save(
+        {"w": torch.ones(3), "n": 1}, directory / "m.pt", _use_new_zipfile_serialization=not legacy
+    )
+    blob = bytearray((directory / "m.pt").read_bytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    (directory / "m.pt").write_bytes(bytes(blob))
+    try:
+        parsed = parse_pytorch(directory / "m.pt", root=directory)
+    except (FormatError, UnsafeModelError):
+        return
+    for t in parsed.tensors:
+        assert t.read().nbytes == t.nbytes

@@ -131,7 +131,7 @@ def _is_pytorch_archive(path: Path, head: bytes) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # a corrupt zip is simply not a torch archive here
         return False
 
 

@@ -293,6 +293,8 @@ def parse_onnx(path: Path, *, root: Path) -> ParsedModel:
     tensors: list[TensorSlice] = []
     for tensor, raw in zip(initializers, raws, strict=True):
         name = tensor.name
+        if not isinstance(name, str):  # protobuf hands back bytes for invalid UTF-8 (proto2)
+            raise FormatError(f"initializer name {name!r} is not valid UTF-8", path=where)
         if tensor.data_type == _STRING:
             continue  # string tensors have no fixed-size bytes: they stay in the structure
         dtype = ONNX_DTYPES.get(tensor.data_type)
@@ -314,6 +316,10 @@ def parse_onnx(path: Path, *, root: Path) -> ParsedModel:
                     f"initializer {name!r}: both raw_data and external data", path=where
                 )
             entries = {entry.key: entry.value for entry in tensor.external_data}
+            if not all(isinstance(x, str) for pair in entries.items() for x in pair):
+                raise FormatError(
+                    f"initializer {name!r}: external data entries are not valid UTF-8", path=where
+                )
             target, inside = check_external_path(entries.get("location", ""), path.parent, where)
             offset = _external_int(entries, "offset", name, where) or 0
             length = _external_int(entries, "length", name, where)

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import rfc8785
 
-from modelguard.errors import FormatError, UnsafeModelError
+from modelguard.errors import FormatError, ModelGuardError, UnsafeModelError
 from modelguard.formats import (
     LEGACY_TORCH_MAGIC,
     ZIP_MAGIC,
@@ -189,10 +189,12 @@ def scan_pickle(stream: IO[bytes], where: str, *, limit: int = MAX_PICKLE_BYTES)
                 values.append(None)
             if len(values) > 64:
                 del values[:-2]
-    except (ValueError, EOFError) as error:
-        raise FormatError(f"malformed or truncated pickle: {error}", path=where) from error
     except FormatError as error:
         raise FormatError(error.message, path=where) from error
+    except ModelGuardError:
+        raise
+    except Exception as error:  # pickletools and zip streams raise assorted errors on bad bytes
+        raise FormatError(f"malformed or truncated pickle: {error}", path=where) from error
 
 
 def _check_import(module: str, attr: str, where: str) -> None:
@@ -230,7 +232,9 @@ def _scan_file(path: Path) -> bool:
                         )
                     with archive.open(info) as member:
                         scan_pickle(member, f"{where}:{info.filename}", limit=info.file_size)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError) as error:
+        except ModelGuardError:
+            raise
+        except Exception as error:  # zipfile raises assorted errors on corrupt archives
             raise FormatError(f"bad zip archive: {error}", path=where) from error
         return True
     size = path.stat().st_size
@@ -296,7 +300,6 @@ def _flatten(value: Any, prefix: str, tensors: dict[str, Any], where: str) -> An
 
 
 def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
-    import pickle
 
     import torch
 
@@ -306,14 +309,7 @@ def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        ValueError,
-        EOFError,
-        OSError,
-        AttributeError,
-    ) as error:
+    except Exception as error:  # any failure to load untrusted bytes is bad input, not a bug
         reason = (
             str(error).strip().split(". ")[0].splitlines()[0]
             if str(error).strip()
@@ -323,7 +319,10 @@ def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
             f"torch.load(weights_only=True) refused it: {reason}", path=where
         ) from error
     found: dict[str, Any] = {}
-    skeleton = _flatten(loaded, "", found, where)
+    try:
+        skeleton = _flatten(loaded, "", found, where)
+    except RecursionError as error:
+        raise FormatError("checkpoint nests too deeply", path=where) from error
     slices = []
     for name, tensor in found.items():
         dtype = _dtype_name(tensor)
