@@ -401,9 +401,8 @@ class _Plan:
     jobs: list[_Job] = field(default_factory=list)
 
 
-def _plan(root: Path, rels: list[str], *, single_file: bool) -> _Plan:
+def _plan(root: Path, rels: list[str]) -> _Plan:
     plan = _Plan()
-    extra: list[str] = []
     for rel in rels:
         full = root / rel
         parsed = parse_model_file(full, root=root)
@@ -413,18 +412,6 @@ def _plan(root: Path, rels: list[str], *, single_file: bool) -> _Plan:
         if parsed is not None:
             for t in parsed.tensors:
                 plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
-                if (
-                    single_file
-                    and t.location is not None
-                    and t.location[0] not in rels
-                    and t.location[0] not in extra
-                ):
-                    extra.append(t.location[0])  # ONNX external data belongs to the model
-    for rel in extra:
-        full = root / rel
-        size = full.stat().st_size
-        plan.files[rel] = (size, "raw", None)
-        plan.jobs.append(_Job(("file", rel), size, (lambda p: lambda: map_file(p))(full), full))
     return plan
 
 
@@ -452,7 +439,7 @@ def build_manifest(
     root, rels = list_model_files(
         Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths
     )
-    plan = _plan(root, rels, single_file=not Path(path).is_dir())
+    plan = _plan(root, rels)
     lock = threading.Lock()
 
     def advance(n: int) -> None:

@@ -89,7 +89,9 @@ def test_external_data_same_digests_as_embedded(tmp_path: Path) -> None:
     )
     embedded = build_manifest(tmp_path / "embedded.onnx")
     external = build_manifest(ext / "m.onnx")
-    assert [f.path for f in external.files] == ["m.onnx", "weights.bin"]  # data file included
+    # a single file is one record (as in OMS); its external tensors are in that record
+    assert [f.path for f in external.files] == ["m.onnx"]
+    assert [f.path for f in build_manifest(ext).files] == ["m.onnx", "weights.bin"]
     ext_record, emb_record = external.file("m.onnx"), embedded.file("embedded.onnx")
     assert ext_record is not None and emb_record is not None
     assert ext_record.tensors == emb_record.tensors
