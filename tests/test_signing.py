@@ -391,3 +391,19 @@ def test_generic_bundles_verify_any_statement_and_reject_wrong_keys() -> None:
 def test_keys_and_policy_are_exclusive_and_one_is_needed(signed_model: Path) -> None:
     with pytest.raises(BadInputError):
         verify_model(signed_model)
+
+
+def test_shards_with_repeated_tensor_names_use_the_parallel_path(tmp_path: Path) -> None:
+    for shard in range(2):
+        tiny_safetensors(
+            tmp_path / f"s{shard}.safetensors", {"layer.weight": np.full((8,), shard, np.float32)}
+        )
+    sign_model(tmp_path, KEY, record=False)
+    report = verify_model(tmp_path, keys=[KEY.public_key()])
+    assert report.ok and any("every byte hashed" in c.detail for c in report.checks)
+    data = bytearray((tmp_path / "s1.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "s1.safetensors").write_bytes(bytes(data))
+    assert "tensor 'layer.weight' in 's1.safetensors' differs" in failures(
+        verify_model(tmp_path, keys=[KEY.public_key()])
+    )

@@ -122,12 +122,16 @@ def layouts_from_dict(data: object, manifest: Manifest) -> dict[str, list[Segmen
     if not isinstance(data, Mapping):
         raise FormatError("layout is not an object")
     files = {f.path: f for f in manifest.files}
+    # a name may repeat across files (shards); ONNX external data lies in another file
+    tensors: dict[str, set[str]] = {}
+    for f in manifest.files:
+        for t in f.tensors:
+            tensors.setdefault(t.name, set()).add(t.digest)
     layouts: dict[str, list[Segment]] = {}
     for path, raw in data.items():
         record = files.get(path)
         if record is None or not isinstance(raw, list):
             raise FormatError(f"layout names a file {path!r} that the manifest does not list")
-        tensors = {t.name: t.digest for f in manifest.files for t in f.tensors}
         segments, cursor = [], 0
         for item in raw:
             if not (isinstance(item, list) and len(item) == 4):
@@ -141,7 +145,7 @@ def layouts_from_dict(data: object, manifest: Manifest) -> dict[str, list[Segmen
             ):
                 raise FormatError(f"layout of {path!r} does not tile the file")
             if not isinstance(digest, str) or (
-                tensor is not None and tensors.get(tensor) != digest
+                tensor is not None and digest not in tensors.get(tensor, set())
             ):
                 raise FormatError(
                     f"layout of {path!r} disagrees with the manifest's tensor digests"
