@@ -85,9 +85,11 @@ class CertificateRequirement:
         }
 
 
-# (requirement, model path, signature path) -> list of failure reasons; empty = satisfied.
-CertificateCheck = Callable[[CertificateRequirement, Path, Path], list[str]]
+# (requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
+# empty = satisfied.
+CertificateCheck = Callable[[CertificateRequirement, Path, Path, Sequence[PublicKey]], list[str]]
 _certificate_check: CertificateCheck | None = None
+_gate_loaded = False
 
 
 def set_certificate_check(check: CertificateCheck | None) -> None:
@@ -97,6 +99,11 @@ def set_certificate_check(check: CertificateCheck | None) -> None:
 
 
 def certificate_check() -> CertificateCheck | None:
+    """The installed check; the first call loads modelguard's own (robustness.gate)."""
+    global _gate_loaded
+    if _certificate_check is None and not _gate_loaded:
+        _gate_loaded = True
+        import modelguard.robustness.gate  # noqa: F401  (installs itself)
     return _certificate_check
 
 

@@ -770,7 +770,7 @@ def _check_certificate(report: VerificationReport, policy: Policy, model: Path, 
                 "policy",
             )
         return
-    reasons = check(policy.certificate, model, sig)
+    reasons = check(policy.certificate, model, sig, policy.trusted_keys)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
