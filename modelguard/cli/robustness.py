@@ -1,0 +1,252 @@
+"""``modelguard eval``: adversarial robustness evaluation with a signed certificate.
+
+$ modelguard eval build/demo/digits-v1 --attacks fgsm,pgd,cw,square --eps 0.05,0.1,0.2 --out build/eval
+$ modelguard eval model.onnx --attacks square --eps 0.1 --limit 100 --json      # black-box
+$ modelguard eval --arch mypkg.models:net --weights net.safetensors --data test.npz
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modelguard.cli.keys import passphrase_options
+from modelguard.cli.output import emit, json_option, progress_enabled
+from modelguard.errors import BadInputError
+from modelguard.keys import load_private_key, read_passphrase
+from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
+from modelguard.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig, ProgressHook
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInputError(f"--eps must be comma-separated numbers, got {text!r}") from None
+    return values
+
+
+def _params(items: tuple[str, ...], surrogate: Path | None) -> dict[str, dict[str, Any]]:
+    """``--param pgd.steps=40`` (values parsed as JSON when they parse) into attack_params."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        attack, dot, name = target.partition(".")
+        if not sep or not dot or not attack or not name:
+            raise BadInputError(f"--param must look like ATTACK.NAME=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params.setdefault(attack, {})[name] = value
+    if surrogate is not None:
+        params.setdefault("transfer", {})["surrogate"] = str(surrogate)
+    return params
+
+
+@contextmanager
+def _progress() -> Iterator[ProgressHook | None]:
+    if not progress_enabled():
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("evaluating", total=None)
+
+        def hook(label: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=label)
+
+        yield hook
+
+
+def _render(run: EvaluationRun, console: Console) -> None:
+    result = run.result
+    console.print(
+        f"[bold]{result.model.get('name')}[/bold]  root {result.model.get('manifest_root')}\n"
+        f"clean accuracy {result.clean_accuracy:.3f} (ONNX {result.onnx_clean_accuracy}); "
+        f"{result.data['count']} examples of {result.data['name']}; threat model {result.config.norm}"
+    )
+    table = Table(title="robust accuracy (worst case = every attack failed)")
+    table.add_column("eps", justify="right")
+    for name in result.config.attacks:
+        table.add_column(name, justify="right")
+    table.add_column("worst case", justify="right", style="bold")
+    rows = result.robust_table()
+    for eps in result.config.eps:
+        row = rows[str(eps)]
+        table.add_row(
+            str(eps),
+            *[f"{row[a]:.3f}" for a in result.config.attacks],
+            f"{row['worst_case']:.3f}",
+        )
+    console.print(table)
+    for check in result.soundness:
+        colour = {"pass": "green", "warn": "red", "skip": "yellow"}[check["status"]]
+        console.print(
+            f"[{colour}]{check['status']:>4}[/{colour}] {check['name']}: {check['detail']}"
+        )
+    parity = result.parity
+    if parity.get("checked"):
+        console.print(
+            f"parity ok: max |logit diff| {parity['max_abs_diff']:.2g} over "
+            f"{parity['inputs_compared']} inputs"
+        )
+    for kind, path in run.outputs.items():
+        console.print(f"{kind}: {path}")
+    if run.certificate and run.certificate.ledger_entry is not None:
+        console.print(f"ledger: evaluate entry #{run.certificate.ledger_entry.index}")
+
+
+@click.command(
+    "eval",
+    epilog="""\b
+Examples:
+  modelguard eval build/demo/digits-v1 --eps 0.05,0.1,0.2 --key keys/mg.priv --passphrase-env MG_PASS
+  modelguard eval model_dir --attacks fgsm,pgd,pgd-margin --param pgd.steps=40 --limit 200
+  modelguard eval model.onnx --attacks square,transfer --surrogate other_model_dir --json
+  modelguard eval --arch pkg.mod:fn --weights w.safetensors --data test.npz --no-ledger
+""",
+)
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--data", default="digits", show_default=True, help="digits | file.npz (x, y) | image folder."
+)
+@click.option(
+    "--attacks",
+    default=",".join(DEFAULT_ATTACKS),
+    show_default=True,
+    help="Comma-separated portfolio (fgsm, pgd, pgd-l2, pgd-margin, bim, mifgsm, deepfool, cw, square, transfer).",
+)
+@click.option(
+    "--eps",
+    "eps_text",
+    default=",".join(str(e) for e in DEFAULT_EPS),
+    show_default=True,
+    help="Comma-separated budgets.",
+)
+@click.option(
+    "--norm",
+    type=click.Choice(["linf", "l2"]),
+    default="linf",
+    show_default=True,
+    help="Threat model.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("eval-report"),
+    show_default=True,
+    help="Output directory.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every attack.")
+@click.option("--limit", type=int, help="Evaluate the first N examples only.")
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    help="Attack hyperparameter, ATTACK.NAME=VALUE (repeatable).",
+)
+@click.option(
+    "--surrogate",
+    type=click.Path(path_type=Path),
+    help="Model directory the transfer attack crafts on.",
+)
+@click.option(
+    "--arch",
+    help="Trusted factory pkg.module:function (with --weights); MODEL may then be its ONNX file.",
+)
+@click.option("--weights", type=click.Path(path_type=Path), help="safetensors weights for --arch.")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
+@click.option("--no-soundness", is_flag=True, help="Skip the soundness checks (not recommended).")
+@click.option(
+    "--key", "key_path", type=click.Path(path_type=Path), help="Private key: sign a certificate."
+)
+@passphrase_options
+@click.option(
+    "--ledger",
+    "ledger_url",
+    help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
+)
+@click.option("--no-ledger", is_flag=True, help="Do not append the evaluate entry.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    model: Path | None,
+    data: str,
+    attacks: str,
+    eps_text: str,
+    norm: str,
+    out_dir: Path,
+    seed: int,
+    limit: int | None,
+    batch_size: int,
+    params: tuple[str, ...],
+    surrogate: Path | None,
+    arch: str | None,
+    weights: Path | None,
+    device: str,
+    no_soundness: bool,
+    key_path: Path | None,
+    passphrase_env: str | None,
+    passphrase_file: Path | None,
+    ledger_url: str | None,
+    no_ledger: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Attack a model with a portfolio of attacks; report per-example worst-case robustness.
+
+    With --key, the result is signed as a robustness certificate (in-toto, bound to the
+    model's manifest root) and appended to the ledger as an `evaluate` entry.
+    """
+    if quiet:
+        ctx.ensure_object(dict)["quiet"] = True
+    if no_ledger and ledger_url:
+        raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if model is None and arch is None:
+        raise click.UsageError("give MODEL (a model directory or .onnx file) or --arch/--weights")
+    config = EvalConfig(
+        attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+        eps=_eps_list(eps_text),
+        seed=seed,
+        data=data,
+        limit=limit,
+        norm=norm,
+        attack_params=_params(params, surrogate),
+        batch_size=batch_size,
+        soundness=not no_soundness,
+    ).resolved()
+    key = None
+    if key_path is not None:
+        key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
+    with _progress() as hook:
+        run = evaluate_and_certify(
+            model if model is not None else "",
+            config,
+            out_dir,
+            key=key,
+            ledger_url=ledger_url,
+            record=not no_ledger,
+            arch=arch,
+            weights=weights,
+            device=device,
+            progress=hook,
+        )
+    emit(run.to_dict(), as_json, lambda console: _render(run, console))

@@ -1,0 +1,454 @@
+"""Robustness certificates: a signed in-toto Statement over an evaluation, recorded in the ledger.
+
+>>> from modelguard.keys import generate_key
+>>> from modelguard.robustness.certificate import certify, load_certificate
+>>> key = generate_key()
+>>> issued = certify(result, key, "build/eval", ledger_url="sqlite:///l.db")   # doctest: +SKIP
+>>> cert = load_certificate(issued.path, [key.public_key()])                   # doctest: +SKIP
+>>> cert.worst_case_accuracy(0.1)                                              # doctest: +SKIP
+0.62
+
+docs/certificate.md specifies the format. In short: a Sigstore bundle v0.3 (DSSE, signed with
+:func:`modelguard.signing.sign_statement` exactly like a model signature) over an in-toto
+Statement v1 whose ``predicateType`` is :data:`PREDICATE_TYPE`; the subjects bind it to the
+model's manifest layer root and the deployed ONNX file's sha256; the predicate carries the
+full evaluation config (so ``recertify`` can re-run it exactly), the results, the soundness
+checks and the environment. Certifying appends an ``evaluate`` entry to the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelguard import __version__
+from modelguard.errors import DigestMismatchError, FormatError, SignatureError, VerificationError
+from modelguard.keys import PrivateKey, PublicKey, key_id
+from modelguard.robustness.evaluate import EvalConfig, EvalResult
+
+PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
+ROOT_DIGEST_NAME = "modelguard-manifest-root-sha256"
+CERTIFICATE_NAME = "certificate.sig"
+LEDGER_KIND = "evaluate"
+PREDICATE_VERSION = 1
+
+
+def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) -> dict[str, Any]:
+    """The unsigned in-toto Statement for ``result`` (refused when ONNX parity failed)."""
+    from modelguard.signing.statement import STATEMENT_TYPE
+
+    result.require_parity()
+    model = result.model
+    if not model.get("manifest_root"):
+        raise FormatError("evaluation result has no model manifest root to bind the certificate to")
+    subjects: list[dict[str, Any]] = [
+        {
+            "name": str(model.get("name") or "model"),
+            "digest": {ROOT_DIGEST_NAME: str(model["manifest_root"])},
+        }
+    ]
+    for role in ("onnx", "weights"):
+        digest = model.get(f"{role}_sha256")
+        if digest:
+            subjects.append({"name": Path(str(model[role])).name, "digest": {"sha256": digest}})
+    moment = (issued_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    public_model = {k: v for k, v in model.items() if k != "path"}
+    predicate = {
+        "version": PREDICATE_VERSION,
+        "issuer": {"tool": "modelguard", "version": __version__},
+        "issued_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": public_model,
+        "data": result.data,
+        "config": result.config.to_dict(),
+        "environment": result.environment,
+        "results": result.results_dict(),
+        "summary": {
+            "norm": result.config.norm,
+            "clean_accuracy": result.clean_accuracy,
+            "onnx_clean_accuracy": result.onnx_clean_accuracy,
+            "worst_case": [
+                {"eps": w["eps"], "robust_accuracy": w["robust_accuracy"]}
+                for w in result.worst_case
+            ],
+            "parity_ok": result.parity_ok,
+            "soundness_warnings": result.soundness_warnings,
+            "gradient_masking_suspected": bool(result.soundness_warnings),
+        },
+    }
+    _check_finite(predicate, "predicate")
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Canonical JSON (RFC 8785) has no NaN or infinity: refuse them early, naming the field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FormatError(f"certificate field {where} is not a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def sign_certificate(statement: Mapping[str, Any], key: PrivateKey) -> dict[str, Any]:
+    """A Sigstore bundle v0.3 over the statement (H3's generic DSSE signing)."""
+    from modelguard.signing import sign_statement
+
+    return sign_statement(statement, key)
+
+
+def write_signed_certificate(
+    statement: Mapping[str, Any], key: PrivateKey, out_path: str | os.PathLike[str]
+) -> Path:
+    """Sign ``statement`` and write the bundle to ``out_path`` (atomically)."""
+    from modelguard.signing.bundle import dump_bundle
+
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = dump_bundle(sign_certificate(statement, key))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def payload_digest(path: Path) -> str:
+    """``sha256:<hex>`` of the bundle file bytes (the ledger's payload digest)."""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_certificate(
+    statement: Mapping[str, Any],
+    bundle_path: Path,
+    signer: str,
+    *,
+    ledger_url: str | None = None,
+) -> Any:
+    """Append the ``evaluate`` ledger entry for a written certificate; returns the Entry."""
+    from modelguard.audit import record_event
+
+    predicate = statement["predicate"]
+    model = predicate["model"]
+    subject = {"name": str(model.get("name") or "model"), "root": str(model["manifest_root"])}
+    if model.get("version"):
+        subject["version"] = str(model["version"])
+    summary = predicate["summary"]
+    details = {
+        "predicate_type": PREDICATE_TYPE,
+        "certificate": str(bundle_path),
+        "onnx_sha256": model.get("onnx_sha256"),
+        "data_digest": predicate["data"]["digest"],
+        "norm": summary["norm"],
+        "clean_accuracy": summary["clean_accuracy"],
+        "worst_case": {str(w["eps"]): w["robust_accuracy"] for w in summary["worst_case"]},
+        "soundness_warnings": summary["soundness_warnings"],
+        "attacks": predicate["config"]["attacks"],
+    }
+    return record_event(
+        LEDGER_KIND,
+        subject=subject,
+        payload_digest=payload_digest(bundle_path),
+        actor=signer,
+        details=details,
+        ledger_url=ledger_url,
+    )
+
+
+@dataclass
+class IssuedCertificate:
+    path: Path
+    statement: dict[str, Any]
+    payload_digest: str
+    key_id: str
+    ledger_entry: Any | None  # ledger.Entry when recorded
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = self.ledger_entry
+        return {
+            "path": str(self.path),
+            "payload_digest": self.payload_digest,
+            "key_id": self.key_id,
+            "predicate_type": PREDICATE_TYPE,
+            "ledger_index": getattr(entry, "index", None),
+        }
+
+
+def certify(
+    result: EvalResult,
+    key: PrivateKey,
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str = CERTIFICATE_NAME,
+    ledger_url: str | None = None,
+    record: bool = True,
+) -> IssuedCertificate:
+    """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry."""
+    statement = build_certificate(result)
+    path = write_signed_certificate(statement, key, Path(out_dir) / name)
+    signer = key_id(key.public_key())
+    entry = record_certificate(statement, path, signer, ledger_url=ledger_url) if record else None
+    return IssuedCertificate(path, statement, payload_digest(path), signer, entry)
+
+
+@dataclass
+class Certificate:
+    """A verified certificate: the statement, who signed it, and typed accessors."""
+
+    statement: dict[str, Any]
+    key_ids: tuple[str, ...]
+    path: Path | None
+    payload_digest: str | None
+
+    @property
+    def predicate(self) -> dict[str, Any]:
+        return dict(self.statement["predicate"])
+
+    @property
+    def config(self) -> EvalConfig:
+        """The exact evaluation config to re-run (data digest included)."""
+        return EvalConfig.from_dict(self.predicate["config"], source=str(self.path))
+
+    @property
+    def manifest_root(self) -> str:
+        return str(self.predicate["model"]["manifest_root"])
+
+    @property
+    def onnx_sha256(self) -> str | None:
+        value = self.predicate["model"].get("onnx_sha256")
+        return str(value) if value else None
+
+    @property
+    def norm(self) -> str:
+        return str(self.predicate["summary"]["norm"])
+
+    @property
+    def soundness_warnings(self) -> list[str]:
+        return list(self.predicate["summary"]["soundness_warnings"])
+
+    def worst_case_accuracy(self, eps: float) -> float | None:
+        """Worst-case robust accuracy at ``eps`` (None when that eps was not evaluated)."""
+        for row in self.predicate["summary"]["worst_case"]:
+            if math.isclose(float(row["eps"]), eps, rel_tol=0, abs_tol=1e-12):
+                return float(row["robust_accuracy"])
+        return None
+
+    def robust_accuracy_at_least(self, eps: float) -> float | None:
+        """Worst case at the smallest evaluated eps >= ``eps`` (a bound for ``eps`` by monotonicity)."""
+        rows = [
+            r for r in self.predicate["summary"]["worst_case"] if float(r["eps"]) >= eps - 1e-12
+        ]
+        if not rows:
+            return None
+        return float(min(rows, key=lambda r: float(r["eps"]))["robust_accuracy"])
+
+
+def parse_certificate_statement(statement: Mapping[str, Any], *, source: str) -> None:
+    """Structural checks of a verified statement (FormatError naming ``source``)."""
+    if statement.get("predicateType") != PREDICATE_TYPE:
+        raise FormatError(
+            f"not a robustness certificate (predicateType {statement.get('predicateType')!r})",
+            path=source,
+        )
+    predicate = statement.get("predicate")
+    try:
+        assert isinstance(predicate, dict)
+        if int(predicate["version"]) != PREDICATE_VERSION:
+            raise FormatError(
+                f"unsupported certificate version {predicate['version']}", path=source
+            )
+        str(predicate["model"]["manifest_root"])
+        [float(r["eps"]) + float(r["robust_accuracy"]) for r in predicate["summary"]["worst_case"]]
+        EvalConfig.from_dict(predicate["config"], source=source)
+        predicate["results"]["attacks"]
+    except (AssertionError, KeyError, TypeError, ValueError) as error:
+        raise FormatError(
+            f"malformed robustness certificate ({type(error).__name__}: {error})", path=source
+        ) from None
+
+
+def load_certificate(
+    path: str | os.PathLike[str], trusted_keys: Sequence[PublicKey]
+) -> Certificate:
+    """Read, verify (signature by a trusted key) and parse a certificate bundle.
+
+    :class:`SignatureError` (exit 1) when no trusted key signed it; :class:`FormatError`
+    (exit 2) when it is malformed or not a robustness certificate.
+    """
+    from modelguard.signing import verify_bundle
+    from modelguard.signing.bundle import load_bundle_bytes, read_bundle_file
+
+    source = Path(path)
+    if not source.is_file():
+        raise FormatError("certificate file not found", path=str(source))
+    data = read_bundle_file(source)
+    bundle = load_bundle_bytes(data, source=str(source))
+    try:
+        verified = verify_bundle(bundle, trusted_keys)
+    except SignatureError as error:
+        raise SignatureError(f"{source}: {error}", details=error.details) from None
+    parse_certificate_statement(verified.statement, source=str(source))
+    return Certificate(
+        statement=verified.statement,
+        key_ids=verified.key_ids,
+        path=source,
+        payload_digest="sha256:" + hashlib.sha256(data).hexdigest(),
+    )
+
+
+def compare_results(recorded: Mapping[str, Any], rerun: EvalResult, tolerance: float) -> list[str]:
+    """Drifts between a certificate's recorded results and a re-run (empty = within tolerance)."""
+    drifts: list[str] = []
+
+    def close(name: str, a: float | None, b: float | None) -> None:
+        if a is None or b is None:
+            if a is not b:
+                drifts.append(f"{name}: recorded {a}, now {b}")
+            return
+        if abs(float(a) - float(b)) > tolerance + 1e-12:
+            drifts.append(
+                f"{name}: recorded {float(a):.4f}, now {float(b):.4f} (tolerance {tolerance})"
+            )
+
+    close("clean accuracy", recorded.get("clean_accuracy"), rerun.clean_accuracy)
+    close("ONNX clean accuracy", recorded.get("onnx_clean_accuracy"), rerun.onnx_clean_accuracy)
+    now_attacks = {(a.attack, float(a.eps)): a for a in rerun.attacks}
+    for row in recorded.get("attacks", []):
+        key = (str(row["attack"]), float(row["eps"]))
+        current = now_attacks.get(key)
+        if current is None:
+            drifts.append(f"{key[0]} at eps={key[1]}: recorded but not re-run")
+            continue
+        close(f"{key[0]} at eps={key[1]}", row["robust_accuracy"], current.robust_accuracy)
+    now_worst = {float(w["eps"]): w["robust_accuracy"] for w in rerun.worst_case}
+    for row in recorded.get("worst_case", []):
+        close(
+            f"worst case at eps={row['eps']}",
+            row["robust_accuracy"],
+            now_worst.get(float(row["eps"])),
+        )
+    if not rerun.parity_ok:
+        drifts.append("PyTorch/ONNX parity now fails")
+    return drifts
+
+
+def check_rerun(certificate: Certificate, rerun: EvalResult) -> list[str]:
+    """Everything recertify must check: same model, same ONNX, same data, numbers in tolerance.
+
+    Raises :class:`DigestMismatchError` when the model or data no longer match the
+    certificate; returns the list of numeric drifts (empty = re-certified).
+    """
+    if rerun.model.get("manifest_root") != certificate.manifest_root:
+        raise DigestMismatchError(
+            f"model manifest root {rerun.model.get('manifest_root')} differs from the certified "
+            f"{certificate.manifest_root}"
+        )
+    if certificate.onnx_sha256 and rerun.model.get("onnx_sha256") != certificate.onnx_sha256:
+        raise DigestMismatchError("the ONNX file differs from the certified one (sha256)")
+    recorded_data = certificate.predicate["data"]["digest"]
+    if rerun.data["digest"] != recorded_data:
+        raise DigestMismatchError(
+            f"data set digest {rerun.data['digest'][:16]}... differs from the certified "
+            f"{recorded_data[:16]}..."
+        )
+    tolerance = float(certificate.predicate["config"].get("recertify_tolerance", 0.01))
+    return compare_results(certificate.predicate["results"], rerun, tolerance)
+
+
+def require_rerun_matches(certificate: Certificate, rerun: EvalResult) -> None:
+    """:func:`check_rerun`, raising :class:`VerificationError` (exit 1) on drift."""
+    drifts = check_rerun(certificate, rerun)
+    if drifts:
+        raise VerificationError(
+            f"re-certification drifted: {drifts[0]}"
+            + (f" (+{len(drifts) - 1} more)" if len(drifts) > 1 else ""),
+            details={"drifts": drifts},
+        )
+
+
+def check_requirement(
+    certificate: Certificate, *, min_robust_accuracy: float, epsilon: float, norm: str = "linf"
+) -> list[str]:
+    """Policy gate: reasons the certificate falls short (empty = satisfied)."""
+    reasons = []
+    if certificate.norm != norm:
+        reasons.append(
+            f"certificate is for the {certificate.norm} threat model, policy asks {norm}"
+        )
+        return reasons
+    accuracy = certificate.robust_accuracy_at_least(epsilon)
+    if accuracy is None:
+        reasons.append(f"certificate has no worst-case result at eps >= {epsilon}")
+    elif accuracy < min_robust_accuracy:
+        reasons.append(
+            f"worst-case robust accuracy {accuracy:.3f} at eps={epsilon} is below the required "
+            f"{min_robust_accuracy:.3f}"
+        )
+    if not certificate.predicate["summary"].get("parity_ok", False):
+        reasons.append("certificate records a PyTorch/ONNX parity failure")
+    return reasons
+
+
+@dataclass
+class EvaluationRun:
+    """What :func:`evaluate_and_certify` produced."""
+
+    result: EvalResult
+    outputs: dict[str, Path]
+    certificate: IssuedCertificate | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.result.parity_ok,
+            "summary": self.result.summary(),
+            "robust_accuracy": self.result.robust_table(),
+            "soundness": [
+                {"name": c["name"], "status": c["status"], "detail": c["detail"]}
+                for c in self.result.soundness
+            ],
+            "parity": self.result.parity,
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+            "certificate": self.certificate.to_dict() if self.certificate else None,
+        }
+
+
+def evaluate_and_certify(
+    target: str | os.PathLike[str],
+    config: EvalConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    key: PrivateKey | None = None,
+    ledger_url: str | None = None,
+    record: bool = True,
+    arch: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    progress: Any = None,
+) -> EvaluationRun:
+    """``modelguard eval`` as one call: evaluate, write the reports, sign + record a certificate.
+
+    Outputs are written even when ONNX parity fails (the report says FAILED); then no
+    certificate is issued and :class:`VerificationError` (exit 1) is raised.
+    """
+    from modelguard.robustness.evaluate import evaluate
+    from modelguard.robustness.report import write_outputs
+
+    result = evaluate(target, config, arch=arch, weights=weights, progress=progress, device=device)
+    outputs = write_outputs(result, out_dir)
+    result.require_parity()
+    issued = None
+    if key is not None:
+        issued = certify(result, key, out_dir, ledger_url=ledger_url, record=record)
+        outputs["certificate"] = issued.path
+    return EvaluationRun(result, outputs, issued)
