@@ -57,8 +57,7 @@ def _hash_options(func: click.decorators.FC) -> click.decorators.FC:
     return func
 
 
-def _render_manifest(manifest: Manifest, path: Path) -> None:
-    out = Console(soft_wrap=True)
+def _render_manifest(out: Console, manifest: Manifest, path: Path) -> None:
     table = Table(title=f"manifest of {path}", title_justify="left")
     table.add_column("file")
     table.add_column("format")
@@ -123,15 +122,14 @@ def manifest(
         )
     if output is not None:
         output.write_bytes(result.canonical_json())
-    emit(result.to_dict(), as_json, lambda _console: _render_manifest(result, path))
+    emit(result.to_dict(), as_json, lambda out: _render_manifest(out, result, path))
 
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _render_diff(result: ManifestDiff, a: Path, b: Path) -> None:
-    out = Console(soft_wrap=True)
+def _render_diff(out: Console, result: ManifestDiff, a: Path, b: Path) -> None:
     if result.identical:
         out.print(f"[green]identical[/green]: {a} and {b}")
         return
@@ -187,7 +185,7 @@ def diff(
     emit(
         {"a": str(a), "b": str(b), **result.to_dict()},
         as_json,
-        lambda _console: _render_diff(result, a, b),
+        lambda out: _render_diff(out, result, a, b),
     )
     if not result.identical:
         ctx.exit(1)
