@@ -27,6 +27,7 @@ import ctypes
 import importlib.util
 import io
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from modelguard.errors import BadInputError, FormatError, VerificationError
+from modelguard.hashing import new_hasher
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -124,6 +126,7 @@ class VerifiedSession:
     layer_root: str | None
     tensors_verified: int
     verification: Any = None  # modelguard.signing.model.VerificationReport
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     _buffers: list[Any] = field(default_factory=list, repr=False)  # keep OrtValue memory alive
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +136,7 @@ class VerifiedSession:
             "encrypted": self.encrypted,
             "layer_root": self.layer_root,
             "tensors_verified": self.tensors_verified,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "verification": self.verification.to_dict() if self.verification is not None else None,
         }
 
@@ -221,7 +225,9 @@ def _open_encrypted(
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(ContainerReader(c)) for _, c in containers]
         pinned = [(r, r.stat) for r in readers]
+        started = time.perf_counter()
         report = verify()  # (2) nothing is decrypted before this returns
+        verified_at = time.perf_counter()
         for reader, opened in pinned:
             if not _same_file(opened, reader.path):
                 raise VerificationError(
@@ -251,15 +257,16 @@ def _open_encrypted(
 
         def decrypt(job: tuple[Any, Any, Any, np.ndarray]) -> None:
             reader, checker, tensor, array = job
-            flat = array.reshape(-1).view(np.uint8).data
-            reader.decrypt_tensor_into(tensor, flat)
-            checker(tensor, flat)
+            hasher = new_hasher(checker.algorithm)
+            reader.decrypt_tensor_into(tensor, array.reshape(-1).view(np.uint8).data, hasher)
+            checker.check(tensor, hasher.hexdigest())
 
         jobs.sort(key=lambda j: -j[2].length)
         with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
             list(pool.map(decrypt, jobs))
         for _, checker, _, _ in jobs:
             checker.raise_if_failed()
+    decrypted_at = time.perf_counter()
     options = session_options()
     values = [_ort_value(array, tensor.dtype) for _, _, tensor, array in jobs]
     if jobs:
@@ -273,6 +280,11 @@ def _open_encrypted(
         layer_root=root,
         tensors_verified=len(jobs),
         verification=report,
+        timings={
+            "verify_s": verified_at - started,
+            "decrypt_and_check_s": decrypted_at - verified_at,
+            "session_s": time.perf_counter() - decrypted_at,
+        },
         _buffers=[values, [j[3] for j in jobs]],
     )
 

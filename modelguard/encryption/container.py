@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelguard.encryption.keywrap import Identity, Recipient, unwrap_data_key
 from modelguard.errors import DecryptionError, FormatError
-from modelguard.hashing import new_hasher
+from modelguard.hashing import Hasher, new_hasher
 
 MAGIC = b"\x89MGENC\r\n"
 VERSION = 1
@@ -55,7 +55,8 @@ MAC_SIZE = 32
 TAG_SIZE = 16
 MAX_HEADER = 1 << 24
 MAX_INDEX = 1 << 28
-DEFAULT_CHUNK = 64 << 20  # spreads big tensors over threads; AES-GCM takes < 2^31 bytes a call
+# 4 MiB: a decrypted chunk is hashed while still in cache; AES-GCM takes < 2^31 bytes a call
+DEFAULT_CHUNK = 4 << 20
 MAX_CHUNK = (1 << 31) - 1 - TAG_SIZE
 
 
@@ -600,10 +601,18 @@ class ContainerReader:
                     self._by_tensor.setdefault(id(segment.tensor), []).append(segment)
         return self._by_tensor.get(id(tensor), [])
 
-    def decrypt_tensor_into(self, tensor: TensorEntry, out: memoryview) -> None:
-        """Decrypt one tensor (all its chunks) into ``out`` (``tensor.length`` bytes)."""
+    def decrypt_tensor_into(
+        self, tensor: TensorEntry, out: memoryview, hasher: Hasher | None = None
+    ) -> None:
+        """Decrypt one tensor (all its chunks) into ``out`` (``tensor.length`` bytes).
+
+        ``hasher`` is fed each chunk right after it is decrypted, while it is still in cache.
+        """
         for segment in self.tensor_segments(tensor):
-            self._decrypt(segment, out[segment.start : segment.start + segment.length])
+            piece = out[segment.start : segment.start + segment.length]
+            self._decrypt(segment, piece)
+            if hasher is not None:
+                hasher.update(piece)
 
     def read_stream(self, kind: str) -> bytes:
         """The whole structure or graph stream (small: no tensor bytes)."""
