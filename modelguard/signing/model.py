@@ -156,7 +156,7 @@ def manifest_resources(model: Path, manifest: Manifest) -> dict[str, str]:
     if model.is_file():
         if len(manifest.files) != 1:
             raise FormatError(
-                "a single-file model with external data cannot be signed as a file; sign its directory",
+                "a single-file model must have exactly one manifest record",
                 path=str(model),
             )
         return {".": manifest.files[0].digest}
