@@ -213,6 +213,12 @@ def plan_model(
             )
             if record.format == "onnx":
                 onnx_located.setdefault(record.path, set()).add(tensor.name)
+    outside = sorted(set(by_file) - {record.path for record in manifest.files})
+    if outside:
+        raise BadInputError(
+            f"tensors live in {outside[0]!r}, outside what is being encrypted: encrypt the model directory",
+            path=str(path),
+        )
     plans = []
     for record in manifest.files:
         graph = b""
