@@ -246,3 +246,62 @@ def test_run_cli_refuses_tampered_container_with_one_line(
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1 and "modelguard: error:" in done.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_cli_keygen_encrypt_sign_run_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelguard.cli.main import main
+
+    def cli(*args: str) -> tuple[int, dict]:
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--json"])
+        out = capsys.readouterr().out
+        return int(exited.value.code or 0), json.loads(out)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ID_PASS", "identity secret")
+    monkeypatch.setenv("MODELGUARD_LEDGER", f"sqlite:///{tmp_path / 'ledger.db'}")
+    mlp_onnx(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", X)
+    assert cli("keygen", "--out", "k", "--name", "signer", "--no-passphrase")[0] == 0
+    code, made = cli(
+        "keygen",
+        "--out",
+        "k",
+        "--name",
+        "alice",
+        "--purpose",
+        "encryption",
+        "--passphrase-env",
+        "ID_PASS",
+    )
+    assert code == 0 and made["algorithm"] == "x25519" and made["encrypted"] is True
+    code, enc = cli(
+        "encrypt",
+        "m.onnx",
+        "--out",
+        "m.onnx.mgenc",
+        "--recipient",
+        "k/alice.pub",
+        "--sign-key",
+        "k/signer.priv",
+    )
+    assert code == 0 and enc["signature"].endswith("model.sig")
+    code, ran = cli(
+        "run",
+        "m.onnx.mgenc",
+        "--key",
+        "k/signer.pub",
+        "--identity",
+        "k/alice.priv",
+        "--identity-passphrase-env",
+        "ID_PASS",
+        "--input",
+        "x.npy",
+        "--output",
+        "y.npy",
+        "--require-ledger",
+    )
+    assert code == 0 and ran["encrypted"] is True and ran["layer_root"] == enc["layer_root"]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), plain_outputs(tmp_path / "m.onnx"))
