@@ -53,6 +53,7 @@ class AdversarialSettings:
     guard_size: int = 200  # fast-at: held-out examples for the overfitting guard
     guard_steps: int = 10
     guard_drop: float = 0.2  # collapse: guard PGD accuracy falls this far below its best
+    random_start: bool = True  # fast-at: False is plain FGSM from x (Wong et al.'s ablation)
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 1:
@@ -143,7 +144,14 @@ def fast_at(
         if epoch not in attacks:
             eps = adv.eps_at(epoch)
             alpha = adv.alpha if adv.alpha is not None else 1.25 * eps
-            attacks[epoch] = PGD(m, eps=eps, alpha=alpha, steps=1, seed=_seed(settings, epoch))
+            attacks[epoch] = PGD(
+                m,
+                eps=eps,
+                alpha=alpha,
+                steps=1,
+                random_start=adv.random_start,
+                seed=_seed(settings, epoch),
+            )
         return F.cross_entropy(m(attacks[epoch](x, y)), y)
 
     def after_epoch(epoch: int, m: nn.Module, record: dict[str, Any]) -> bool:
