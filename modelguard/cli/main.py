@@ -29,8 +29,8 @@ COMMANDS: dict[str, str] = {
     "decrypt": "modelguard.cli.crypto:decrypt",
     "run": "modelguard.cli.run:run",
     "eval": "modelguard.cli.robustness:evaluate",
-    "harden": "modelguard.cli.robustness:harden",
-    "recertify": "modelguard.cli.robustness:recertify",
+    "harden": "modelguard.cli.hardening:harden",
+    "recertify": "modelguard.cli.hardening:recertify",
     "ledger": "modelguard.cli.ledger:ledger",
     "demo": "modelguard.cli.demo:demo",
 }

@@ -145,7 +145,7 @@ class HardenResult:
     train_data_digest: str
     certificate: str
     certificate_digest: str
-    parent_certificate: str | None
+    parent_numbers: str  # the parent certificate used, or why the parent was re-evaluated
     comparison: dict[str, Any]
     evaluation: dict[str, Any]
     signature: dict[str, Any]
@@ -160,20 +160,30 @@ def _parent_numbers(
     parent_root: str,
     certificate_path: Path | None,
     trusted: Sequence[PublicKey],
-) -> tuple[dict[str, Any] | None, EvalConfig | None, str | None]:
-    """The parent's signed certificate (results + config) when there is one bound to it."""
+) -> tuple[dict[str, Any] | None, EvalConfig | None, str]:
+    """The parent's results and config from its certificate, and where they came from.
+
+    A certificate named explicitly must be trusted and bound to the parent (else exit 1/2);
+    one merely found beside the parent is used only if it is, and otherwise the parent is
+    re-evaluated (the numbers only feed the comparison table, never a trust decision).
+    """
     path = certificate_path or certificate_path_for(parent)
     if not path.is_file():
         if certificate_path is not None:
             raise BadInputError("parent certificate not found", path=str(path))
-        return None, None, None
-    cert = load_certificate(path, trusted)
-    if cert.manifest_root != parent_root:
-        raise DigestMismatchError(
-            f"parent certificate is bound to model root {cert.manifest_root[:16]}..., "
-            f"the parent's is {parent_root[:16]}...",
-            path=str(path),
-        )
+        return None, None, "no parent certificate: parent evaluated with the child's config"
+    try:
+        cert = load_certificate(path, trusted)
+        if cert.manifest_root != parent_root:
+            raise DigestMismatchError(
+                f"parent certificate is bound to model root {cert.manifest_root[:16]}..., "
+                f"the parent's is {parent_root[:16]}...",
+                path=str(path),
+            )
+    except (VerificationError, BadInputError) as error:
+        if certificate_path is not None:
+            raise
+        return None, None, f"parent certificate not used ({error}): parent re-evaluated"
     return dict(cert.predicate["results"]), cert.config, str(path)
 
 
@@ -216,7 +226,7 @@ def harden_model(
     if out_dir.resolve() == model_dir.resolve():
         raise BadInputError("the hardened model needs its own --out directory", path=str(out_dir))
 
-    parent_results, parent_config, parent_cert_path = _parent_numbers(
+    parent_results, parent_config, parent_source = _parent_numbers(
         model_dir, parent_root, parent_certificate, trust.trusted_keys
     )
     parent_model, card = load_model_dir(model_dir)
@@ -300,7 +310,7 @@ def harden_model(
         train_data_digest=train.digest,
         certificate=str(issued.path),
         certificate_digest=cert_digest,
-        parent_certificate=parent_cert_path,
+        parent_numbers=parent_source,
         comparison=comparison,
         evaluation=result.summary(),
         signature=signed.to_dict(),
