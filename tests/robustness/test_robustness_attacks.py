@@ -30,7 +30,8 @@ def test_fgsm_is_the_closed_form_linf_optimum_on_a_binary_linear_model(
     seed: int, eps: float
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(2, 64, generator=gen)
+    # small weights keep both softmax probabilities well above float32 rounding
+    weight = 0.1 * torch.randn(2, 64, generator=gen)
     model = linear(weight, torch.zeros(2))
     x = 0.3 + 0.4 * torch.rand(5, 1, 8, 8, generator=gen)  # away from the box edges: no clipping
     y = torch.randint(0, 2, (5,), generator=gen)
@@ -51,9 +52,10 @@ def test_fgsm_is_the_closed_form_linf_optimum_on_a_binary_linear_model(
 def test_deepfool_reaches_the_exact_minimal_l2_distance_on_a_binary_linear_model(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     weight = 0.5 * torch.randn(2, 64, generator=gen)
-    bias = 0.1 * torch.randn(2, generator=gen)
+    # boundary through the grey image 0.5: every step stays well inside the [0, 1] box
+    bias = torch.stack([torch.zeros(()), -0.5 * (weight[1] - weight[0]).sum()])
     model = linear(weight, bias)
-    x = 0.45 + 0.1 * torch.rand(4, 1, 8, 8, generator=gen)
+    x = 0.4 + 0.2 * torch.rand(4, 1, 8, 8, generator=gen)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
         f = (model(x)[:, 1] - model(x)[:, 0]).abs()
