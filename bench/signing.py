@@ -1,8 +1,8 @@
 """Sign and verify a >= 1 GiB model with modelguard and with model_signing (key mode), side by side.
 
-    $ .venv/bin/python bench/signing.py                       # 1 GiB safetensors, 8 x 128 MiB tensors
-    $ .venv/bin/python bench/signing.py --shards 4            # the same 1 GiB as 4 shard files
-    $ .venv/bin/python bench/signing.py --size-mib 256 --repeats 1   # quick look
+    $ .venv/bin/python -P bench/signing.py                       # 1 GiB safetensors, 8 x 128 MiB tensors
+    $ .venv/bin/python -P bench/signing.py --shards 4            # the same 1 GiB as 4 shard files
+    $ .venv/bin/python -P bench/signing.py --size-mib 256 --repeats 1   # quick look
 
 Writes the model (random float32 bytes, streamed), warms the page cache, then runs every
 method on the same files, interleaved, ``--repeats`` times, and prints medians and the ratio
