@@ -21,27 +21,32 @@ by default in /dev/shm, so writes measure the work, not this VM's disk (``--work
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import tempfile
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from onnx import TensorProto, helper, numpy_helper
+# bench/ledger.py would shadow the ``ledger`` package: drop this script's folder from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from modelguard.encryption import ContainerReader, decrypt_model, encrypt_model
-from modelguard.encryption.container import default_threads, write_container
-from modelguard.encryption.keywrap import X25519Identity, X25519Recipient
-from modelguard.encryption.model import plan_model
-from modelguard.keys import generate_key
-from modelguard.runtime import open_verified
+import argparse  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from modelguard.encryption import ContainerReader, decrypt_model, encrypt_model  # noqa: E402
+from modelguard.encryption.container import default_threads, write_container  # noqa: E402
+from modelguard.encryption.keywrap import X25519Identity, X25519Recipient  # noqa: E402
+from modelguard.encryption.model import plan_model  # noqa: E402
+from modelguard.keys import generate_key  # noqa: E402
+from modelguard.runtime import open_verified  # noqa: E402
 
 
 def write_model(path: Path, layers: int, width: int) -> int:
