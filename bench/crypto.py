@@ -159,6 +159,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, fn in runs.items():
                 times[name].append(timed(fn))
+        print(f"workdir: {args.workdir}, load average (1/5/15 min): {os.getloadavg()}")
         print(
             f"model: {size / 2**30:.3f} GiB ({args.layers} x {args.width}x{args.width} fp32), "
             f"{os.cpu_count()} CPUs, {threads} threads, median of {args.repeats}"
