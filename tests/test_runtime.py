@@ -288,6 +288,10 @@ def test_cli_keygen_encrypt_sign_run_round_trip(
         "k/signer.priv",
     )
     assert code == 0 and enc["signature"].endswith("model.sig")
+    from ledger import open_ledger
+
+    (event,) = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}").entries(kind="encrypt")
+    assert event.subject["root"] == enc["layer_root"]
     code, ran = cli(
         "run",
         "m.onnx.mgenc",

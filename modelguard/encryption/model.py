@@ -333,6 +333,24 @@ def encrypt_model(
             record=record,
         )
         signature = Path(signed.signature_path)
+        if record:
+            from modelguard.audit import record_event
+
+            # links the plaintext root to the signed container in the ledger
+            subject = {"name": name or target.resolve().name, "root": manifest.layer_root}
+            if version is not None:
+                subject["version"] = version
+            record_event(
+                "encrypt",
+                subject=subject,
+                payload_digest=signed.payload_digest,
+                actor=signed.key_id,
+                details={
+                    "container_root": signed.manifest.layer_root,
+                    "recipients": sorted({type(r).__name__ for r in wrapped}),
+                },
+                ledger_url=ledger_url,
+            )
     return EncryptResult(
         source=source,
         out=target,
