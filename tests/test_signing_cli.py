@@ -12,6 +12,7 @@ import pytest
 from modelguard import audit
 from modelguard.cli import main as cli_main
 from modelguard.keys import generate_key, key_id, write_keypair
+from tests.test_ledger.conftest import pg_url  # noqa: F401  (fixture)
 from tests.tinymodels import model_dir
 
 
@@ -180,3 +181,18 @@ def test_default_ledger_is_under_the_working_directory(
     shutil.rmtree(tmp_path / ".modelguard")
     code, report, _ = verify(capsys, setup, "--require-ledger")
     assert code != 0
+
+
+@pytest.mark.postgres
+def test_sign_and_require_ledger_on_postgresql(
+    setup: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    pg_url: str,  # noqa: F811  (the fixture imported above)
+) -> None:
+    signed = sign(capsys, setup, "--ledger", pg_url, "--name", "tiny", "--version", "3")
+    assert signed["ledger_entry"]["kind"] == "sign"
+    code, report, _ = verify(capsys, setup, "--ledger", pg_url, "--require-ledger")
+    assert code == 0, report["failures"]
+    audit.revoke(setup["key_id"], reason="rotated", ledger_url=pg_url)
+    code, report, _ = verify(capsys, setup, "--ledger", pg_url, "--require-ledger")
+    assert code == 1 and any("revoked" in f for f in report["failures"])
