@@ -345,13 +345,13 @@ class Ledger(ABC):
             if not batch:
                 return
             for r in batch:
-                yield StoredRow(int(r[0]), bytes(r[6]), tuple(r[1:6]))
+                yield StoredRow(r[0], r[6], r[1:6])
 
     def verify(self, verifiers: Sequence[NoteVerifier] = ()) -> VerifyReport:
         """Recompute chain and tree from the entries; compare with stored nodes and checkpoints."""
         with self._read() as cur:
             cur.execute("SELECT id, hash FROM ledger_nodes")
-            nodes = {int(nid): bytes(h) for nid, h in cur.fetchall()}
+            nodes = dict(cur.fetchall())
             cur.execute("SELECT note FROM ledger_checkpoints ORDER BY tree_size")
             notes = [str(r[0]) for r in cur.fetchall()]
             origin = self._origin(cur)

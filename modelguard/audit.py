@@ -70,6 +70,7 @@ __all__ = [
     "newest_version",
     "normalize_digest",
     "note_key_path",
+    "note_public_key_path",
     "open_audit_ledger",
     "prove_entry",
     "prove_with_checkpoint",
@@ -257,6 +258,11 @@ def note_key_path(ledger_url: str | None = None, key_path: str | Path | None = N
 def _public_path(private: Path) -> Path:
     name = private.name[: -len(".key")] if private.name.endswith(".key") else private.name
     return private.with_name(name + ".pub")
+
+
+def note_public_key_path(ledger_url: str | None = None, key_path: str | Path | None = None) -> Path:
+    """The public half of the note key (``<name>.pub`` next to ``<name>.key``)."""
+    return _public_path(note_key_path(ledger_url, key_path))
 
 
 def load_note_signer(
