@@ -57,9 +57,9 @@ DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2)
 # value ends up in the resolved config, so a certificate states exactly what ran.
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "fgsm": {},
-    "pgd": {"steps": 20, "restarts": 1, "random_start": True},
-    "pgd-margin": {"steps": 20, "restarts": 1, "random_start": True},
-    "pgd-l2": {"steps": 20, "restarts": 1, "random_start": True},
+    "pgd": {"steps": 20, "restarts": 1, "random_start": True, "early_stop": True},
+    "pgd-margin": {"steps": 20, "restarts": 1, "random_start": True, "early_stop": True},
+    "pgd-l2": {"steps": 20, "restarts": 1, "random_start": True, "early_stop": True},
     "bim": {},
     "mifgsm": {"steps": 10, "decay": 1.0},
     "deepfool": {"steps": 50, "overshoot": 0.02},

@@ -79,7 +79,7 @@ def succeeded(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
 
 def linf_project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """Nearest point of the Linf ball around ``x`` intersected with [0, 1]."""
-    return torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)
+    return torch.clamp(torch.clamp(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
 def flat_norm(t: Tensor, p: float) -> Tensor:

@@ -16,6 +16,9 @@ its best point over all iterations and restarts (highest attack margin, as in Cr
 Paper defaults (MNIST, [0,1] inputs): eps = 0.3, alpha = 0.01, 40 steps (100 for eval),
 random start, cross-entropy loss. Here ``alpha`` defaults to Madry's rule of thumb
 ``2.5 * eps / steps`` so one budget of steps can reach the far side of the ball.
+``early_stop=True`` stops spending steps on an example once it is fooled (its best point is
+already adversarial, so robust accuracy is unchanged); the evaluation uses it, adversarial
+training should not.
 
 Variants in this file (one registry entry each):
 ``pgd-l2``: the L2 threat model; ``pgd-margin``: the Carlini-Wagner logit-margin loss
@@ -28,6 +31,7 @@ steps = min(eps*255 + 4, 1.25 * eps*255).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +66,7 @@ class PGD(Attack):
         restarts: int = 1,
         loss: str = "ce",
         norm: str = "linf",
+        early_stop: bool = False,
     ) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2"):
@@ -75,6 +80,7 @@ class PGD(Attack):
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.random_start = bool(random_start)
+        self.early_stop = bool(early_stop)
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
         if not math.isfinite(self.alpha) or self.alpha < 0:
             raise BadInputError(f"{self.name}: alpha must be a finite number >= 0")
@@ -86,6 +92,7 @@ class PGD(Attack):
             "random_start": self.random_start,
             "restarts": self.restarts,
             "loss": self.loss,
+            "early_stop": self.early_stop,
         }
 
     def _random_start(self, x: Tensor) -> Tensor:
@@ -105,30 +112,51 @@ class PGD(Attack):
             return grad.sign()
         return grad / flat_norm(grad, 2).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
 
+    def _objective(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+        return lambda logits: attack_objective(logits, y, loss=self.loss, targeted=self.targeted)
+
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         best_x = x.clone()
         best_margin = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        shape = (-1, *([1] * (x.dim() - 1)))
 
-        def keep_best(candidate: Tensor, logits: Tensor) -> None:
-            current = margin(logits, y, self.targeted)
-            better = current > best_margin
-            best_margin[better] = current[better]
-            best_x[better] = candidate[better]
-
-        def objective(logits: Tensor) -> Tensor:
-            return attack_objective(logits, y, loss=self.loss, targeted=self.targeted)
+        def keep_best(idx: Tensor | None, candidate: Tensor, logits: Tensor) -> None:
+            if idx is None:
+                current = margin(logits, y, self.targeted)
+                better = current > best_margin
+                torch.where(better, current, best_margin, out=best_margin)
+                torch.where(better.view(shape), candidate, best_x, out=best_x)
+                return
+            current = margin(logits, y[idx], self.targeted)
+            better = current > best_margin[idx]
+            best_margin[idx[better]] = current[better]
+            best_x[idx[better]] = candidate[better]
 
         for _ in range(self.restarts):
             x_adv = x.clone()
             if self.random_start and self.eps > 0:
                 x_adv = project(self._random_start(x), x, self.eps, self.norm)
+            idx: Tensor | None = None
             for _ in range(self.steps):
-                grad, logits = input_gradient(self.model, x_adv, objective)
-                self.queries += int(x.shape[0])
-                keep_best(x_adv, logits)
-                x_adv = project(x_adv + self.alpha * self._step(grad), x, self.eps, self.norm)
+                if self.early_stop:
+                    idx = (best_margin <= 0).nonzero().squeeze(1)
+                    if idx.numel() == 0:
+                        break
+                xa, ya, x0 = (x_adv, y, x) if idx is None else (x_adv[idx], y[idx], x[idx])
+                grad, logits = input_gradient(self.model, xa, self._objective(ya))
+                self.queries += int(xa.shape[0])
+                keep_best(idx, xa, logits)
+                stepped = project(xa + self.alpha * self._step(grad), x0, self.eps, self.norm)
+                if idx is None:
+                    x_adv = stepped
+                else:
+                    x_adv[idx] = stepped
+            if self.early_stop:
+                idx = (best_margin <= 0).nonzero().squeeze(1)
             with torch.no_grad():
-                keep_best(x_adv, self.logits(x_adv))
+                final = x_adv if idx is None else x_adv[idx]
+                if final.shape[0]:
+                    keep_best(idx, final, self.logits(final))
         return best_x
 
 
