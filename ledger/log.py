@@ -18,7 +18,6 @@ range), writes the entry and its new nodes (2 on average) in one serialized tran
 
 from __future__ import annotations
 
-import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -391,10 +390,3 @@ def verify_jsonl(
         rows, checkpoints=[checkpoint] if checkpoint else [], verifiers=verifiers
     )
     return report
-
-
-def parse_json_file(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise LedgerInputError(f"{path}: cannot read JSON: {error}") from None

@@ -46,8 +46,15 @@ class SqliteLedger(Ledger):
             raise LedgerInputError(f"{self.url}: not a usable SQLite ledger: {error}") from None
         if str(mode).lower() != "wal":
             raise LedgerInputError(f"{self.url}: cannot switch the database to WAL mode")
-        with self._write() as cur:
-            self._init_schema(cur, origin, "INTEGER", "BLOB")
+        ready = self._db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_checkpoints'"
+        ).fetchone()[0]
+        if not ready:  # set up under the write lock; opening an existing ledger takes none
+            if not create:
+                self._db.close()
+                raise LedgerInputError(f"{self.url}: not a ledger (run `ledger init`)")
+            with self._write() as cur:
+                self._init_schema(cur, origin, "INTEGER", "BLOB")
 
     def close(self) -> None:
         self._db.close()
