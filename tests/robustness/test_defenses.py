@@ -37,7 +37,9 @@ def load_model_dir_fixture() -> tuple[torch.nn.Module, ModelCard]:
 
 
 def onnx_logits(directory: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(directory / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {"input": x})[0]
 
 
@@ -90,7 +92,9 @@ def test_bpda_passes_the_identity_gradient() -> None:
 def test_ensemble_onnx_equals_averaged_logits(parent, tmp_path: Path) -> None:
     model, card = parent
     train, test = digits_split()
-    defended = apply_defense("ensemble", model, card, train.subset(200), {"members": 2, "epochs": 1})
+    defended = apply_defense(
+        "ensemble", model, card, train.subset(200), {"members": 2, "epochs": 1}
+    )
     rebuilt, out = export_and_reload(defended, tmp_path)
     x = torch.from_numpy(test.x[:32])
     with torch.no_grad():
@@ -101,7 +105,9 @@ def test_ensemble_onnx_equals_averaged_logits(parent, tmp_path: Path) -> None:
     np.testing.assert_allclose(onnx_logits(out, x.numpy()), averaged, atol=1e-5, rtol=1e-5)
 
 
-def test_detector_rejects_at_the_threshold_and_reports_adaptive_robustness(parent, tmp_path) -> None:
+def test_detector_rejects_at_the_threshold_and_reports_adaptive_robustness(
+    parent, tmp_path
+) -> None:
     model, card = parent
     train, test = digits_split()
     defended = apply_defense("detector", model, card, train, {"bits": 2, "fpr": 0.1})
@@ -137,8 +143,12 @@ def test_methods_refuse_options_they_do_not_take(parent) -> None:
 def test_distillation_deploys_the_student_at_t1(parent) -> None:
     model, card = parent
     train, test = digits_split()
-    defended = apply_defense("distill", model, card, train.subset(300), {"temperature": 50, "epochs": 2})
-    assert defended.factory == card.factory and defended.hyperparameters["deployed_temperature"] == 1.0
+    defended = apply_defense(
+        "distill", model, card, train.subset(300), {"temperature": 50, "epochs": 2}
+    )
+    assert (
+        defended.factory == card.factory and defended.hyperparameters["deployed_temperature"] == 1.0
+    )
     phases = {r["phase"] for r in defended.history}
     assert phases == {"teacher", "student"}
     with torch.no_grad():

@@ -50,8 +50,8 @@ class AdversarialSettings:
     alpha: float | None = None  # step size; None: 2.5*eps/steps (PGD), 1.25*eps (fast-at)
     warmup: int = 0  # epochs of linear eps ramp-up
     mix: float = 0.5  # fgsm-at: weight of the clean loss
-    guard_size: int = 200  # fast-at: held-out examples for the overfitting guard
-    guard_steps: int = 10
+    guard_size: int = 128  # fast-at: held-out examples for the overfitting guard (one batch)
+    guard_steps: int = 5  # collapse is abrupt (PGD accuracy falls to ~0): PGD-5 sees it
     guard_drop: float = 0.2  # collapse: guard PGD accuracy falls this far below its best
     random_start: bool = True  # fast-at: False is plain FGSM from x (Wong et al.'s ablation)
 

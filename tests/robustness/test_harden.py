@@ -1,0 +1,199 @@
+"""harden / recertify / the policy certificate gate, end to end on a tiny digits CNN."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from modelguard.audit import lineage, list_entries
+from modelguard.cli.main import cli
+from modelguard.errors import DigestMismatchError, SignatureError, VerificationError
+from modelguard.keys import generate_key, write_keypair
+from modelguard.policy import load_policy
+from modelguard.robustness.certificate import build_certificate, write_signed_certificate
+from modelguard.robustness.data import load_dataset
+from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.gate import certificate_path_for
+from modelguard.robustness.hardening import harden_model, recertify
+from modelguard.signing.model import sign_model, verify_model
+
+
+def small_config(data: str = "digits") -> EvalConfig:
+    return EvalConfig(
+        attacks=["fgsm", "pgd"],
+        eps=[0.1],
+        limit=40,
+        data=data,
+        soundness=False,
+        attack_params={"pgd": {"steps": 5}},
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, digits_model_dir: Path) -> dict:
+    parent = tmp_path / "digits"
+    shutil.copytree(digits_model_dir, parent)
+    key = generate_key()
+    priv, pub = write_keypair(tmp_path, "mg", key, None)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    parent_root = sign_model(
+        parent, key, name="digits", version="1", ledger_url=url
+    ).manifest.layer_root
+    return {
+        "tmp": tmp_path,
+        "parent": parent,
+        "key": key,
+        "priv": priv,
+        "pub": pub,
+        "url": url,
+        "root": parent_root,
+    }
+
+
+def harden(world: dict, out: str = "child", **kwargs) -> object:
+    """Squeezing by default (no training: fast); the lineage test trains PGD-AT."""
+    args = {
+        "method": "squeeze",
+        "options": {"bits": 3},
+        "eval_config": small_config(),
+        **kwargs,
+    }
+    return harden_model(
+        world["parent"],
+        out_dir=world["tmp"] / out,
+        key=world["key"],
+        keys=[world["key"].public_key()],
+        ledger_url=world["url"],
+        **args,
+    )
+
+
+def test_refuses_a_parent_that_fails_verification(world: dict) -> None:
+    weights = world["parent"] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatchError):
+        harden(world)
+    assert not (world["tmp"] / "child").exists()  # refused before anything was trained
+    stranger = generate_key()
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        [
+            "harden",
+            str(world["parent"]),
+            "--method",
+            "squeeze",
+            "--key",
+            str(world["priv"]),
+            "--out",
+            str(world["tmp"] / "c2"),
+            "--ledger",
+            world["url"],
+            "--json",
+        ],
+        standalone_mode=False,
+    )
+    assert isinstance(result.exception, VerificationError)
+    with pytest.raises(SignatureError):
+        harden_model(
+            world["parent"],
+            method="squeeze",
+            out_dir=world["tmp"] / "c3",
+            key=stranger,
+            keys=[stranger.public_key()],
+            ledger_url=world["url"],
+        )
+    assert [e.kind for e in list_entries(ledger_url=world["url"])[1]] == ["sign"]
+
+
+def test_harden_links_child_to_parent_and_lineage_walks_it(world: dict) -> None:
+    result = harden(world, method="pgd-at", options={"eps": 0.1, "epochs": 1, "steps": 2})
+    assert result.parent_root == world["root"] and result.child_root != world["root"]
+    entries = list_entries(ledger_url=world["url"])[1]
+    assert [e.kind for e in entries] == ["sign", "sign", "evaluate", "harden"]
+    entry = entries[-1]
+    assert entry.subject["parent"] == world["root"] and entry.subject["root"] == result.child_root
+    assert entry.details["method"] == "pgd-at" and entry.details["hyperparameters"]["eps"] == 0.1
+    assert entry.details["train_data_digest"] == "sha256:" + load_dataset("digits:train").digest
+    assert entry.payload_digest == result.certificate_digest == entry.details["certificate_digest"]
+    [tree] = lineage("digits", world["url"])
+    assert tree.root == world["root"]
+    assert [child.root for child in tree.children] == [result.child_root]
+    assert verify_model(world["tmp"] / "child", keys=[world["key"].public_key()]).ok
+    rows = result.comparison["worst_case"]
+    assert rows[0]["eps"] == 0.1 and rows[0]["parent_worst_case"] is not None
+
+
+def test_recertify_passes_untouched_and_fails_on_a_changed_weight(world: dict) -> None:
+    harden(world)
+    child = world["tmp"] / "child"
+    runner = CliRunner()
+    args = ["recertify", str(child), "--trust-key", str(world["pub"]), "--ledger", world["url"]]
+    ok = runner.invoke(cli, [*args, "--json"], standalone_mode=False)
+    assert ok.exception is None, ok.output
+    assert json.loads(ok.output)["ok"] is True
+    weights = child / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x40
+    weights.write_bytes(bytes(data))
+    bad = runner.invoke(cli, args, standalone_mode=False)
+    assert isinstance(bad.exception, VerificationError) and bad.exception.exit_code == 1
+    # Even re-signed, the changed model is not the certified one.
+    (child / "model.sig").unlink()
+    sign_model(child, world["key"], ledger_url=world["url"])
+    with pytest.raises(DigestMismatchError, match="manifest root"):
+        recertify(child, keys=[world["key"].public_key()], ledger_url=world["url"])
+    kinds = [e.kind for e in list_entries(ledger_url=world["url"])[1]]
+    assert kinds.count("recertify") == 3
+
+
+def test_recertify_fails_when_the_data_set_changes(world: dict) -> None:
+    test = load_dataset("digits").subset(60)
+    npz = world["tmp"] / "eval.npz"
+    np.savez(npz, x=test.x, y=test.y)
+    harden(world, eval_config=small_config(str(npz)))
+    keys = [world["key"].public_key()]
+    assert recertify(world["tmp"] / "child", keys=keys, ledger_url=world["url"]).ok
+    y = test.y.copy()
+    y[0] = (y[0] + 1) % 10
+    np.savez(npz, x=test.x, y=y)
+    with pytest.raises(DigestMismatchError, match="data set"):
+        recertify(world["tmp"] / "child", keys=keys, ledger_url=world["url"])
+
+
+def test_recertify_reports_drift_beyond_the_stated_tolerance(world: dict) -> None:
+    harden(world)
+    child = world["tmp"] / "child"
+    result = evaluate_model_dir(child, small_config())
+    statement = build_certificate(result)
+    statement["predicate"]["results"]["clean_accuracy"] -= 0.05  # a certificate that overclaims
+    write_signed_certificate(statement, world["key"], certificate_path_for(child))
+    with pytest.raises(VerificationError, match="drifted: clean accuracy"):
+        recertify(child, keys=[world["key"].public_key()], ledger_url=world["url"])
+
+
+def test_policy_certificate_gate(world: dict) -> None:
+    result = harden(world)
+    child = world["tmp"] / "child"
+    worst = result.comparison["worst_case"][0]["child_worst_case"]
+
+    def policy(minimum: float) -> object:
+        path = world["tmp"] / f"policy-{minimum}.toml"
+        path.write_text(
+            f'[[signers]]\nname = "mg"\npublic_key = "{world["pub"]}"\n'
+            f"[certificate]\nmin_robust_accuracy = {minimum}\nepsilon = 0.1\n"
+        )
+        return load_policy(path)
+
+    assert verify_model(child, policy=policy(worst)).ok
+    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0)))
+    assert not refused.ok and "below the required" in "\n".join(refused.failures)
+    no_cert = verify_model(world["parent"], policy=policy(0.0))
+    assert not no_cert.ok and "no robustness certificate" in "\n".join(no_cert.failures)
