@@ -150,7 +150,7 @@ def render_html(result: EvalResult, curve: bytes, grid: bytes | None) -> str:
     )
     grid_html = (
         f"<h2>Examples</h2><p>Top row clean; below, the worst-case adversarial example per eps "
-        f"(red title: misclassified; the attack that broke it in brackets).</p>"
+        f"(red title: misclassified; the attack that broke it in brackets; an example no attack broke is shown clean).</p>"
         f'<img alt="examples" src="data:image/png;base64,{base64.b64encode(grid).decode()}">'
         if grid
         else ""

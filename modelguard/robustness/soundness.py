@@ -43,7 +43,15 @@ POINT = 0.01
 LARGE_EPS = {"linf": 0.5, "l2": 4.0}
 ZERO_GRADIENT_FRACTION = 0.01
 CE_MARGIN_GAP = 0.05
-ITERATIVE = ("pgd", "bim", "mifgsm", "pgd-margin")
+ORDER = (
+    "iterative_ge_single_step",
+    "monotone_in_eps",
+    "large_eps_below_chance",
+    "pgd_convergence",
+    "black_box_not_stronger",
+    "input_gradients",
+    "ce_vs_margin",
+)
 
 
 @dataclass
@@ -256,7 +264,7 @@ def run_soundness_checks(ctx: EvaluationContext, outcome: dict[str, Any]) -> lis
             "ce_vs_margin",
         ):
             checks.append(Check(name, "skip", reason))
-        return checks
+        return sorted(checks, key=lambda c: ORDER.index(c.name))
     middle = eps_list[len(eps_list) // 2]
     checks += [
         check_iterative(ctx, eps_list),
@@ -265,13 +273,4 @@ def run_soundness_checks(ctx: EvaluationContext, outcome: dict[str, Any]) -> lis
         check_gradients(ctx),
         check_ce_vs_margin(ctx, eps_list),
     ]
-    order = [
-        "iterative_ge_single_step",
-        "monotone_in_eps",
-        "large_eps_below_chance",
-        "pgd_convergence",
-        "black_box_not_stronger",
-        "input_gradients",
-        "ce_vs_margin",
-    ]
-    return sorted(checks, key=lambda c: order.index(c.name))
+    return sorted(checks, key=lambda c: ORDER.index(c.name))
