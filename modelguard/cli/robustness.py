@@ -52,6 +52,16 @@ def _params(items: tuple[str, ...], surrogate: Path | None) -> dict[str, dict[st
     return params
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"--arch-kwargs is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise BadInputError("--arch-kwargs must be a JSON object")
+    return value
+
+
 @contextmanager
 def _progress() -> Iterator[ProgressHook | None]:
     if not progress_enabled():
@@ -171,6 +181,9 @@ Examples:
     help="Trusted factory pkg.module:function (with --weights); MODEL may then be its ONNX file.",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="safetensors weights for --arch.")
+@click.option(
+    "--arch-kwargs", default="{}", help="JSON keyword arguments for --arch, e.g. '{\"width\": 16}'."
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
 @click.option("--no-soundness", is_flag=True, help="Skip the soundness checks (not recommended).")
 @click.option(
@@ -201,6 +214,7 @@ def evaluate(
     surrogate: Path | None,
     arch: str | None,
     weights: Path | None,
+    arch_kwargs: str,
     device: str,
     no_soundness: bool,
     key_path: Path | None,
@@ -246,6 +260,7 @@ def evaluate(
             record=not no_ledger,
             arch=arch,
             weights=weights,
+            arch_kwargs=_json_object(arch_kwargs),
             device=device,
             progress=hook,
         )

@@ -433,6 +433,7 @@ def evaluate_and_certify(
     record: bool = True,
     arch: str | None = None,
     weights: str | os.PathLike[str] | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
     device: str = "cpu",
     progress: Any = None,
 ) -> EvaluationRun:
@@ -444,7 +445,15 @@ def evaluate_and_certify(
     from modelguard.robustness.evaluate import evaluate
     from modelguard.robustness.report import write_outputs
 
-    result = evaluate(target, config, arch=arch, weights=weights, progress=progress, device=device)
+    result = evaluate(
+        target,
+        config,
+        arch=arch,
+        weights=weights,
+        arch_kwargs=arch_kwargs,
+        progress=progress,
+        device=device,
+    )
     outputs = write_outputs(result, out_dir)
     result.require_parity()
     issued = None

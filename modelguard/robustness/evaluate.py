@@ -911,6 +911,7 @@ def evaluate(
     *,
     arch: str | None = None,
     weights: str | os.PathLike[str] | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
     progress: ProgressHook | None = None,
     device: str = "cpu",
 ) -> EvalResult:
@@ -921,7 +922,13 @@ def evaluate(
             raise BadInputError("--arch and --weights go together")
         onnx_path = path if path is not None and path.suffix == ".onnx" else None
         return evaluate_arch(
-            arch, weights, config, onnx_path=onnx_path, progress=progress, device=device
+            arch,
+            weights,
+            config,
+            kwargs=arch_kwargs,
+            onnx_path=onnx_path,
+            progress=progress,
+            device=device,
         )
     if path is None or not path.exists():
         raise BadInputError("no such model directory or ONNX file", path=str(target))

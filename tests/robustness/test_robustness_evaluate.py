@@ -267,3 +267,18 @@ def test_bad_config_values_raise_bad_input() -> None:
         EvalConfig(attacks=["fgsm"], attack_params={"pgd": {"steps": 3}}).resolved()
     with pytest.raises(BadInputError, match="set by the evaluation"):
         EvalConfig(attacks=["pgd"], attack_params={"pgd": {"eps": 3}}).resolved()
+
+
+def test_cli_arch_and_weights_with_its_onnx(digits_model_dir: Path, tmp_path: Path, capsys) -> None:
+    code, stdout, err = run_cli(
+        capsys, "eval", str(digits_model_dir / "model.onnx"), "--arch", "modelguard.zoo:digits_cnn",
+        "--arch-kwargs", '{"width": 16}', "--weights", str(digits_model_dir / "model.safetensors"),
+        "--attacks", "fgsm", "--eps", "0.1", "--limit", "20", "--no-soundness", "--no-ledger",
+        "--out", str(tmp_path / "o"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(stdout)
+    assert document["parity"]["checked"] and document["parity"]["ok"]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["model"]["kind"] == "arch+weights"
+    assert report["model"]["factory"] == "modelguard.zoo:digits_cnn"
