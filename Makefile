@@ -45,8 +45,11 @@ unit: $(VENV)/.installed-dev
 
 test: lint typecheck unit
 
+# -P keeps bench/ off sys.path (bench/ledger.py would shadow the ledger package).
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/hashing.py
+	for script in hashing signing crypto ledger attacks hardening; do \
+		$(BIN)/python -P bench/$$script.py || exit 1; \
+	done
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
