@@ -179,3 +179,40 @@ def test_only_marked_modelguard_factories_are_trusted() -> None:
     nested = {"base": {"factory": "os:getcwd", "kwargs": {}}, "bits": 3}
     with pytest.raises(UnsafeModelError):  # a card can not smuggle a factory in through kwargs
         zoo.build("modelguard.robustness.defenses.wrappers:squeezed", nested)
+
+
+def test_fast_at_guard_rolls_back_to_the_pre_collapse_weights() -> None:
+    from modelguard.robustness.defenses.adversarial import (
+        AdversarialSettings,
+        fast_at,
+        guard_accuracy,
+    )
+    from modelguard.robustness.defenses.training import TrainSettings
+
+    train, _ = digits_split()
+    train = train.subset(500)
+    torch.manual_seed(0)
+    robust = fast_at(
+        zoo.build("modelguard.zoo:digits_cnn", {"width": 8}),
+        train,
+        AdversarialSettings(eps=0.1, guard_size=64),
+        TrainSettings(epochs=4),
+    ).model
+    before = {k: v.clone() for k, v in robust.state_dict().items()}
+    # Known to collapse: single-step training with a step of 3 * eps and a huge learning rate,
+    # for many epochs. PGD accuracy on the guard batch falls to chance within the first epoch.
+    run = fast_at(
+        robust,
+        train,
+        AdversarialSettings(eps=0.1, alpha=0.3, guard_size=64),
+        TrainSettings(epochs=10, lr=0.05),
+    )
+    guard = run.guard
+    assert guard["collapsed"] and guard["collapse_epoch"] == 0 and len(run.history) == 1
+    assert guard["collapse_accuracy"] < guard["initial_accuracy"] - 0.2
+    assert guard["restored_epoch"] == -1
+    after = run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the pre-collapse weights
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64].numpy()
+    x, y = torch.from_numpy(train.x[order]), torch.from_numpy(train.y[order])
+    assert guard_accuracy(run.model, x, y, 0.1, 5) == guard["restored_accuracy"]

@@ -17,9 +17,10 @@
 - ``fast-at``: Wong, Rice & Kolter 2020, "Fast is better than free": one FGSM step of
   ``1.25 * eps`` from a uniformly random start. Single-step training can overfit
   catastrophically (robustness to PGD collapses within an epoch while FGSM accuracy soars);
-  the guard measures PGD accuracy on a held-out batch after every epoch and, when it falls by
-  more than ``guard_drop`` below its best, stops and rolls back to the best pre-collapse
-  weights (the paper's early-stopping check).
+  the guard measures PGD accuracy on a held-out batch before training and after every epoch
+  and, when it falls by more than ``guard_drop`` below its best, stops and rolls back to the
+  best pre-collapse weights (the paper's early-stopping check). Without a collapse the model
+  of the best guard epoch is returned as well.
 
 Adversarial examples come from the evaluation's attacks (:mod:`modelguard.robustness.attacks`);
 ``warmup`` epochs ramp eps linearly from ``eps / warmup`` to eps (curriculum, which keeps
@@ -137,8 +138,19 @@ def fast_at(
     fit_on = Dataset(train.x[rest], train.y[rest], train.classes, f"{train.name}-guarded")
 
     attacks: dict[int, PGD] = {}
-    best: dict[str, Any] = {"accuracy": -1.0, "epoch": -1, "state": None}
-    guard: dict[str, Any] = {"size": adv.guard_size, "steps": adv.guard_steps, "collapsed": False}
+    # Epoch -1 is the starting point: fine-tuning a robust parent must not end less robust.
+    initial = guard_accuracy(model, guard_x, guard_y, adv.eps, adv.guard_steps)
+    best: dict[str, Any] = {
+        "accuracy": initial,
+        "epoch": -1,
+        "state": copy.deepcopy(model.state_dict()),
+    }
+    guard: dict[str, Any] = {
+        "size": adv.guard_size,
+        "steps": adv.guard_steps,
+        "initial_accuracy": initial,
+        "collapsed": False,
+    }
 
     def step(m: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         if epoch not in attacks:
@@ -166,7 +178,7 @@ def fast_at(
         return False
 
     history = fit(model, fit_on, settings, step, after_epoch)
-    if best["state"] is not None and best["epoch"] != history[-1]["epoch"]:
+    if best["epoch"] != history[-1]["epoch"]:
         model.load_state_dict(best["state"])
     guard.update(restored_epoch=best["epoch"], restored_accuracy=best["accuracy"])
     model.eval()
