@@ -21,7 +21,14 @@ from rich.console import Console
 
 from modelguard import audit, zoo
 from modelguard.formats import parse_model_file
-from modelguard.keys import generate_key, key_id, load_private_key, load_public_key, write_keypair
+from modelguard.keys import (
+    generate_encryption_key,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    write_keypair,
+)
 from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
 from modelguard.robustness.data import digits_split
@@ -35,6 +42,14 @@ class DemoContext:
     workdir: Path
     console: Console
     summary: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # keys and objects later stages reuse
+
+    step: int = 0
+
+    def heading(self, title: str) -> str:
+        """The next stage's numbered heading, e.g. ``"3. Sign"``."""
+        self.step += 1
+        return f"[bold]{self.step}. {title}[/]"
 
     def say(self, message: str) -> None:
         self.console.print(message)
@@ -71,7 +86,7 @@ def stage_train(ctx: DemoContext) -> None:
         "model_dir": str(ctx.path("model")),
     }
     ctx.say(
-        f"[bold]1. Train[/] a small CNN on {len(train)} bundled digits in {seconds:.1f} s: "
+        f"{ctx.heading('Train')} a small CNN on {len(train)} bundled digits in {seconds:.1f} s: "
         f"test accuracy {clean:.1%}; exported to {ctx.path('model')} "
         "(model.onnx, model.safetensors, modelguard.json)"
     )
@@ -86,7 +101,7 @@ def stage_manifest(ctx: DemoContext) -> None:
         "layer_root": manifest.layer_root,
     }
     ctx.say(
-        f"[bold]2. Manifest[/]: {len(manifest.files)} files, {tensors} tensors hashed one by one "
+        f"{ctx.heading('Manifest')}: {len(manifest.files)} files, {tensors} tensors hashed one by one "
         f"(sha256); layer Merkle root {manifest.layer_root[:16]}..."
     )
 
@@ -110,6 +125,7 @@ def stage_sign(ctx: DemoContext) -> None:
     priv, pub = write_keypair(ctx.path("keys"), "demo", generate_key("ecdsa-p256"), passphrase)
     key = load_private_key(priv, passphrase)
     public = load_public_key(pub)
+    ctx.artifacts.update(signing_key=key, public_key=public, passphrase=passphrase, key_path=priv)
     ctx.summary["keys"] = {"private": str(priv), "public": str(pub), "key_id": key_id(public)}
     signed = sign_model(
         ctx.path("model"), key, name="digits-cnn", version="1", ledger_url=ctx.ledger_url
@@ -129,7 +145,7 @@ def stage_sign(ctx: DemoContext) -> None:
         "tampered_failures": bad.failures,
     }
     ctx.say(
-        f"[bold]3. Sign[/] with a throwaway ECDSA P-256 key ({signed.key_id[:12]}...): "
+        f"{ctx.heading('Sign')} with a throwaway ECDSA P-256 key ({signed.key_id[:12]}...): "
         f"{signed.signature_path.name} is an OpenSSF Model Signing bundle; "
         f"verify -> {'[green]ok[/]' if report.ok else '[red]FAILED[/]'}"
     )
@@ -158,7 +174,7 @@ def stage_ledger(ctx: DemoContext) -> None:
         "verified": report.ok,
     }
     ctx.say(
-        f"[bold]4. Ledger[/] {ctx.ledger_url}: {size} entries, chain and tree verify: {report.ok}"
+        f"{ctx.heading('Ledger')} {ctx.ledger_url}: {size} entries, chain and tree verify: {report.ok}"
     )
     for entry in entries:
         ctx.say(
@@ -171,10 +187,80 @@ def stage_ledger(ctx: DemoContext) -> None:
     ctx.say(f"   inclusion proof of entry #{last.index} checked offline against it: ok")
 
 
+def stage_encrypt_run(ctx: DemoContext) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from modelguard.encryption import encrypt_model, load_x25519_private_key, load_x25519_public_key
+    from modelguard.errors import ModelGuardError
+    from modelguard.runtime import open_verified
+
+    passphrase = ctx.artifacts["passphrase"]
+    priv, pub = write_keypair(ctx.path("keys"), "alice", generate_encryption_key(), passphrase)
+    identity = load_x25519_private_key(priv, passphrase)
+    recipient = load_x25519_public_key(pub)
+    container = ctx.path("digits.enc")
+    encrypt_model(
+        ctx.path("model"),
+        container,
+        recipients=[recipient],
+        sign_key=ctx.artifacts["signing_key"],
+        name="digits-cnn",
+        version="1",
+        ledger_url=ctx.ledger_url,
+    )
+    x = digits_split(DEMO_SEED)[1].x[:8]
+    verified = open_verified(
+        container,
+        keys=[ctx.artifacts["public_key"]],
+        identity=identity,
+        ledger_url=ctx.ledger_url,
+        require_ledger=True,
+    )
+    input_name = verified.session.get_inputs()[0].name
+    logits = verified.session.run(None, {input_name: x})[0]
+    plain = ort.InferenceSession(
+        str(ctx.path("model", "model.onnx")), providers=["CPUExecutionProvider"]
+    )
+    plain_logits = plain.run(None, {plain.get_inputs()[0].name: x})[0]
+    bit_exact = bool(np.array_equal(logits, plain_logits))
+    tampered = ctx.path("tampered.enc")
+    shutil.copytree(container, tampered)
+    target = tampered / "model.onnx.mgenc"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    try:
+        open_verified(tampered, keys=[ctx.artifacts["public_key"]], identity=identity)
+        refused = "accepted (unexpected!)"
+    except ModelGuardError as error:
+        refused = str(error)
+    ctx.summary["encrypt_run"] = {
+        "container": str(container),
+        "provider": verified.provider,
+        "tensors_verified": verified.tensors_verified,
+        "predictions": logits.argmax(axis=1).tolist(),
+        "bit_exact_with_plaintext": bit_exact,
+        "tampered_refused": refused,
+    }
+    ctx.say(
+        f"{ctx.heading('Encrypt')} tensor by tensor (AES-256-GCM) for a throwaway X25519 recipient and "
+        f"sign the container: {container.name}/"
+    )
+    ctx.say(
+        f"   verified run in memory on {verified.provider}: {verified.tensors_verified} tensors "
+        f"checked after decryption; predictions {logits.argmax(axis=1).tolist()} "
+        f"(labels {digits_split(DEMO_SEED)[1].y[:8].tolist()}); identical to the plaintext "
+        f"model: {bit_exact}"
+    )
+    ctx.say(f"   one flipped byte in a copy of the container, refused before decryption: {refused}")
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
+    ("encrypt", stage_encrypt_run),
     ("ledger", stage_ledger),
 ]
 
