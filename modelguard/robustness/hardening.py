@@ -47,6 +47,7 @@ from modelguard.policy import Policy
 from modelguard.robustness.certificate import Certificate, certify, check_rerun, load_certificate
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.defenses import apply_defense
+from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
@@ -276,6 +277,13 @@ def harden_model(
     issued = certify(result, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
     comparison = compare(parent_results, result)
+    if isinstance(defended.model, SqueezeDetector):
+        # The plain evaluation counts a rejection as an error; this is the detector's own view:
+        # FPR, ROC AUC, and "rejected or correct" under an attack that knows the detector.
+        eval_data = load_dataset(config.data).subset(config.limit)
+        defended.report["detector"] = evaluate_detector(
+            defended.model, eval_data, eps=config.eps, seed=config.seed
+        )
     training = defended.summary()
     details = {
         "method": method,
@@ -284,6 +292,7 @@ def harden_model(
         "certificate_digest": cert_digest,
         "parent": parent_root,
         "train_seconds": round(defended.train_seconds, 3),
+        "defense_report": defended.report,
         "comparison": comparison,
     }
     entry = record_event(

@@ -90,7 +90,10 @@ def examples_png(result: EvalResult) -> bytes | None:
                 image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1
             )
             ok = int(preds[c]) == int(samples.y[c])
-            title = f"{classes[int(preds[c])]}" + (f" ({attacks[c]})" if attacks[c] else "")
+            # A model may have more outputs than the data has classes (a detector's "reject").
+            label_of = int(preds[c])
+            name = classes[label_of] if label_of < len(classes) else f"output {label_of}"
+            title = name + (f" ({attacks[c]})" if attacks[c] else "")
             ax.set_title(title, fontsize=7, color="black" if ok else "red")
             ax.set_xticks([])
             ax.set_yticks([])
