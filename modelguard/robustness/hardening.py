@@ -134,6 +134,11 @@ def compare(parent: Mapping[str, Any] | None, child: EvalResult) -> dict[str, An
     }
 
 
+def _comparable(config: EvalConfig) -> dict[str, Any]:
+    """What makes two evaluations' numbers comparable (the data digest aside)."""
+    return {k: v for k, v in config.resolved().to_dict().items() if k != "data_digest"}
+
+
 @dataclass
 class HardenResult:
     parent: str
@@ -270,6 +275,9 @@ def harden_model(
         raise DigestMismatchError(
             "the evaluated model is not the signed one (manifest roots differ)", path=str(out_dir)
         )
+    if parent_config is not None and _comparable(parent_config) != _comparable(result.config):
+        parent_results = None  # a different portfolio: re-run the parent like for like
+        parent_source = "parent certificate has another evaluation config: parent re-evaluated"
     if parent_results is None:
         parent_results = evaluate_model_dir(model_dir, config).results_dict()
     report_dir = robustness_dir_for(out_dir)
