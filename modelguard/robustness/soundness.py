@@ -93,11 +93,20 @@ def _table(outcome: dict[str, Any]) -> dict[str, dict[float, float]]:
     return table
 
 
+def _threat(ctx: EvaluationContext) -> dict[str, Any]:
+    """PGD runs in the evaluation's threat model (PGD's own default is Linf)."""
+    return {} if ctx.config.norm == "linf" else {"norm": ctx.config.norm}
+
+
 def _points(value: float) -> float:
     return round(value / POINT, 2)
 
 
 def check_iterative(ctx: EvaluationContext, eps_list: list[float]) -> Check:
+    if ctx.config.norm != "linf":
+        return Check(
+            "iterative_ge_single_step", "skip", "FGSM is a Linf attack; the threat model is L2"
+        )
     values = {}
     bad = []
     for eps in eps_list:
@@ -137,7 +146,7 @@ def check_large_eps(ctx: EvaluationContext) -> Check:
     eps = LARGE_EPS[ctx.config.norm]
     chance = 1.0 / ctx.num_classes
     steps = int(ctx.config.attack_params.get("pgd-margin", {}).get("steps", 20))
-    acc = ctx.robust_accuracy("pgd-margin", eps, steps=steps)
+    acc = ctx.robust_accuracy("pgd-margin", eps, steps=steps, **_threat(ctx))
     values = {"eps": eps, "norm": ctx.config.norm, "robust_accuracy": acc, "chance": chance}
     if acc > chance + POINT:
         return Check(
@@ -153,8 +162,8 @@ def check_large_eps(ctx: EvaluationContext) -> Check:
 
 def check_convergence(ctx: EvaluationContext, eps: float) -> Check:
     steps = int(ctx.config.attack_params.get("pgd", {}).get("steps", 20))
-    base = ctx.robust_accuracy("pgd", eps, steps=steps)
-    doubled = ctx.robust_accuracy("pgd", eps, steps=2 * steps)
+    base = ctx.robust_accuracy("pgd", eps, steps=steps, **_threat(ctx))
+    doubled = ctx.robust_accuracy("pgd", eps, steps=2 * steps, **_threat(ctx))
     change = abs(doubled - base)
     values = {
         "eps": eps,
@@ -233,8 +242,8 @@ def check_gradients(ctx: EvaluationContext) -> Check:
 def check_ce_vs_margin(ctx: EvaluationContext, eps_list: list[float]) -> Check:
     bad, values = [], {}
     for eps in eps_list:
-        ce = ctx.robust_accuracy("pgd", eps)
-        margin = ctx.robust_accuracy("pgd-margin", eps)
+        ce = ctx.robust_accuracy("pgd", eps, **_threat(ctx))
+        margin = ctx.robust_accuracy("pgd-margin", eps, **_threat(ctx))
         values[str(eps)] = {"pgd_ce": ce, "pgd_margin": margin}
         if ce > margin + CE_MARGIN_GAP:
             bad.append(f"eps={eps}: CE-PGD {ce:.3f} vs margin-PGD {margin:.3f}")
