@@ -114,14 +114,18 @@ def test_refuses_a_parent_that_fails_verification(world: dict) -> None:
 
 
 def test_harden_links_child_to_parent_and_lineage_walks_it(world: dict) -> None:
-    result = harden(world, method="pgd-at", options={"eps": 0.1, "epochs": 1, "steps": 2})
+    small = load_dataset("digits:train").subset(300)
+    train_npz = world["tmp"] / "train.npz"
+    np.savez(train_npz, x=small.x, y=small.y)
+    options = {"eps": 0.1, "epochs": 1, "steps": 2}
+    result = harden(world, method="pgd-at", options=options, data=str(train_npz))
     assert result.parent_root == world["root"] and result.child_root != world["root"]
     entries = list_entries(ledger_url=world["url"])[1]
     assert [e.kind for e in entries] == ["sign", "sign", "evaluate", "harden"]
     entry = entries[-1]
     assert entry.subject["parent"] == world["root"] and entry.subject["root"] == result.child_root
     assert entry.details["method"] == "pgd-at" and entry.details["hyperparameters"]["eps"] == 0.1
-    assert entry.details["train_data_digest"] == "sha256:" + load_dataset("digits:train").digest
+    assert entry.details["train_data_digest"] == "sha256:" + load_dataset(str(train_npz)).digest
     assert entry.payload_digest == result.certificate_digest == entry.details["certificate_digest"]
     [tree] = lineage("digits", world["url"])
     assert tree.root == world["root"]
