@@ -48,6 +48,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=3,
+        help="alternating single-epoch PGD-AT / fast-AT timings (load hits both alike)",
+    )
     parser.add_argument("--timing-only", action="store_true", help="only the interleaved timing")
     args = parser.parse_args()
     if args.threads:
