@@ -311,12 +311,106 @@ def stage_evaluate(ctx: DemoContext) -> None:
     )
 
 
+def stage_harden(ctx: DemoContext) -> None:
+    from modelguard.cli.hardening import render_comparison
+    from modelguard.cli.ledger import lineage_tree
+    from modelguard.robustness.evaluate import EvalConfig
+    from modelguard.robustness.hardening import harden_model, recertify
+
+    config = EvalConfig(attacks=DEMO_ATTACKS, eps=DEMO_EPS, seed=DEMO_SEED)
+    common: dict[str, Any] = {
+        "key": ctx.artifacts["signing_key"],
+        "keys": [ctx.artifacts["public_key"]],
+        "eval_config": config,
+        "ledger_url": ctx.ledger_url,
+    }
+    runs: dict[str, tuple[dict[str, Any], str]] = {
+        "pgd-at": (
+            {"eps": 0.1, "epochs": 5, "steps": 5},
+            "PGD adversarial training (Madry), eps 0.1",
+        ),
+        "distill": ({"temperature": 50, "epochs": 8}, "defensive distillation, T = 50"),
+    }
+    ctx.say(
+        f"{ctx.heading('Harden')} the verified parent twice; each child is exported, evaluated with "
+        "the same portfolio, re-signed with its parent recorded, and ledgered:"
+    )
+    results = {}
+    for method, (options, title) in runs.items():
+        started = time.perf_counter()
+        result = harden_model(
+            ctx.path("model"),
+            method=method,
+            out_dir=ctx.path(f"model-{method}"),
+            options=options,
+            **common,
+        )
+        results[method] = result
+        render_comparison(
+            ctx.console, result.comparison, f"{title} ({time.perf_counter() - started:.0f} s)"
+        )
+    trees = audit.lineage("digits-cnn", ctx.ledger_url)
+    ctx.console.print(lineage_tree("lineage of digits-cnn (from the ledger)", trees))
+    rerun = recertify(
+        ctx.path("model-pgd-at"), keys=[ctx.artifacts["public_key"]], ledger_url=ctx.ledger_url
+    )
+    ctx.say(
+        f"   recertify model-pgd-at: re-ran the recorded evaluation (same seeds, data digest, "
+        f"attacks): {'[green]matches[/]' if rerun.ok else '[red]DRIFT[/]'} within {rerun.tolerance:.1%}"
+    )
+    ctx.summary["harden"] = {
+        method: {
+            "model": result.child,
+            "comparison": result.comparison,
+            "child_root": result.child_root,
+            "parent_root": result.parent_root,
+        }
+        for method, result in results.items()
+    }
+    ctx.summary["recertify"] = {"ok": rerun.ok, "drifts": rerun.drifts}
+
+
+def stage_gate(ctx: DemoContext) -> None:
+    from modelguard.errors import ModelGuardError
+    from modelguard.policy import load_policy
+
+    policy_path = ctx.path("policy.toml")
+    policy_path.write_text(
+        'version = 1\nthreshold = 1\nallowed_hash_algorithms = ["sha256"]\n'
+        'model_name = "^digits-cnn.*$"\n\n'
+        '[[signers]]\nname = "demo"\npublic_key = "keys/demo.pub"\n\n'
+        '[certificate]\nmin_robust_accuracy = 0.80\nepsilon = 0.1\nnorm = "linf"\n'
+    )
+    policy = load_policy(policy_path)
+    verdicts = {}
+    for name in ("model", "model-pgd-at", "model-distill"):
+        try:
+            report = verify_model(ctx.path(name), policy=policy)
+            verdicts[name] = (
+                "accepted"
+                if report.ok
+                else "refused: "
+                + "; ".join(f for f in report.failures if "certificate" in f or "robust" in f)
+            )
+        except ModelGuardError as error:
+            verdicts[name] = f"refused: {error}"
+    ctx.summary["gate"] = {"policy": str(policy_path), "verdicts": verdicts}
+    ctx.say(
+        f"{ctx.heading('Gate')} `verify --policy policy.toml` demanding a trusted signer and a "
+        "certified worst-case robust accuracy >= 80% at eps 0.1:"
+    )
+    for name, verdict in verdicts.items():
+        ctx.say(f"   {name:<14} {verdict}")
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
     ("encrypt", stage_encrypt_run),
     ("evaluate", stage_evaluate),
+    ("harden", stage_harden),
+    ("gate", stage_gate),
     ("ledger", stage_ledger),
 ]
 

@@ -323,6 +323,14 @@ def revoke(digest: str, reason: str, actor: str, ledger_url: str | None, as_json
     )
 
 
+def lineage_tree(title: str, trees: list[audit.LineageNode]) -> Tree:
+    """A rich tree of model families, each node with the ledger entries about it."""
+    tree = Tree(title)
+    for node in trees:
+        _add_node(tree, node)
+    return tree
+
+
 def _add_node(tree: Tree, node: audit.LineageNode) -> None:
     kinds = ", ".join(f"{e.kind}#{e.index}" for e in node.entries) or "not in ledger"
     branch = tree.add(f"[bold]{node.label}[/]  [dim]{kinds}[/]")
@@ -341,9 +349,6 @@ def lineage(name_or_digest: str, ledger_url: str | None, as_json: bool) -> None:
         raise BadInputError(f"no ledger entry mentions {name_or_digest}")
 
     def human(console: Console) -> None:
-        tree = Tree(f"lineage of {name_or_digest}")
-        for node in trees:
-            _add_node(tree, node)
-        console.print(tree)
+        console.print(lineage_tree(f"lineage of {name_or_digest}", trees))
 
     emit({"query": name_or_digest, "lineage": [t.to_dict() for t in trees]}, as_json, human)
