@@ -158,9 +158,9 @@ Examples:
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=Path("eval-report"),
-    show_default=True,
-    help="Output directory.",
+    default=None,
+    help="Output directory (default: MODEL.robustness beside the model, where the policy gate "
+    "and harden look for the certificate).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every attack.")
 @click.option("--limit", type=int, help="Evaluate the first N examples only.")
@@ -206,7 +206,7 @@ def evaluate(
     attacks: str,
     eps_text: str,
     norm: str,
-    out_dir: Path,
+    out_dir: Path | None,
     seed: int,
     limit: int | None,
     batch_size: int,
@@ -247,6 +247,10 @@ def evaluate(
         batch_size=batch_size,
         soundness=not no_soundness,
     ).resolved()
+    if out_dir is None:
+        from modelguard.robustness.gate import robustness_dir_for
+
+        out_dir = robustness_dir_for(model) if model is not None else Path("eval-report")
     key = None
     if key_path is not None:
         key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
