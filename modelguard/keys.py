@@ -111,7 +111,7 @@ def verify_bytes(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
     return True
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` with ``mode`` from the first byte on, then rename into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -149,8 +149,8 @@ def write_keypair(
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    _atomic_write(priv_path, private_pem, 0o600)
-    _atomic_write(pub_path, public_pem(key.public_key()), 0o644)
+    atomic_write(priv_path, private_pem, 0o600)
+    atomic_write(pub_path, public_pem(key.public_key()), 0o644)
     return priv_path, pub_path
 
 

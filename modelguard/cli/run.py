@@ -15,6 +15,7 @@ from rich.console import Console
 
 from modelguard.cli.crypto import decryption_options, decryption_secrets
 from modelguard.cli.output import emit, json_option
+from modelguard.cli.signing import verification_options
 from modelguard.errors import BadInputError
 
 MAX_REPORTED = 32  # predictions listed in the output document
@@ -74,32 +75,7 @@ Examples:
 """
 )
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
-@click.option(
-    "--signature",
-    "signature_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Signature bundle (default: model.sig beside the model / inside the directory).",
-)
-@click.option(
-    "--key",
-    "key_paths",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Trusted signer public key (repeatable).",
-)
-@click.option(
-    "--policy",
-    "policy_path",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Trust policy (TOML) instead of --key.",
-)
-@click.option("--ledger", "ledger_url", help="Ledger URL for --require-ledger.")
-@click.option(
-    "--require-ledger", is_flag=True, help="Demand a ledgered, unrevoked, non-rollback sign entry."
-)
-@click.option(
-    "--allow-rollback", is_flag=True, help="Accept a version older than the newest in the ledger."
-)
+@verification_options
 @decryption_options
 @click.option(
     "--input",

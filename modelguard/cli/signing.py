@@ -7,7 +7,9 @@ $ modelguard verify build/model --policy policy.toml --require-ledger --json
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -20,6 +22,7 @@ from modelguard.policy import load_policy
 from modelguard.signing.model import sign_model, verify_model
 
 _PATH = click.Path(path_type=Path, exists=False)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.command(
@@ -97,6 +100,48 @@ def sign(
     emit(document, as_json, human)
 
 
+_VERIFICATION_OPTIONS = [
+    click.option(
+        "--signature",
+        "signature_path",
+        type=_PATH,
+        help="Bundle to check (default: model.sig inside/next to the model).",
+    ),
+    click.option(
+        "--key",
+        "key_paths",
+        multiple=True,
+        type=_PATH,
+        help="Trusted public key; repeat: every key given must have signed.",
+    ),
+    click.option(
+        "--policy",
+        "policy_path",
+        type=_PATH,
+        help="TOML policy: trusted signers, threshold, revocations, age (docs/policy.md).",
+    ),
+    click.option("--ledger", "ledger_url", help="Ledger URL for --require-ledger."),
+    click.option(
+        "--require-ledger",
+        is_flag=True,
+        help="Demand a ledgered, unrevoked, non-rollback sign entry.",
+    ),
+    click.option(
+        "--allow-rollback",
+        is_flag=True,
+        help="Accept a version older than the newest in the ledger.",
+    ),
+]
+
+
+def verification_options(func: F) -> F:
+    """--signature, --key, --policy, --ledger, --require-ledger, --allow-rollback: shared by
+    every command that verifies before it acts (verify, run)."""
+    for option in reversed(_VERIFICATION_OPTIONS):
+        func = option(func)
+    return func
+
+
 @click.command(
     epilog="""\b
 Examples:
@@ -108,32 +153,7 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 """
 )
 @click.argument("path", type=_PATH)
-@click.option(
-    "--signature",
-    "signature_path",
-    type=_PATH,
-    help="Bundle to check (default: model.sig inside/next to the model).",
-)
-@click.option(
-    "--key",
-    "key_paths",
-    multiple=True,
-    type=_PATH,
-    help="Trusted public key; repeat: every key given must have signed.",
-)
-@click.option(
-    "--policy",
-    "policy_path",
-    type=_PATH,
-    help="TOML policy: trusted signers, threshold, revocations, age (docs/policy.md).",
-)
-@click.option("--ledger", "ledger_url", help="Ledger URL for --require-ledger.")
-@click.option(
-    "--require-ledger", is_flag=True, help="Demand a ledgered, unrevoked, non-rollback sign entry."
-)
-@click.option(
-    "--allow-rollback", is_flag=True, help="Accept a version older than the newest in the ledger."
-)
+@verification_options
 @json_option
 @click.pass_context
 def verify(

@@ -19,12 +19,10 @@ model, next to a single-file model), an OpenSSF Model Signing v1.0 bundle that
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +41,7 @@ from modelguard.errors import (
     UnsafeModelError,
     VerificationError,
 )
-from modelguard.keys import PrivateKey, PublicKey, key_id, oms_hint
+from modelguard.keys import PrivateKey, PublicKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
     Manifest,
     ManifestDiff,
@@ -163,21 +161,6 @@ def manifest_resources(model: Path, manifest: Manifest) -> dict[str, str]:
     return {f.path: f.digest for f in manifest.files}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -287,7 +270,8 @@ def sign_model(
         model_name, sorted(resources.items()), ignore_paths=ignore, modelguard=predicate
     )
     data = dump_bundle(sign_statement(statement, key))
-    _atomic_write(target, data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, data)
     payload_digest = "sha256:" + hashlib.sha256(data).hexdigest()
     subject = statement["subject"][0]["digest"]["sha256"]
     entry: dict[str, Any] | None = None
