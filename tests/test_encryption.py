@@ -386,3 +386,30 @@ def test_any_single_byte_change_is_detected(
     with pytest.raises(ModelGuardError):
         decrypt_model(bad, d / "out", key=KEY)
     assert not (d / "out").exists()
+
+
+def test_encrypting_a_signed_directory_ledgers_it_under_its_signed_root(tmp_path: Path) -> None:
+    from modelguard import audit
+    from modelguard.keys import generate_key
+    from modelguard.signing.model import sign_model
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    model = model_dir(tmp_path / "model")
+    key = generate_key()
+    signed = sign_model(model, key, name="tiny", version="1", ledger_url=url)
+    result = encrypt_model(
+        model,
+        tmp_path / "enc",
+        recipients=[X25519PrivateKey.generate().public_key()],
+        sign_key=key,
+        name="tiny",
+        version="1",
+        ledger_url=url,
+    )
+    _, entries = audit.list_entries(url, kind="encrypt")
+    (encrypt_entry,) = entries
+    # model.sig travels inside the container, so its plaintext root differs from the signed root;
+    # the ledger still names the model by the root its signature records.
+    assert result.layer_root != signed.manifest.layer_root
+    assert encrypt_entry.subject["root"] == signed.manifest.layer_root
+    assert encrypt_entry.details["plaintext_root"] == result.layer_root

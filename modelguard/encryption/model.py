@@ -28,7 +28,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelguard.manifest import Manifest
 
 from modelguard.encryption.container import (
     DEFAULT_CHUNK,
@@ -281,6 +284,22 @@ def _staging(out: Path, directory: bool) -> Iterator[Path]:
 # ---------------------------------------------------------------------------- encrypt
 
 
+def signed_model_root(model: Path, manifest: Manifest) -> str:
+    """The layer root a signature over ``model`` records: its manifest without signature files.
+
+    Encrypting a signed directory carries its ``model.sig`` along (so decryption restores a
+    verifiable model), but the model's identity in the ledger is the root it was signed under.
+    """
+    from modelguard.manifest import Manifest
+    from modelguard.signing.model import default_signature_path, is_ignored, signing_ignore_paths
+
+    if manifest.hash_algorithm != "sha256" or not model.is_dir():
+        return manifest.layer_root
+    ignore = signing_ignore_paths(model, default_signature_path(model))
+    kept = [f for f in manifest.files if not is_ignored(f.path, ignore)]
+    return Manifest.create(manifest.hash_algorithm, kept).layer_root
+
+
 def encrypt_model(
     path: Path | str,
     out: Path | str,
@@ -336,8 +355,12 @@ def encrypt_model(
         if record:
             from modelguard.audit import record_event
 
-            # links the plaintext root to the signed container in the ledger
-            subject = {"name": name or target.resolve().name, "root": manifest.layer_root}
+            # Links the plaintext model, under the root its own signature records (signature
+            # files left out, as sign_model does), to the signed container in the ledger.
+            subject = {
+                "name": name or target.resolve().name,
+                "root": signed_model_root(source, manifest),
+            }
             if version is not None:
                 subject["version"] = version
             record_event(
@@ -347,6 +370,7 @@ def encrypt_model(
                 actor=signed.key_id,
                 details={
                     "container_root": signed.manifest.layer_root,
+                    "plaintext_root": manifest.layer_root,
                     "recipients": sorted({type(r).__name__ for r in wrapped}),
                 },
                 ledger_url=ledger_url,

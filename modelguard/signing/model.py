@@ -106,7 +106,7 @@ def signing_ignore_paths(model: Path, signature_path: Path) -> tuple[str, ...]:
     return tuple(ignore)
 
 
-def _is_ignored(rel: str, ignore: Sequence[str]) -> bool:
+def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
     parts = rel.split("/")
     for pattern in ignore:
         prefix = [p for p in pattern.strip("/").split("/") if p]
@@ -138,7 +138,7 @@ def file_digests(model: Path, ignore: Sequence[str]) -> dict[str, str]:
         for name in names:
             full = base / name
             rel = full.relative_to(model).as_posix()
-            if _is_ignored(rel, ignore):
+            if is_ignored(rel, ignore):
                 continue
             if full.is_symlink():
                 raise UnsafeModelError("symbolic link in model directory", path=str(full))
