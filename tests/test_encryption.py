@@ -413,3 +413,6 @@ def test_encrypting_a_signed_directory_ledgers_it_under_its_signed_root(tmp_path
     assert result.layer_root != signed.manifest.layer_root
     assert encrypt_entry.subject["root"] == signed.manifest.layer_root
     assert encrypt_entry.details["plaintext_root"] == result.layer_root
+    # and the container's own signature names the model it was made from as its parent
+    _, signs = audit.list_entries(url, kind="sign")
+    assert signs[-1].subject["parent"] == signed.manifest.layer_root

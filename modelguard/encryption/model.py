@@ -342,12 +342,14 @@ def encrypt_model(
     if sign_key is not None:
         from modelguard.signing.model import sign_model
 
+        model_root = signed_model_root(source, manifest)
         signed = sign_model(
             target,
             sign_key,
             signature_path=signature_path,
             name=name,
             version=version,
+            parent=model_root if manifest.hash_algorithm == "sha256" else None,
             ledger_url=ledger_url,
             record=record,
         )
