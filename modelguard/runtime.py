@@ -231,10 +231,8 @@ def _open_encrypted(
     verified_at = time.perf_counter()
     files = verified.files
     target = _onnx_member(files, path, encrypted=True)
-    onnx_rel = (
-        Path(target).name.removesuffix(SUFFIX) if files.single else target.removesuffix(SUFFIX)
-    )
-    containers = [rel for rel in files.members if rel.endswith(SUFFIX)]
+    onnx_rel = target.removesuffix(SUFFIX)
+    containers = [rel for rel in files.members if files.single or rel.endswith(SUFFIX)]
     with contextlib.ExitStack() as stack:
         # (3) the containers' bytes are the verified private buffers: nothing is re-opened
         readers = [
@@ -248,6 +246,8 @@ def _open_encrypted(
         for reader in readers:
             reader.unlock(identities)
             manifests.append(checked_manifest(reader))
+            if files.single:  # one container: the file it holds, whatever it is called now
+                onnx_rel = reader.index.path
             if root is not None and reader.layer_root != root:
                 raise VerificationError(
                     "containers of different models are mixed", path=str(reader.path)
