@@ -372,14 +372,55 @@ def open_verified(
     if not model.exists():
         raise BadInputError(f"no such model file or directory: {model}")
     chosen = choose_providers(providers)
-    identities = identities_from(identity, passphrase, key) if is_encrypted(model) else None
+    if is_encrypted(model):  # fail early, before verifying, when no identity was given
+        identities_from(identity, passphrase, key)
     started = time.perf_counter()
     # (2) every file is read once into private memory and verified there; nothing after this
     # line opens a model path again
     verified = _verify(model, signature, keys, policy, ledger_url, require_ledger, allow_rollback)
-    if identities is not None:
-        return _open_encrypted(model, identities, verified, chosen, threads, started)
-    return _open_plaintext(model, verified, chosen, started)
+    return session_from_verified(
+        verified,
+        identity=identity,
+        passphrase=passphrase,
+        key=key,
+        providers=chosen,
+        threads=threads,
+        started=started,
+    )
+
+
+def holds_containers(files: Any) -> bool:
+    """True when the verified buffers are encrypted containers (decided from the bytes held)."""
+    from modelguard.encryption.container import MAGIC, SUFFIX
+
+    if files.single:
+        return bytes(files.view(files.members[0])[: len(MAGIC)]) == MAGIC
+    return any(rel.endswith(SUFFIX) for rel in files.members)
+
+
+def session_from_verified(
+    verified: Any,
+    *,
+    identity: Any = None,
+    passphrase: bytes | str | None = None,
+    key: bytes | None = None,
+    providers: str | Sequence[str] = "auto",
+    threads: int | None = None,
+    started: float | None = None,
+) -> VerifiedSession:
+    """An ONNX Runtime session built only from a :class:`~modelguard.signing.model.VerifiedModel`.
+
+    The model's files are not touched again: they may have been renamed, rewritten or removed
+    since verification, the session still runs exactly the bytes that verified.
+    """
+    from modelguard.encryption.model import identities_from
+
+    chosen = choose_providers(providers)
+    begun = time.perf_counter() if started is None else started
+    if holds_containers(verified.files):
+        identities = identities_from(identity, passphrase, key)
+        return _open_encrypted(verified.path, identities, verified, chosen, threads, begun)
+    return _open_plaintext(verified.path, verified, chosen, begun)
 
 
 def open_session(
