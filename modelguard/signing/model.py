@@ -821,7 +821,15 @@ def _check_policy(
         )
 
 
-def _check_certificate(report: VerificationReport, policy: Policy, model: Path, sig: Path) -> None:
+def _check_certificate(
+    report: VerificationReport,
+    policy: Policy,
+    model: Path,
+    sig: Path,
+    files: ModelFiles | None,
+    threads: int | None,
+) -> None:
+    """The certificate must be bound to the layer root of the bytes that verified (not re-read)."""
     if policy.certificate is None:
         return
     check = certificate_check()
@@ -834,7 +842,10 @@ def _check_certificate(report: VerificationReport, policy: Policy, model: Path, 
                 "policy",
             )
         return
-    reasons = check(policy.certificate, model, sig, policy.trusted_keys)
+    root = report.manifest.layer_root if report.manifest is not None else None
+    if root is None and files is not None:  # a plain OMS signature: the manifest of what verified
+        root = build_manifest(files.root, threads=threads, files=files).layer_root
+    reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
@@ -952,7 +963,7 @@ def _verify(
         )
         files = _check_content(report, path, signed, sig_ignore, threads, private)
     _check_policy(report, policy, signed, now or _now())
-    _check_certificate(report, policy, path, sig_path)
+    _check_certificate(report, policy, path, sig_path, files, threads)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 

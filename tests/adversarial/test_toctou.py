@@ -261,3 +261,33 @@ def test_concurrent_swapper_on_encrypted_container(
     )
     assert wins == 0, f"{wins} wins ({accepted} accepted, {refused} refused)"
     assert refused > 0
+
+
+def test_certificate_gate_binds_to_the_verified_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate check gets the root of the bytes that verified; it never re-reads the
+    model (a re-read could hash a swapped-in, certified other model)."""
+    import modelguard.policy as policy_module
+    from modelguard.keys import write_keypair
+    from modelguard.policy import load_policy
+    from modelguard.signing.model import verify_model
+
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    signed = sign_model(model, key, record=False)
+    _, pub = write_keypair(tmp_path, "alice", key, None)
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        f'threshold = 1\n[[signers]]\nname = "alice"\npublic_key = "{pub}"\n'
+        "[certificate]\nmin_robust_accuracy = 0.5\nepsilon = 0.1\n"
+    )
+    seen: list[str | None] = []
+
+    def check(*args: object, model_root: str | None = None) -> list[str]:
+        seen.append(model_root)
+        return []
+
+    monkeypatch.setattr(policy_module, "_certificate_check", check)
+    assert verify_model(model, policy=load_policy(policy_file)).ok
+    assert seen == [signed.manifest.layer_root]
