@@ -57,10 +57,17 @@ from modelguard.signing.layout import (
     layouts_from_dict,
     layouts_to_dict,
 )
+from modelguard.signing.shards import (
+    Serialization,
+    compute_resources,
+    describe_resource,
+    unsigned_files,
+)
 from modelguard.signing.statement import (
     DEFAULT_IGNORE_PATHS,
     ParsedStatement,
     model_statement,
+    parse_oms_bundle,
     parse_statement,
 )
 from modelguard.signing.verify import sign_statement, verify_bundle
@@ -195,8 +202,8 @@ class SignResult:
         }
 
 
-def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]]:
-    """Names the existing bundle gives its signer, and its (unverified) resources."""
+def _existing_signer(data: bytes, source: str) -> tuple[set[str], ParsedStatement]:
+    """Names the existing bundle gives its signer, and its (unverified) statement."""
     document = load_bundle_bytes(data, source=source)
     parsed = parse_bundle(document)
     try:
@@ -208,7 +215,7 @@ def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]
     names = {s.keyid for s in parsed.envelope.signatures if s.keyid}
     if parsed.hint:
         names.add(parsed.hint)
-    return names, {r.name: r.digest for r in statement.resources}
+    return names, statement
 
 
 def sign_model(
@@ -222,12 +229,14 @@ def sign_model(
     ledger_url: str | None = None,
     record: bool = True,
     threads: int | None = None,
+    serialization: Serialization | None = None,
 ) -> SignResult:
     """Hash ``path`` (files, tensors, structures), sign the OMS statement, write the bundle.
 
     A model already signed by another key gets a co-signature in ``model.sig.d/``; the
     files must still match what the first signer signed. With ``record`` the signature lands
-    in the ledger as a ``sign`` entry.
+    in the ledger as a ``sign`` entry. ``serialization`` picks the OMS resources (default:
+    whole files, SHA-256; or shards and/or blake2b, blake3: modelguard.signing.shards).
     """
     path = Path(path)
     if not path.exists():
@@ -237,14 +246,25 @@ def sign_model(
     sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     ignore = signing_ignore_paths(path, sig_path)
     manifest = build_manifest(path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads)
-    resources = manifest_resources(path, manifest)
+    spec = serialization or Serialization()
+    resources = (
+        manifest_resources(path, manifest)
+        if spec.is_default
+        else compute_resources(path, spec, ignore_paths=ignore, threads=threads, for_signing=True)
+    )
     public = key.public_key()
     kid = key_id(public)
     target, cosigned = sig_path, False
     if sig_path.exists():
-        names, signed = _existing_signer(read_bundle_file(sig_path), str(sig_path))
+        names, existing = _existing_signer(read_bundle_file(sig_path), str(sig_path))
         if not names & {kid, oms_hint(public)}:
-            if signed != resources:
+            signed = {r.name: r.digest for r in existing.resources}
+            now = (
+                resources
+                if existing.serialization_spec == spec
+                else compute_resources(path, existing.serialization_spec, ignore_paths=ignore)
+            )
+            if signed != now:
                 raise BadInputError(
                     "the model changed since it was signed; remove the old signature(s) "
                     "to sign the new content",
@@ -267,7 +287,11 @@ def sign_model(
     if layouts is not None:
         predicate["layout"] = layouts_to_dict(layouts)
     statement = model_statement(
-        model_name, sorted(resources.items()), ignore_paths=ignore, modelguard=predicate
+        model_name,
+        sorted(resources.items()),
+        ignore_paths=ignore,
+        modelguard=predicate,
+        serialization=spec,
     )
     data = dump_bundle(sign_statement(statement, key))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -457,6 +481,10 @@ def _read_signatures(
             verified = verify_bundle(document, trusted)
         except SignatureError as error:
             if error.details.get("reason") == "untrusted":
+                try:  # not ours to trust, but a malformed statement is bad input (exit 2)
+                    parse_oms_bundle(document)
+                except FormatError as malformed:
+                    raise FormatError(malformed.message, path=str(file)) from None
                 signer.status, signer.reason = "untrusted", error.message
                 signer.key_id = parsed.envelope.signatures[0].keyid or parsed.hint
                 continue
@@ -511,11 +539,15 @@ def _actual_state(
 
 
 def _compare_files(
-    report: VerificationReport, who: str, signed: Mapping[str, str], actual: Mapping[str, str]
+    report: VerificationReport,
+    who: str,
+    signed: Mapping[str, str],
+    actual: Mapping[str, str],
+    method: str = "files",
 ) -> bool:
     ok = True
     for name in sorted(set(signed) | set(actual)):
-        label = "the model file" if name == "." else f"file {name!r}"
+        label = describe_resource(name, method)
         if name not in actual:
             report.check("files", False, f"{who}: {label} is missing", "digest")
         elif name not in signed:
@@ -524,7 +556,7 @@ def _compare_files(
             report.check(
                 "files",
                 False,
-                f"{who}: {label} differs (sha256 {actual[name][:16]}…, signed {signed[name][:16]}…)",
+                f"{who}: {label} differs (digest {actual[name][:16]}…, signed {signed[name][:16]}…)",
                 "digest",
             )
         else:
@@ -563,6 +595,8 @@ def _fast_check(
     extra = item.statement.modelguard or {}
     if item.manifest is None or "layout" not in extra:
         return False
+    if not item.statement.serialization_spec.is_default:
+        return False  # the OMS resources (shards, blake2b, blake3) must be recomputed too
     try:
         layouts = layouts_from_dict(extra["layout"], item.manifest)
         _, rels = list_model_files(model, ignore_paths=ignore)
@@ -604,6 +638,7 @@ def _check_content(
     signed: list[_Signed],
     sig_ignore: list[str],
     threads: int | None,
+    ignore_unsigned_files: bool = False,
 ) -> None:
     cache: dict[tuple[tuple[str, ...], bool], _Actual] = {}
     fast: dict[str, bool] = {}
@@ -612,6 +647,16 @@ def _check_content(
         ignore = tuple(
             dict.fromkeys([*item.statement.ignore_paths, *DEFAULT_IGNORE_PATHS[:4], *sig_ignore])
         )
+        if ignore_unsigned_files:
+            skipped = unsigned_files(model, {r.path for r in item.statement.resources}, ignore)
+            if skipped:
+                ignore = (*ignore, *skipped)
+                report.check(
+                    "files",
+                    True,
+                    f"{who}: ignoring {len(skipped)} unsigned file(s) as asked: {', '.join(skipped)}",
+                    "digest",
+                )
         if _fast_check(report, model, item, ignore, threads, fast):
             continue
         want_layers = item.manifest is not None
@@ -620,10 +665,20 @@ def _check_content(
             cache[cache_key] = _actual_state(model, ignore, want_layers, threads)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
-        files_ok = _compare_files(report, who, resources, actual.files)
+        spec = item.statement.serialization_spec
+        on_disk = (
+            actual.files
+            if spec.is_default
+            else compute_resources(model, spec, ignore_paths=ignore, threads=threads)
+        )
+        files_ok = _compare_files(report, who, resources, on_disk, spec.method)
         if files_ok:
             report.check(
-                "files", True, f"{who}: all {len(resources)} file digest(s) match", "digest"
+                "files",
+                True,
+                f"{who}: all {len(resources)} {'shard' if spec.method == 'shards' else 'file'} "
+                f"digest(s) match",
+                "digest",
             )
         if item.manifest is None:
             report.check(
@@ -634,7 +689,8 @@ def _check_content(
             )
             continue
         if (
-            item.manifest.hash_algorithm == "sha256"
+            spec.is_default
+            and item.manifest.hash_algorithm == "sha256"
             and manifest_resources(model, item.manifest) != resources
         ):
             report.check(
@@ -772,8 +828,12 @@ def verify_model(
     allow_rollback: bool = False,
     now: datetime | None = None,
     threads: int | None = None,
+    ignore_unsigned_files: bool = False,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
+
+    Files of the model that no signature lists fail verification (OMS spec 8.5) unless
+    ``ignore_unsigned_files`` (like ``model_signing verify --ignore_unsigned_files``).
 
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
@@ -804,7 +864,7 @@ def verify_model(
             if path.is_dir()
             else []
         )
-        _check_content(report, path, signed, sig_ignore, threads)
+        _check_content(report, path, signed, sig_ignore, threads, ignore_unsigned_files)
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path)
     if require_ledger:
