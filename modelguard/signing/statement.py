@@ -34,6 +34,7 @@ from modelguard.errors import FormatError
 from modelguard.signing.bundle import ParsedBundle, parse_bundle
 from modelguard.signing.shards import (
     DIGEST_HEX_LENGTH,
+    MAX_SHARD_SIZE,
     METHODS,
     OMS_HASHES,
     Serialization,
@@ -243,7 +244,7 @@ def _parse_serialization(serialization: Mapping[str, Any]) -> dict[str, Any]:
         # model_signing 1.1.1 writes the size through a protobuf Struct, as a float (500.0)
         if isinstance(size, float) and size.is_integer():
             size = int(size)
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_SHARD_SIZE:
             raise FormatError("serialization.shard_size is missing or not a positive integer")
         fields["shard_size"] = size
     elif size is not None:
