@@ -323,3 +323,24 @@ def test_sign_cli_shards_and_verify_cli_ignore_unsigned(tmp_path: Path) -> None:
     assert done.returncode == 1 and "unsigned.txt" in done.stdout
     done = cli("verify", str(model), "--key", str(pub), "--ignore-unsigned-files", "--json")
     assert done.returncode == 0, done.stdout
+
+
+def test_signing_refuses_a_statement_a_reader_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that changes between the manifest pass and the shard pass is not signed."""
+    import modelguard.signing.model as signing_model
+
+    real = signing_model.compute_resources
+
+    def grown(*args: Any, **kwargs: Any) -> dict[str, str]:
+        model = tmp_path / "model"
+        with (model / "modelguard.json").open("ab") as handle:
+            handle.write(b" ")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(signing_model, "compute_resources", grown)
+    model = model_dir(tmp_path / "model")
+    with pytest.raises(FormatError, match="disagrees with its shards' extent"):
+        sign_model(model, KEY, record=False, serialization=SHARDS)
+    assert not (model / "model.sig").exists()

@@ -24,7 +24,6 @@ field; :func:`parse_statement` still reads them (deprecation window, docs/signat
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from modelguard.errors import FormatError
 from modelguard.signing.bundle import ParsedBundle, parse_bundle
+from modelguard.signing.dsse import load_json_payload
 from modelguard.signing.shards import (
     DIGEST_HEX_LENGTH,
     MAX_SHARD_SIZE,
@@ -204,7 +204,7 @@ def model_statement(
         if name in per_resource:
             descriptor["annotations"] = {ANNOTATION: per_resource[name]}
         descriptors.append(descriptor)
-    return {
+    statement = {
         "_type": STATEMENT_TYPE,
         "subject": [subject],
         "predicateType": PREDICATE_TYPE,
@@ -217,6 +217,10 @@ def model_statement(
             "resources": descriptors,
         },
     }
+    # Never sign what a reader would refuse (e.g. a file that changed between the manifest
+    # pass and the resource pass, so that its record and its shards disagree).
+    parse_statement(statement)
+    return statement
 
 
 def _require(mapping: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -441,13 +445,6 @@ def parse_statement(statement: object) -> ParsedStatement:
     )
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise FormatError("payload has duplicate JSON keys")
-    return dict(pairs)
-
-
 def parse_oms_bundle(document: object) -> tuple[ParsedBundle, ParsedStatement]:
     """A bundle and the OMS statement it claims, checked for shape only (not yet verified).
 
@@ -455,10 +452,4 @@ def parse_oms_bundle(document: object) -> tuple[ParsedBundle, ParsedStatement]:
     signature is checked afterwards with :func:`modelguard.signing.verify.verify_bundle`.
     """
     parsed = parse_bundle(document)
-    try:
-        payload = json.loads(
-            parsed.envelope.payload.decode("utf-8"), object_pairs_hook=_no_duplicates
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"bundle payload is not JSON ({error})") from None
-    return parsed, parse_statement(payload)
+    return parsed, parse_statement(load_json_payload(parsed.envelope.payload))
