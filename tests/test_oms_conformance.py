@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from referencing import Registry, Resource
 
 from modelguard.encryption.model import encrypt_model
 from modelguard.errors import FormatError
-from modelguard.keys import generate_key, write_keypair
+from modelguard.keys import generate_key, load_public_key, write_keypair
 from modelguard.signing import sign_statement
 from modelguard.signing.bundle import dump_bundle
 from modelguard.signing.model import sign_model, verify_model
@@ -189,6 +190,28 @@ def test_legacy_bundles_verify_and_still_name_the_changed_tensor(tmp_path: Path)
     report = verify_model(model, keys=[KEY.public_key()])
     assert not report.ok
     assert "tensor 'fc2.weight' in 'model.safetensors' differs" in "\n".join(report.failures)
+
+
+LEGACY = Path(__file__).parent / "testdata" / "legacy-predicate"
+
+
+def test_a_bundle_written_by_modelguard_0_1_still_verifies(tmp_path: Path) -> None:
+    """A real artifact of the old writer (tests/testdata/legacy-predicate/README.md)."""
+    model = tmp_path / "model"
+    shutil.copytree(LEGACY / "model", model)
+    bundle = read(model / "model.sig")
+    assert any("'modelguard' was unexpected" in e for e in schema_errors(bundle))
+    assert parse_statement(payload(bundle)).legacy_extension
+    key = load_public_key(LEGACY / "signer.pub")
+    report = verify_model(model, keys=[key])
+    assert report.ok, report.failures
+    assert report.layer_detail and report.signers[0].model_version == "0.9"
+    data = bytearray((model / "model.onnx").read_bytes())
+    at = data.index(bytes((model / "model.safetensors").read_bytes()[-16:]))
+    data[at] ^= 1  # a byte of the last tensor's raw_data in the ONNX file
+    (model / "model.onnx").write_bytes(bytes(data))
+    failures = "\n".join(verify_model(model, keys=[key]).failures)
+    assert "tensor 'fc2.weight' in 'model.onnx' differs" in failures
 
 
 def test_data_in_both_placements_is_refused(tmp_path: Path) -> None:
