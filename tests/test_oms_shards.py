@@ -25,6 +25,7 @@ from modelguard.signing.shards import (
     Serialization,
     compute_resources,
     parse_shard_name,
+    shard_name,
     shard_ranges,
 )
 from modelguard.signing.statement import parse_statement, subject_digest
@@ -73,6 +74,20 @@ def test_shards_follow_model_signings_cut() -> None:
     for bad in ("x.bin", "x.bin:10:10", "x.bin:01:10", "x.bin:-1:3", "x.bin:3:2", "x.bin:0:0"):
         with pytest.raises(FormatError):
             parse_shard_name(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    path=st.text(alphabet="ab:/._0", min_size=1, max_size=12),
+    start=st.integers(min_value=0, max_value=1 << 40),
+    length=st.integers(min_value=1, max_value=1 << 40),
+)
+def test_shard_names_round_trip_even_with_colons(path: str, start: int, length: int) -> None:
+    assert parse_shard_name(shard_name(path, start, start + length)) == (
+        path,
+        start,
+        start + length,
+    )
 
 
 @pytest.mark.parametrize(
