@@ -28,9 +28,10 @@ only the registry names, so modelguard writes ``sha256`` and accepts the old lab
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,17 +151,60 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(part for part in path.split("/") if part not in ("", "."))
 
 
-def _hash_range(handle: Any, start: int, end: int, algorithm: str) -> str:
+def _hash_view(view: memoryview, algorithm: str) -> str:
     hasher = oms_hasher(algorithm)
-    fd = handle.fileno()
-    at = start
-    while at < end:
-        chunk = os.pread(fd, min(_CHUNK, end - at), at)
-        if not chunk:
-            raise BadInputError("file shrank while it was being hashed", path=handle.name)
-        hasher.update(chunk)
-        at += len(chunk)
+    for start in range(0, view.nbytes, _CHUNK):
+        hasher.update(view[start : start + _CHUNK])
     return hasher.hexdigest()
+
+
+def resources_from_views(
+    views: Mapping[str, memoryview],
+    serialization: Serialization,
+    *,
+    single: bool,
+    threads: int | None = None,
+    for_signing: bool = False,
+) -> dict[str, str]:
+    """The resources (name -> hex digest) of files already read or mapped (``rel -> bytes``).
+
+    ``single``: the model is one file, whose resource is named ``"."``. With ``for_signing``,
+    files that shard serialization cannot name (empty, or with ``:`` in the path) are refused;
+    otherwise an empty file shows up as ``path:0:0``, so that a verifier sees it as unsigned.
+    """
+    jobs: list[tuple[str, memoryview]] = []
+    empty: list[str] = []
+    for rel, view in sorted(views.items()):
+        name = "." if single else rel
+        if serialization.method == "files":
+            jobs.append((name, view))
+            continue
+        if for_signing and ":" in name:
+            raise BadInputError(
+                "a ':' in a file name cannot be named in shard serialization "
+                "(use --serialization files)",
+                path=rel,
+            )
+        if view.nbytes == 0:
+            if for_signing:
+                raise BadInputError(
+                    "an empty file has no shard, so shard serialization cannot sign it "
+                    "(remove it, ignore it, or use --serialization files)",
+                    path=rel,
+                )
+            empty.append(shard_name(name, 0, 0))
+        assert serialization.shard_size is not None  # checked in Serialization
+        for start, end in shard_ranges(view.nbytes, serialization.shard_size):
+            jobs.append((shard_name(name, start, end), view[start:end]))
+    jobs.sort(key=lambda job: -job[1].nbytes)  # largest first keeps every core busy
+    with ThreadPoolExecutor(
+        max_workers=threads or os.cpu_count() or 1, thread_name_prefix="modelguard-oms"
+    ) as pool:
+        digests = list(pool.map(lambda job: _hash_view(job[1], serialization.hash_type), jobs))
+    resources = {name: digest for (name, _), digest in zip(jobs, digests, strict=True)}
+    empty_digest = oms_hasher(serialization.hash_type).hexdigest()
+    resources.update({name: empty_digest for name in empty})
+    return resources
 
 
 def compute_resources(
@@ -171,63 +215,35 @@ def compute_resources(
     threads: int | None = None,
     for_signing: bool = False,
 ) -> dict[str, str]:
-    """The resources (name -> hex digest) ``serialization`` gives the model as it is on disk.
+    """The resources ``serialization`` gives the model as it is on disk.
 
-    Each file is opened once (regular files only, via :mod:`modelguard.safeio`), its size
-    taken from that descriptor, and every range hashed from it in a thread pool. With
-    ``for_signing``, files that shard serialization cannot name (empty, or with ``:`` in the
-    path) are refused; otherwise an empty file shows up as ``path:0:0`` so it is unsigned.
+    Each file is opened once (regular files only, via :mod:`modelguard.safeio`) and mapped
+    read-only from that descriptor; every range is hashed from the mapping in a thread pool.
     """
     root, rels = list_model_files(model, ignore_paths=ignore_paths)
-    single = not model.is_dir()
-    handles: dict[str, Any] = {}
-    jobs: list[tuple[str, str, int, int]] = []  # (resource name, rel, start, end)
-    empty: list[str] = []
+    views: dict[str, memoryview] = {}
     try:
         for rel in rels:
-            handle = open_regular(root / rel, what="model file")
-            handles[rel] = handle
-            size = os.fstat(handle.fileno()).st_size
-            name = "." if single else rel
-            if serialization.method == "files":
-                jobs.append((name, rel, 0, size))
-                continue
-            if for_signing and ":" in name:
-                raise BadInputError(
-                    "a ':' in a file name cannot be named in shard serialization "
-                    "(use --serialization files)",
-                    path=str(root / rel),
+            with open_regular(root / rel, what="model file") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                views[rel] = (
+                    memoryview(mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ))
+                    if size
+                    else memoryview(b"")
                 )
-            if size == 0:
-                if for_signing:
-                    raise BadInputError(
-                        "an empty file has no shard, so shard serialization cannot sign it "
-                        "(remove it, ignore it, or use --serialization files)",
-                        path=str(root / rel),
-                    )
-                empty.append(shard_name(name, 0, 0))
-            assert serialization.shard_size is not None  # checked in Serialization
-            for start, end in shard_ranges(size, serialization.shard_size):
-                jobs.append((shard_name(name, start, end), rel, start, end))
-        jobs.sort(key=lambda job: job[2] - job[3])  # largest first keeps every core busy
-        with ThreadPoolExecutor(
-            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="modelguard-oms"
-        ) as pool:
-            digests = list(
-                pool.map(
-                    lambda job: _hash_range(
-                        handles[job[1]], job[2], job[3], serialization.hash_type
-                    ),
-                    jobs,
-                )
+        try:
+            return resources_from_views(
+                views,
+                serialization,
+                single=not model.is_dir(),
+                threads=threads,
+                for_signing=for_signing,
             )
+        except BadInputError as error:
+            raise BadInputError(error.message, path=str(root / (error.path or ""))) from None
     finally:
-        for handle in handles.values():
-            handle.close()
-    resources = {job[0]: digest for job, digest in zip(jobs, digests, strict=True)}
-    empty_digest = oms_hasher(serialization.hash_type).hexdigest()
-    resources.update({name: empty_digest for name in empty})
-    return resources
+        for view in views.values():
+            view.release()
 
 
 def resource_path(name: str, method: str) -> str:
