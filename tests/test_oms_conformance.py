@@ -124,9 +124,12 @@ def test_single_file_and_co_signer_bundles_validate(tmp_path: Path) -> None:
     )
     for path in (model / "model.sig", cosig.signature_path, single.signature_path):
         assert schema_errors(read(path)) == [], path
-    assert [r["name"] for r in payload(read(shards.signature_path))["predicate"]["resources"]][
-        :2
-    ] == [".:0:256", ".:256:512"]
+    onnx_statement = payload(read(shards.signature_path))
+    assert [r["name"] for r in onnx_statement["predicate"]["resources"]][:2] == [
+        ".:0:256",
+        ".:256:512",
+    ]
+    assert parse_statement(onnx_statement).paths == (".",)
     assert schema_errors(read(shards.signature_path)) == []
     assert verify_model(model / "model.onnx", tmp_path / "onnx.sig", keys=[KEY.public_key()]).ok
 

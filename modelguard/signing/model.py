@@ -648,7 +648,7 @@ def _check_content(
             dict.fromkeys([*item.statement.ignore_paths, *DEFAULT_IGNORE_PATHS[:4], *sig_ignore])
         )
         if ignore_unsigned_files:
-            skipped = unsigned_files(model, {r.path for r in item.statement.resources}, ignore)
+            skipped = unsigned_files(model, set(item.statement.paths), ignore)
             if skipped:
                 ignore = (*ignore, *skipped)
                 report.check(

@@ -91,6 +91,11 @@ class ParsedStatement:
         return tuple(self.serialization.get("ignore_paths", ()))
 
     @property
+    def paths(self) -> tuple[str, ...]:
+        """The files the resources cover ("." for a single-file model), shards folded, sorted."""
+        return tuple(sorted({r.path for r in self.resources}))
+
+    @property
     def method(self) -> str:
         return str(self.serialization["method"])
 
