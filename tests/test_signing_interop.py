@@ -206,3 +206,16 @@ def test_model_signing_api_reads_modelguard_shard_signatures(
     }
     with pytest.raises(ValueError, match="Hash mismatch"):
         verifier.set_hashing_config(ms_hashing(spec)).verify(model, model / "model.sig")
+
+
+def test_ignore_unsigned_files_means_the_same_in_both_tools(tmp_path: Path) -> None:
+    key, _, pub = keypair(tmp_path)
+    model = model_dir(tmp_path / "model")
+    sign_model(model, key, record=False)
+    (model / "README.md").write_text("added after signing\n")
+    args = ["verify", "key", str(model), "--signature", str(model / "model.sig")]
+    assert oms(*args, "--public_key", str(pub)).returncode != 0
+    assert not verify_model(model, keys=[key.public_key()]).ok
+    done = oms(*args, "--public_key", str(pub), "--ignore_unsigned_files")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify_model(model, keys=[key.public_key()], ignore_unsigned_files=True).ok
