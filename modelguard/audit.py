@@ -12,9 +12,13 @@
 
 Ledger URL: ``--ledger`` (``ledger_url=``), else ``$MODELGUARD_LEDGER``, else
 ``sqlite:///<cwd>/.modelguard/ledger.db``; created on first write. The checkpoint-signing
-Ed25519 note key: ``key_path=`` (``--note-key``), else ``$MODELGUARD_LEDGER_KEY``, else next
-to a SQLite ledger (``<db>.note.key``, mode 0600, and ``<db>.note.pub``), else (PostgreSQL)
-``<cwd>/.modelguard/ledger-note.key``; created on first use, named after the log's origin.
+Ed25519 note key: ``key_path=`` (``--note-key``), else ``$MODELGUARD_LEDGER_KEY`` (when it
+names a file), else next to a SQLite ledger (``<db>.note.key``, mode 0600, and
+``<db>.note.pub``), else (PostgreSQL) ``<cwd>/.modelguard/ledger-note.key``; created by
+writers on first use, named after the log's origin. Writers sign a fresh checkpoint after
+every append when the note key is at hand (always for SQLite), so that readers can prove
+the entry. Readers (the gate, ``check_inclusion``, ``check_consistency``) never create a
+key or sign: they trust only the public keys they are given.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from ledger import (
     open_ledger,
 )
 from ledger import sqlite_path as _sqlite_path
+from ledger.client import newest_trusted_checkpoint
 from ledger.log import verify_jsonl
 from ledger.note import split_note
 from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationError
+from modelguard.safeio import MAX_KEY_BYTES, read_regular
 
 ENV_LEDGER = "MODELGUARD_LEDGER"
 ENV_NOTE_KEY = "MODELGUARD_LEDGER_KEY"
@@ -55,6 +61,7 @@ SIGN_KINDS = ("sign",)
 __all__ = [
     "ENV_LEDGER",
     "ENV_NOTE_KEY",
+    "ConsistencyResult",
     "LineageNode",
     "check_consistency",
     "check_inclusion",
@@ -63,6 +70,7 @@ __all__ = [
     "export_ledger",
     "find_sign_entry",
     "init_ledger",
+    "is_verifier_key_string",
     "lineage",
     "list_entries",
     "load_note_signer",
@@ -126,17 +134,18 @@ def record_event(
     details: Mapping[str, Any] | None = None,
     ledger_url: str | None = None,
 ) -> Entry:
-    """Append one event; it is durable and chained when this returns."""
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        return log.append(
-            kind, subject=subject, payload_digest=payload_digest, actor=actor, details=details
-        )
+    """Append one event; it is durable, chained and (key at hand) checkpointed on return."""
+    return record_events([EventSpec(kind, subject, payload_digest, actor, details)], ledger_url)[0]
 
 
 def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
-    """Append several events in one durable transaction."""
+    """Append several events in one durable transaction, then sign a checkpoint over them."""
     with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        return log.append_many(events)
+        entries = log.append_many(events)
+    url = resolve_ledger_url(ledger_url)
+    if _sqlite_path(url) is not None or note_key_path(url).exists():
+        sign_checkpoint(url)
+    return entries
 
 
 def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
@@ -242,12 +251,20 @@ def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
 # --- checkpoints and proofs -------------------------------------------------------------
 
 
+_VERIFIER_STRING = re.compile(r"[^\s+]+\+[0-9a-fA-F]{8}\+[A-Za-z0-9+/]{44}")
+
+
+def is_verifier_key_string(value: str) -> bool:
+    """True for a one-line note verifier key (``<name>+<hex id>+<base64>``), not a path."""
+    return _VERIFIER_STRING.fullmatch(value.strip()) is not None
+
+
 def note_key_path(ledger_url: str | None = None, key_path: str | Path | None = None) -> Path:
     """Where the ledger's checkpoint-signing key lives (see the module docstring)."""
     if key_path:
         return Path(key_path)
     env = os.environ.get(ENV_NOTE_KEY)
-    if env:
+    if env and not is_verifier_key_string(env):  # a verifier string is for readers only
         return Path(env)
     db = _sqlite_path(resolve_ledger_url(ledger_url))
     if db is not None:
@@ -291,28 +308,35 @@ def load_note_signer(
                 pass
         finally:
             os.unlink(tmp)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+    text = _read_key_text(path)
     try:
         return NoteSigner.from_key_string(text)
     except LedgerInputError as error:
         raise KeyFileError(str(error), path=str(path)) from None
 
 
-def load_note_verifier(path: str | Path) -> NoteVerifier:
-    """A verifier key file (``<name>+<hex id>+<base64>``), or the signer key it belongs to."""
+def _read_key_text(path: Path) -> str:
+    data = read_regular(path, max_size=MAX_KEY_BYTES, what="ledger key file")
     try:
-        text = Path(path).read_text().strip()
-    except OSError as error:
-        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise KeyFileError("not a ledger note key (not UTF-8 text)", path=str(path)) from None
+
+
+def load_note_verifier(spec: str | Path) -> NoteVerifier:
+    """A verifier key: a one-line key string, a key file, or the signer key file it belongs to."""
+    if isinstance(spec, str) and is_verifier_key_string(spec):
+        try:
+            return NoteVerifier.from_key_string(spec)
+        except LedgerInputError as error:
+            raise KeyFileError(str(error), path="ledger key") from None
+    text = _read_key_text(Path(spec))
     try:
         if text.startswith("PRIVATE+KEY+"):
             return NoteSigner.from_key_string(text).verifier()
         return NoteVerifier.from_key_string(text)
     except LedgerInputError as error:
-        raise KeyFileError(str(error), path=str(path)) from None
+        raise KeyFileError(str(error), path=str(spec)) from None
 
 
 def _trusted(
@@ -377,27 +401,28 @@ def prove_with_checkpoint(
 
 
 def check_inclusion(
-    entry: Entry,
-    ledger_url: str | None = None,
-    key_path: str | Path | None = None,
-    public_keys: Sequence[str | Path] = (),
+    entry: Entry, public_keys: Sequence[str | Path], ledger_url: str | None = None
 ) -> InclusionProof:
-    """Demand that ``entry`` is in the ledger: inclusion proof to a freshly signed checkpoint.
+    """Demand that ``entry`` is in the ledger: inclusion proof to a trusted signed checkpoint.
 
-    The proof is checked against a checkpoint verified with the note key (given public keys,
-    else the local one), so a caller learns the entry sits in the signed tree, not just a row.
-    Raises LedgerVerificationError otherwise.
+    Read-only: the newest stored checkpoint that one of ``public_keys`` signed must cover
+    the entry (writers sign one after each append; else run ``ledger checkpoint``). Raises
+    LedgerVerificationError otherwise, BadInputError when no key is given.
     """
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
-        stored = log.checkpoints()
-    note = stored[-1] if stored else ""
-    if not stored or Checkpoint.from_text(split_note(note)[0]).size <= entry.index:
-        note = sign_checkpoint(ledger_url, key_path)
-    trusted = _trusted(ledger_url, key_path, public_keys)
-    with _mapped_errors():
-        checkpoint = open_checkpoint(note, trusted)
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.inclusion_proof(entry.index, checkpoint.size)
+    if not public_keys:
+        raise BadInputError("checking inclusion needs the ledger's public note key (--key)")
+    trusted = [load_note_verifier(p) for p in public_keys]
+    with (
+        _mapped_errors(),
+        open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log,
+    ):
+        _, checkpoint = newest_trusted_checkpoint(log, trusted)
+        if checkpoint.size <= entry.index:
+            raise LedgerVerificationError(
+                f"entry {entry.index} is not covered by a signed checkpoint (the newest covers"
+                f" {checkpoint.size} entries): run `modelguard ledger checkpoint`"
+            )
+        proof = log.inclusion_proof(entry.index, checkpoint.size)
         if proof.leaf_hash != entry.leaf_hash:
             raise LedgerVerificationError(
                 f"ledger entry {entry.index} differs from the entry that was looked up"
@@ -429,34 +454,55 @@ def check_proof(
     return proof, checkpoint
 
 
+@dataclass(frozen=True)
+class ConsistencyResult:
+    """A saved checkpoint against the log: the proof, the checkpoint used, tampered entries."""
+
+    proof: ConsistencyProof
+    checkpoint: str  # the newest stored checkpoint a trusted key signed
+    problems: VerifyReport  # entries whose bodies no longer match their leaves, and so on
+
+    @property
+    def ok(self) -> bool:
+        return self.problems.ok
+
+
 def check_consistency(
     old_checkpoint_note: str,
+    public_keys: Sequence[str | Path],
     ledger_url: str | None = None,
-    key_path: str | Path | None = None,
-    public_keys: Sequence[str | Path] = (),
-) -> tuple[ConsistencyProof, str]:
-    """Prove the current log extends a saved checkpoint; returns (proof, new signed checkpoint).
+) -> ConsistencyResult:
+    """Read-only: prove the newest trusted checkpoint extends a saved one, and audit the rows.
 
-    A forked or rewritten log fails here with LedgerVerificationError.
+    A forked, rewritten or truncated log fails with LedgerVerificationError. Entries whose
+    bodies no longer match their tree leaves (an edited row) are reported in ``problems``.
+    Nothing is written: no checkpoint is signed, no key created.
     """
-    new_note = sign_checkpoint(ledger_url, key_path)
-    trusted = _trusted(ledger_url, key_path, public_keys)
+    if not public_keys:
+        raise BadInputError("checking consistency needs the ledger's public note key (--key)")
+    trusted = [load_note_verifier(p) for p in public_keys]
     with _mapped_errors():
         old = open_checkpoint(old_checkpoint_note, trusted)
-        new = open_checkpoint(new_note, trusted)
-        if old.origin != new.origin:
-            raise LedgerVerificationError(
-                f"saved checkpoint is for log {old.origin!r}, this ledger is {new.origin!r}"
-            )
-        if old.size > new.size:
-            raise LedgerVerificationError(
-                f"saved checkpoint has {old.size} entries, the ledger only {new.size} (truncated)"
-            )
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.consistency_proof(old.size, new.size)
-        proof = ConsistencyProof(old.size, new.size, old.root, new.root, proof.hashes, proof.origin)
+        with open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log:
+            new_note, new = newest_trusted_checkpoint(log, trusted)
+            if old.origin != new.origin:
+                raise LedgerVerificationError(
+                    f"saved checkpoint is for log {old.origin!r}, this ledger is {new.origin!r}"
+                )
+            if old.size > new.size:
+                raise LedgerVerificationError(
+                    f"saved checkpoint has {old.size} entries, the ledger's newest signed"
+                    f" checkpoint only {new.size} (truncated)"
+                )
+            if old.size == new.size and old.root != new.root:
+                raise LedgerVerificationError(
+                    f"two signed checkpoints of size {old.size} with different roots (forked)"
+                )
+            hashes = log.consistency_proof(old.size, new.size).hashes
+            problems = log.verify(trusted)
+        proof = ConsistencyProof(old.size, new.size, old.root, new.root, hashes, new.origin)
         proof.verify()
-    return proof, new_note
+    return ConsistencyResult(proof, new_note, problems)
 
 
 def verify_ledger(

@@ -5,7 +5,7 @@ $ modelguard ledger show --kind sign --limit 10
 $ modelguard ledger checkpoint -o cp.txt
 $ modelguard ledger prove 0 -o proof.json
 $ modelguard ledger check-proof proof.json --key .modelguard/ledger.db.note.pub
-$ modelguard ledger consistency cp.txt
+$ modelguard ledger consistency cp.txt --key .modelguard/ledger.db.note.pub
 $ modelguard ledger export ledger.jsonl && modelguard ledger verify --file ledger.jsonl
 """
 
@@ -23,6 +23,7 @@ from rich.tree import Tree
 from modelguard import audit
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
+from modelguard.safeio import MAX_SIGNATURE_BYTES, read_regular
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -59,16 +60,17 @@ def public_key_option(func: click.decorators.FC) -> click.decorators.FC:
 
 
 def _read_text(path: Path) -> str:
+    data = read_regular(path, max_size=MAX_SIGNATURE_BYTES, what="file")
     try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(f"cannot read: {error}", path=str(path)) from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError("not UTF-8 text", path=str(path)) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(_read_text(path))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BadInputError(f"not JSON: {error}", path=str(path)) from None
     if not isinstance(document, dict):
         raise BadInputError("not a JSON object", path=str(path))
@@ -249,30 +251,44 @@ def check_proof(
 @ledger.command()
 @click.argument("old_checkpoint", type=_EXISTING)
 @ledger_option
-@note_key_option
 @public_key_option
 @json_option
+@click.pass_context
 def consistency(
+    ctx: click.Context,
     old_checkpoint: Path,
     ledger_url: str | None,
-    note_key: Path | None,
     public_keys: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """Prove the current log extends a saved checkpoint (a fork or rewrite exits 1)."""
-    proof, note = audit.check_consistency(
-        _read_text(old_checkpoint), ledger_url, note_key, public_keys
-    )
-    document = {"ok": True, "proof": proof.to_dict(), "checkpoint": note}
+    """Read-only: prove the log extends a saved checkpoint, and find edited entries.
+
+    A fork, rewrite or truncation exits 1, and so does any entry whose body no longer
+    matches its leaf in the tree. Nothing is written (no checkpoint is signed).
+    """
+    result = audit.check_consistency(_read_text(old_checkpoint), public_keys, ledger_url)
+    proof, report = result.proof, result.problems
+    document = {
+        "ok": result.ok,
+        "proof": proof.to_dict(),
+        "checkpoint": result.checkpoint,
+        "ledger": report.to_dict(),
+    }
 
     def human(console: Console) -> None:
         console.print(
-            f"[green bold]OK[/] the log at size {proof.new_size} extends the saved checkpoint"
-            f" of size {proof.old_size} ({len(proof.hashes)} proof hashes)"
+            f"[green bold]OK[/] the signed checkpoint of size {proof.new_size} extends the saved"
+            f" checkpoint of size {proof.old_size} ({len(proof.hashes)} proof hashes)"
         )
-        console.print(note, end="", markup=False, highlight=False)
+        if report.ok:
+            console.print(f"[green bold]OK[/] {report.summary()}")
+        for p in report.problems[:50]:
+            console.print(f"[red bold]TAMPERED[/] {p.message}")
 
     emit(document, as_json, human)
+    if not result.ok:
+        click.echo(f"modelguard: verification failed: {report.summary()}", err=True)
+        ctx.exit(LedgerVerificationError.exit_code)
 
 
 @ledger.command()

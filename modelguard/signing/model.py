@@ -815,5 +815,6 @@ def verify_model(
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],
             ledger_url=ledger_url,
             allow_rollback=allow_rollback,
+            policy=policy,
         )
     return report
