@@ -52,6 +52,12 @@ def open_regular(path: Path | str, *, max_size: int | None = None, what: str = "
     except IsADirectoryError:
         raise BadInputError(f"{what} is a directory", path=name) from None
     except OSError as error:
+        try:  # a socket cannot be opened at all (ENXIO): name what it is
+            mode = os.stat(name).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{what} is {_kind(mode)}, not a regular file", path=name) from None
         raise BadInputError(f"cannot open {what}: {error.strerror}", path=name) from None
     try:
         info = os.fstat(fd)

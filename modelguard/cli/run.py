@@ -6,6 +6,7 @@ $ modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ MAX_REPORTED = 32  # predictions listed in the output document
 
 def load_inputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Feeds from ``.npy`` (the first graph input) or ``.npz`` (arrays named like the inputs)."""
+    from modelguard.safeio import open_regular, read_all
+
+    with open_regular(path, what="input array") as handle:  # no FIFO hang, no /dev/zero
+        data = read_all(handle, what="input array")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
         raise BadInputError(f"cannot read input array: {error}", path=str(path)) from None
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:

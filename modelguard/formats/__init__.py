@@ -106,8 +106,10 @@ class ParsedModel:
 
 def map_file(path: Path) -> memoryview:
     """A read-only memoryview over the whole file (mmap; empty files give an empty view)."""
+    from modelguard.safeio import open_regular
+
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, what="model file") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 return memoryview(b"")
@@ -151,7 +153,9 @@ def detect_format(path: Path) -> str | None:
         return "pytorch"
     if suffix == ".bin":
         try:
-            with open(path, "rb") as handle:
+            from modelguard.safeio import open_regular
+
+            with open_regular(path, what="model file") as handle:
                 head = handle.read(len(LEGACY_TORCH_MAGIC))
         except OSError as error:
             raise FormatError(

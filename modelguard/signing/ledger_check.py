@@ -59,7 +59,7 @@ from modelguard.audit import (
     normalize_digest,
     resolve_ledger_url,
 )
-from modelguard.errors import BadInputError, ModelGuardError
+from modelguard.errors import BadInputError
 from modelguard.keys import atomic_write
 from modelguard.manifest import Manifest
 from modelguard.safeio import read_regular
@@ -337,11 +337,7 @@ def check_ledger(
     if not signed:
         report.check("ledger", False, "no verified signature to look up in the ledger", "ledger")
         return
-    try:
-        verifiers = trusted_ledger_keys(policy)
-    except ModelGuardError as error:
-        report.check("ledger", False, f"ledger key: {error}", "ledger")
-        return
+    verifiers = trusted_ledger_keys(policy)  # an unreadable key file is bad input: exit 2
     if not verifiers:
         report.check("ledger", False, NO_KEY_FIX, "ledger")
         return
