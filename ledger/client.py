@@ -205,4 +205,3 @@ def advance(
             " inserted or replaced, or the log forked from the checkpoint this client trusts"
         )
     return TrustedHead(checkpoint.origin, checkpoint.size, checkpoint.root, note, hashes)
-
