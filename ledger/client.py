@@ -146,12 +146,16 @@ def advance(
     note: str,
     checkpoint: Checkpoint,
     on_entry: Callable[[Entry], None],
+    wanted: Callable[[bytes], bool] | None = None,
 ) -> TrustedHead:
     """Move from ``head`` (None: the empty tree) to the verified ``checkpoint``.
 
     Reads the entries ``head.size .. checkpoint.size - 1``, calls ``on_entry`` for each, and
     raises LedgerIntegrityError unless they extend the trusted tree to exactly the
     checkpoint's root. ``checkpoint`` must already be verified against trusted keys.
+    ``wanted``: a cheap test on an entry's stored bytes; entries it rejects are hashed (the
+    proof still covers them) but not parsed nor handed to ``on_entry``. It must accept every
+    entry the caller cares about.
     """
     if head is not None:
         head.check()
@@ -178,14 +182,17 @@ def advance(
                 f"entry {expected} is missing from the log (deleted), but the signed"
                 f" checkpoint of size {checkpoint.size} covers it"
             )
-        try:
-            entry = Entry.from_canonical(body)
-        except LedgerInputError as error:
-            raise LedgerIntegrityError(f"entry {index} is unreadable ({error})") from None
-        if entry.index != index:
-            raise LedgerIntegrityError(f"row {index} holds the content of entry {entry.index}")
         _push(compact, leaf_hash(body))
-        on_entry(entry)
+        if wanted is None or wanted(body):
+            try:
+                entry = Entry.from_canonical(body)
+            except LedgerInputError as error:
+                raise LedgerIntegrityError(f"entry {index} is unreadable ({error})") from None
+            if entry.index != index:
+                raise LedgerIntegrityError(
+                    f"row {index} holds the content of entry {entry.index}"
+                )
+            on_entry(entry)
         expected += 1
     if expected != checkpoint.size:
         raise LedgerIntegrityError(

@@ -37,7 +37,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cmp_to_key
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,11 +47,13 @@ from ledger import (
     Entry,
     Ledger,
     LedgerError,
+    LedgerIntegrityError,
     NoteVerifier,
     open_checkpoint,
     open_ledger,
 )
 from ledger.client import TrustedHead, advance, newest_trusted_checkpoint
+from ledger.merkle import leaf_hash
 from modelguard.audit import (
     ENV_NOTE_KEY,
     compare_versions,
@@ -165,6 +167,16 @@ class LedgerFacts:
         return cls(revoked=revoked, versions=versions)
 
 
+def may_matter(body: bytes) -> bool:
+    """False only for entries whose kind is certainly neither ``sign`` nor ``revoke``.
+
+    A JSON string spells its letters out unless it uses a ``\\u`` escape, so an entry of
+    either kind contains ``"sign"`` or ``"revoke"`` verbatim, or a ``\\u`` somewhere.
+    Skipping the others saves parsing most entries on a first run over a large log.
+    """
+    return b'"sign"' in body or b'"revoke"' in body or b"\\u" in body
+
+
 def sign_entry_targets(entry: Entry) -> list[str]:
     """Everything a revocation may name for this sign entry."""
     targets = [entry.payload_digest, entry.subject.get("root", ""), entry.actor]
@@ -245,11 +257,13 @@ class _Proven:
     trusted_from: int
 
     def entry(self, index: int) -> Entry:
-        """Entry ``index`` with an inclusion proof to the current checkpoint."""
-        proof = self.log.inclusion_proof(index, self.checkpoint.size)
+        """Entry ``index``, its stored bytes proven to be leaf ``index`` of the current tree."""
+        proof = replace(self.log.inclusion_proof(index, self.checkpoint.size), entry=None)
         proof.verify(self.checkpoint)
-        assert proof.entry is not None
-        return Entry.from_dict(proof.entry)
+        stored = list(self.log.bodies(index, index + 1))
+        if not stored or leaf_hash(stored[0][1]) != proof.leaf_hash:
+            raise LedgerIntegrityError(f"entry {index} does not match its proven leaf")
+        return Entry.from_canonical(stored[0][1])
 
 
 def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -> _Proven:
@@ -275,7 +289,9 @@ def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -
                 ) from None
         # Facts from the new entries go into a copy, kept only if the new head is proven.
         facts = copy.deepcopy(state.facts) if state else LedgerFacts()
-        head = advance(log, state.head if state else None, note, checkpoint, facts.add)
+        head = advance(
+            log, state.head if state else None, note, checkpoint, facts.add, may_matter
+        )
     except (LedgerError, _Refused) as error:
         log.close()
         raise _Refused(str(error)) from None

@@ -299,3 +299,29 @@ def test_cosignature_hook_sees_the_verified_note(world: World) -> None:
     finally:
         ledger_check.remove_checkpoint_check(quorum)
     assert seen and not report.ok and "witness" in failures(report, "ledger")[0]
+
+
+def test_an_escaped_kind_is_still_read(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer may escape letters (``"\\u0073ign"``); the first-run prefilter must not skip it."""
+    import ledger.entry
+
+    def escaping(value: Any) -> bytes:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return text.replace('"kind":"sign"', '"kind":"\\u0073ign"').encode()
+
+    v3 = model_dir(world.tmp / "v3", seed=3)
+    signed3 = sign_model(v3, world.key, name="m", version="3", record=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger.entry.rfc8785, "dumps", escaping)
+        with open_ledger(world.url) as log:
+            entry = log.append(
+                "sign",
+                subject={"name": "m", "version": "3", "root": signed3.manifest.layer_root},
+                payload_digest=signed3.payload_digest,
+                actor=key_id(world.key.public_key()),
+            )
+    assert b"\\u0073ign" in entry.canonical()
+    with open_ledger(world.url) as log:
+        log.checkpoint(audit.load_note_signer(world.url, create=False))
+    report = world.gate(world.v2)
+    assert not report.ok and any("3" in f for f in failures(report, "rollback"))
