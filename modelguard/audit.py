@@ -212,16 +212,29 @@ def compare_versions(a: str, b: str) -> int:
 
 
 def newest_version(model_name: str, ledger_url: str | None = None) -> str | None:
-    """The highest version recorded in a ``sign`` entry for this model name."""
-    versions = [
-        e.subject["version"]
-        for e in _query(ledger_url, kind="sign", subject={"name": model_name})
-        if "version" in e.subject
-    ]
-    if not versions:
+    """The highest version in a ``sign`` entry for this name that is not revoked.
+
+    A version is revoked when every sign entry of it has a revoked target (its signature or
+    model digest, its root, or its signing key): revoking v2 makes v1 the newest again. This
+    reads rows as stored (a display helper); the gate applies the same rule to proven entries.
+    """
+    revoked = {
+        normalize_digest(e.subject["revoked"])
+        for e in _query(ledger_url, kind="revoke")
+        if e.subject.get("revoked", "").strip()
+    }
+    live: list[str] = []
+    for entry in _query(ledger_url, kind="sign", subject={"name": model_name}):
+        targets = {entry.payload_digest, entry.subject.get("root", ""), entry.actor}
+        model_digest = entry.details.get("model_digest")
+        if isinstance(model_digest, str):
+            targets.add(model_digest)
+        if "version" in entry.subject and not {normalize_digest(t) for t in targets} & revoked:
+            live.append(entry.subject["version"])
+    if not live:
         return None
-    newest = versions[0]
-    for version in versions[1:]:
+    newest = live[0]
+    for version in live[1:]:
         if compare_versions(version, newest) > 0:
             newest = version
     return newest
@@ -529,23 +542,32 @@ def verify_ledger(
 
 @dataclass
 class LineageNode:
-    """One model (a manifest root) with the entries about it and the models derived from it."""
+    """One model (a manifest root) with the entries about it and the models derived from it.
+
+    ``revoked``: the revocations that hit this model (its root, a signature or model digest
+    of one of its entries, or the key that signed it), as ``{index, target, reason}``.
+    """
 
     root: str
     entries: list[Entry] = field(default_factory=list)
     children: list[LineageNode] = field(default_factory=list)
+    revoked: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        subject = self.entries[-1].subject if self.entries else {}
+        # The name it was signed under, whatever later entries (encrypt, evaluate) called it.
+        signs = [e for e in self.entries if e.kind == "sign"]
+        subject = (signs or self.entries[-1:])[0].subject if self.entries else {}
         name = subject.get("name", "?")
         version = subject.get("version")
-        return f"{name}{' ' + version if version else ''} ({self.root[:16]})"
+        mark = " [REVOKED]" if self.revoked else ""
+        return f"{name}{' ' + version if version else ''} ({self.root[:16]}){mark}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.root,
             "label": self.label,
+            "revoked": self.revoked,
             "entries": [
                 {"index": e.index, "kind": e.kind, "subject": e.subject, "timestamp": e.timestamp}
                 for e in self.entries
@@ -554,13 +576,36 @@ class LineageNode:
         }
 
 
+def _revocations_of(
+    root: str, entries: Sequence[Entry], revoked: Mapping[str, Entry]
+) -> list[dict[str, Any]]:
+    targets = {root}
+    for entry in entries:
+        targets.add(normalize_digest(entry.payload_digest))
+        model_digest = entry.details.get("model_digest")
+        if isinstance(model_digest, str):
+            targets.add(normalize_digest(model_digest))
+        if entry.kind == "sign" and entry.actor:
+            targets.add(normalize_digest(entry.actor))
+    return [
+        {"index": revoked[t].index, "target": t, "reason": revoked[t].details.get("reason", "")}
+        for t in sorted(targets & revoked.keys(), key=lambda t: revoked[t].index)
+    ]
+
+
 def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageNode]:
     """Ancestry (through ``subject.parent`` links, e.g. harden entries) and descendants.
 
     Matches a model name, a manifest root or a payload digest; returns the family trees
-    (oldest ancestor at the top) that contain a match. Empty when nothing matches.
+    (oldest ancestor at the top) that contain a match. Empty when nothing matches. A display
+    of the rows as stored; the deployment gate proves what it relies on.
     """
-    all_entries = [e for e in _query(ledger_url) if "root" in e.subject]
+    everything = _query(ledger_url)
+    revoked: dict[str, Entry] = {}
+    for entry in everything:
+        if entry.kind == "revoke" and entry.subject.get("revoked"):
+            revoked.setdefault(normalize_digest(entry.subject["revoked"]), entry)
+    all_entries = [e for e in everything if "root" in e.subject]
     by_root: dict[str, list[Entry]] = {}
     parent_of: dict[str, str] = {}
     for entry in all_entries:
@@ -589,7 +634,8 @@ def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageN
         children.setdefault(parent, []).append(child)
 
     def build(root: str, seen: frozenset[str]) -> LineageNode:
-        node = LineageNode(root, by_root.get(root, []))
+        entries = by_root.get(root, [])
+        node = LineageNode(root, entries, revoked=_revocations_of(root, entries, revoked))
         for child in sorted(children.get(root, []), key=lambda r: by_root[r][0].index):
             if child not in seen:
                 node.children.append(build(child, seen | {child}))

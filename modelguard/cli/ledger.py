@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -349,22 +350,39 @@ def lineage_tree(title: str, trees: list[audit.LineageNode]) -> Tree:
 
 def _add_node(tree: Tree, node: audit.LineageNode) -> None:
     kinds = ", ".join(f"{e.kind}#{e.index}" for e in node.entries) or "not in ledger"
-    branch = tree.add(f"[bold]{node.label}[/]  [dim]{kinds}[/]")
+    revoked = "".join(f"  [red]revoked in #{r['index']}: {r['reason']}[/]" for r in node.revoked)
+    label = escape(node.label)
+    branch = tree.add(f"[bold]{label}[/]  [dim]{kinds}[/]{revoked}")
     for child in node.children:
         _add_node(branch, child)
 
 
+def model_root(path: Path) -> str:
+    """The layer root a signature of ``path`` records (signature files left out)."""
+    from modelguard.manifest import build_manifest
+    from modelguard.signing.model import default_signature_path, signing_ignore_paths
+
+    ignore = signing_ignore_paths(path, default_signature_path(path))
+    return build_manifest(path, hash_algorithm="sha256", ignore_paths=ignore).layer_root
+
+
 @ledger.command()
-@click.argument("name_or_digest")
+@click.argument("model_or_name")
 @ledger_option
 @json_option
-def lineage(name_or_digest: str, ledger_url: str | None, as_json: bool) -> None:
-    """Ancestry and descendants of a model (name, manifest root or payload digest)."""
-    trees = audit.lineage(name_or_digest, ledger_url)
+def lineage(model_or_name: str, ledger_url: str | None, as_json: bool) -> None:
+    """Ancestry and descendants of a model: a model path (its root is computed), a name,
+    a manifest root or a payload digest. Revoked models are marked."""
+    query = model_root(Path(model_or_name)) if Path(model_or_name).exists() else model_or_name
+    trees = audit.lineage(query, ledger_url)
     if not trees:
-        raise BadInputError(f"no ledger entry mentions {name_or_digest}")
+        raise BadInputError(f"no ledger entry mentions {model_or_name}")
 
     def human(console: Console) -> None:
-        console.print(lineage_tree(f"lineage of {name_or_digest}", trees))
+        console.print(lineage_tree(f"lineage of {model_or_name}", trees))
 
-    emit({"query": name_or_digest, "lineage": [t.to_dict() for t in trees]}, as_json, human)
+    emit(
+        {"query": model_or_name, "root": query, "lineage": [t.to_dict() for t in trees]},
+        as_json,
+        human,
+    )

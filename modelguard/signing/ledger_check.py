@@ -289,9 +289,7 @@ def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -
                 ) from None
         # Facts from the new entries go into a copy, kept only if the new head is proven.
         facts = copy.deepcopy(state.facts) if state else LedgerFacts()
-        head = advance(
-            log, state.head if state else None, note, checkpoint, facts.add, may_matter
-        )
+        head = advance(log, state.head if state else None, note, checkpoint, facts.add, may_matter)
     except (LedgerError, _Refused) as error:
         log.close()
         raise _Refused(str(error)) from None
