@@ -162,8 +162,26 @@ class LedgerFacts:
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> LedgerFacts:
         revoked, versions = document.get("revoked"), document.get("versions")
-        if not isinstance(revoked, dict) or not isinstance(versions, dict):
-            raise BadInputError("ledger trust state: facts are malformed")
+        well_formed = (
+            isinstance(revoked, dict)
+            and all(
+                isinstance(r, dict)
+                and type(r.get("index")) is int
+                and isinstance(r.get("reason"), str)
+                for r in revoked.values()
+            )
+            and isinstance(versions, dict)
+            and all(
+                isinstance(by_version, dict)
+                and all(
+                    isinstance(indices, list) and all(type(i) is int for i in indices)
+                    for indices in by_version.values()
+                )
+                for by_version in versions.values()
+            )
+        )
+        if not well_formed or not isinstance(revoked, dict) or not isinstance(versions, dict):
+            raise BadInputError("ledger trust state: facts are malformed; delete it to start over")
         return cls(revoked=revoked, versions=versions)
 
 
