@@ -44,7 +44,7 @@ from typing import Any
 from ledger.entry import Entry
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError
 from ledger.log import Ledger
-from ledger.merkle import EMPTY_ROOT, fold_cover, leaf_hash, node_hash
+from ledger.merkle import EMPTY_ROOT, fold_cover, leaf_hash, push_leaf
 from ledger.note import Checkpoint, NoteVerifier, open_checkpoint
 
 HEAD_FORMAT = 1
@@ -125,14 +125,24 @@ def newest_trusted_checkpoint(
     raise NoteVerificationError(f"no stored checkpoint is signed by a trusted key ({names}){seen}")
 
 
-def _push(compact: list[tuple[int, bytes]], h: bytes) -> None:
-    """Append one leaf to a compact range held as (subtree size, hash), sizes decreasing."""
-    size, node = 1, h
-    while compact and compact[-1][0] == size:
-        left_size, left = compact.pop()
-        node = node_hash(left, node)
-        size += left_size
-    compact.append((size, node))
+def check_not_behind(trusted: Checkpoint, newest: Checkpoint) -> None:
+    """The newest signed head must be of the same log, no smaller, and equal at equal size.
+
+    Raises LedgerIntegrityError naming the attack (another log, truncation, fork).
+    """
+    if trusted.origin != newest.origin:
+        raise LedgerIntegrityError(
+            f"the trusted checkpoint is for log {trusted.origin!r}, this one for {newest.origin!r}"
+        )
+    if newest.size < trusted.size:
+        raise LedgerIntegrityError(
+            f"the newest signed checkpoint covers {newest.size} entries, but {trusted.size}"
+            " were already accepted: the log was truncated or rolled back"
+        )
+    if newest.size == trusted.size and newest.root != trusted.root:
+        raise LedgerIntegrityError(
+            f"two signed checkpoints of size {trusted.size} with different roots: the log forked"
+        )
 
 
 def _sized(head: TrustedHead) -> list[tuple[int, bytes]]:
@@ -159,20 +169,7 @@ def advance(
     """
     if head is not None:
         head.check()
-        if head.origin != checkpoint.origin:
-            raise LedgerIntegrityError(
-                f"the trusted checkpoint is for log {head.origin!r}, this one for"
-                f" {checkpoint.origin!r}"
-            )
-        if checkpoint.size < head.size:
-            raise LedgerIntegrityError(
-                f"the newest signed checkpoint covers {checkpoint.size} entries, but this"
-                f" client already accepted {head.size}: the log was truncated or rolled back"
-            )
-        if checkpoint.size == head.size and checkpoint.root != head.root:
-            raise LedgerIntegrityError(
-                f"two signed checkpoints of size {head.size} with different roots: the log forked"
-            )
+        check_not_behind(Checkpoint(head.origin, head.size, head.root), checkpoint)
     start = head.size if head is not None else 0
     compact = _sized(head) if head is not None else []
     expected = start
@@ -182,16 +179,14 @@ def advance(
                 f"entry {expected} is missing from the log (deleted), but the signed"
                 f" checkpoint of size {checkpoint.size} covers it"
             )
-        _push(compact, leaf_hash(body))
+        push_leaf(compact, leaf_hash(body))
         if wanted is None or wanted(body):
             try:
                 entry = Entry.from_canonical(body)
             except LedgerInputError as error:
                 raise LedgerIntegrityError(f"entry {index} is unreadable ({error})") from None
             if entry.index != index:
-                raise LedgerIntegrityError(
-                    f"row {index} holds the content of entry {entry.index}"
-                )
+                raise LedgerIntegrityError(f"row {index} holds the content of entry {entry.index}")
             on_entry(entry)
         expected += 1
     if expected != checkpoint.size:

@@ -48,7 +48,7 @@ from ledger import (
     open_ledger,
 )
 from ledger import sqlite_path as _sqlite_path
-from ledger.client import newest_trusted_checkpoint
+from ledger.client import check_not_behind, newest_trusted_checkpoint
 from ledger.log import verify_jsonl
 from ledger.note import split_note
 from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationError
@@ -498,19 +498,7 @@ def check_consistency(
         old = open_checkpoint(old_checkpoint_note, trusted)
         with open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log:
             new_note, new = newest_trusted_checkpoint(log, trusted)
-            if old.origin != new.origin:
-                raise LedgerVerificationError(
-                    f"saved checkpoint is for log {old.origin!r}, this ledger is {new.origin!r}"
-                )
-            if old.size > new.size:
-                raise LedgerVerificationError(
-                    f"saved checkpoint has {old.size} entries, the ledger's newest signed"
-                    f" checkpoint only {new.size} (truncated)"
-                )
-            if old.size == new.size and old.root != new.root:
-                raise LedgerVerificationError(
-                    f"two signed checkpoints of size {old.size} with different roots (forked)"
-                )
+            check_not_behind(old, new)  # another log, truncated, or forked: exit 1
             hashes = log.consistency_proof(old.size, new.size).hashes
             problems = log.verify(trusted)
         proof = ConsistencyProof(old.size, new.size, old.root, new.root, hashes, new.origin)

@@ -30,7 +30,6 @@ signing key id). So revoking v2 lets v1 deploy again; ``--allow-rollback`` skips
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import json
@@ -148,6 +147,16 @@ class LedgerFacts:
             name, version = entry.subject.get("name"), entry.subject.get("version")
             if name and version:
                 self.versions.setdefault(name, {}).setdefault(version, []).append(entry.index)
+
+    def merged(self, later: LedgerFacts) -> LedgerFacts:
+        """These facts followed by those of later entries (the earliest revocation wins)."""
+        revoked = {**later.revoked, **self.revoked}
+        versions = {name: dict(by_version) for name, by_version in self.versions.items()}
+        for name, by_version in later.versions.items():
+            mine = versions.setdefault(name, {})
+            for version, indices in by_version.items():
+                mine[version] = [*mine.get(version, []), *indices]
+        return LedgerFacts(revoked, versions)
 
     def revocation(self, targets: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
         for target in targets:
@@ -305,9 +314,10 @@ def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -
                     f"the trust state {path} holds a checkpoint no given ledger key signed"
                     " (was the ledger key rotated? delete the file to trust the log anew)"
                 ) from None
-        # Facts from the new entries go into a copy, kept only if the new head is proven.
-        facts = copy.deepcopy(state.facts) if state else LedgerFacts()
-        head = advance(log, state.head if state else None, note, checkpoint, facts.add, may_matter)
+        # Facts from the new entries are kept apart, and merged only once the head is proven.
+        new = LedgerFacts()
+        head = advance(log, state.head if state else None, note, checkpoint, new.add, may_matter)
+        facts = state.facts.merged(new) if state else new
     except (LedgerError, _Refused) as error:
         log.close()
         raise _Refused(str(error)) from None

@@ -325,3 +325,17 @@ def test_an_escaped_kind_is_still_read(world: World, monkeypatch: pytest.MonkeyP
         log.checkpoint(audit.load_note_signer(world.url, create=False))
     report = world.gate(world.v2)
     assert not report.ok and any("3" in f for f in failures(report, "rollback"))
+
+
+def test_facts_learned_after_the_trust_state_count(world: World) -> None:
+    """Entries proven on a later run join what the state knew: a new version, a revocation."""
+    assert world.gate(world.v2).ok
+    v3 = model_dir(world.tmp / "v3", seed=3)
+    signed3 = sign_model(v3, world.key, name="m", version="3", ledger_url=world.url)
+    report = world.gate(world.v2)
+    assert not report.ok and any("3" in f for f in failures(report, "rollback"))
+    audit.revoke("sha256:" + signed3.subject_digest, reason="bad v3", ledger_url=world.url)
+    assert world.gate(world.v2).ok  # v3 revoked: v2 is the newest again
+    assert not world.gate(world.v1).ok  # v2 still is newer than v1
+    report = world.gate(v3)
+    assert not report.ok and "bad v3" in failures(report, "revocation")[0]
