@@ -362,7 +362,7 @@ def test_oversized_signature_file_is_refused(
 
     monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", 100)
     model = fresh_copy(signed_model, tmp_path / "model")
-    with pytest.raises(FormatError, match="larger than"):
+    with pytest.raises(BadInputError, match="more than the 100 allowed"):
         verify_model(model, keys=[KEY.public_key()])
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from modelguard.cli.keys import passphrase_options
 from modelguard.cli.output import emit, json_option
 from modelguard.keys import load_private_key, load_public_key, read_passphrase
-from modelguard.policy import load_policy
+from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
 
@@ -161,6 +161,19 @@ _VERIFICATION_OPTIONS = [
         is_flag=True,
         help="Accept a version older than the newest in the ledger.",
     ),
+    click.option(
+        "--ledger-key",
+        "ledger_keys",
+        multiple=True,
+        help="The ledger's checkpoint public key (file or one-line key) that --require-ledger"
+        " trusts; else the policy's [ledger] key, else $MODELGUARD_LEDGER_KEY.",
+    ),
+    click.option(
+        "--ledger-state",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Directory of the ledger gate's trust state (default: $MODELGUARD_LEDGER_STATE,"
+        " else ~/.config/modelguard/ledger-state).",
+    ),
 ]
 
 
@@ -201,17 +214,23 @@ def verify(
     require_ledger: bool,
     allow_rollback: bool,
     ignore_unsigned_files: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
     if bool(key_paths) == bool(policy_path):
         raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
-    policy = load_policy(policy_path) if policy_path else None
     keys = [load_public_key(p) for p in key_paths]
+    policy = with_ledger_trust(
+        load_policy(policy_path) if policy_path else policy_from_keys(keys),
+        ledger_keys,
+        ledger_state,
+    )
     report = verify_model(
         path,
         signature_path,
-        keys=keys,
+        keys=(),
         policy=policy,
         ledger_url=ledger_url,
         require_ledger=require_ledger,

@@ -1043,5 +1043,6 @@ def _verify(
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],
             ledger_url=ledger_url,
             allow_rollback=allow_rollback,
+            policy=policy,
         )
     return report, files
