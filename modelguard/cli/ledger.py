@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from modelguard import audit
+from modelguard.cli import ledger_tiles
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
 
@@ -151,6 +152,16 @@ def show(
 @click.option(
     "--checkpoint", type=_EXISTING, help="With --file: a signed checkpoint the file must match."
 )
+@click.option(
+    "--tiles",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Audit a C2SP tile tree (from `export-tiles`) offline against --key.",
+)
+@click.option(
+    "--old-checkpoint",
+    type=_EXISTING,
+    help="With --tiles: a kept checkpoint the tiles must extend.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -160,9 +171,14 @@ def verify(
     public_keys: tuple[Path, ...],
     jsonl: Path | None,
     checkpoint: Path | None,
+    tiles: Path | None,
+    old_checkpoint: Path | None,
     as_json: bool,
 ) -> None:
     """Recompute chain and tree; on tampering name the first bad index (exit 1)."""
+    if tiles is not None:
+        ledger_tiles.verify_tiles_command(ctx, tiles, public_keys, old_checkpoint, as_json)
+        return
     report = audit.verify_ledger(
         ledger_url,
         jsonl=jsonl,
@@ -352,3 +368,6 @@ def lineage(name_or_digest: str, ledger_url: str | None, as_json: bool) -> None:
         console.print(lineage_tree(f"lineage of {name_or_digest}", trees))
 
     emit({"query": name_or_digest, "lineage": [t.to_dict() for t in trees]}, as_json, human)
+
+
+ledger.add_command(ledger_tiles.export_tiles)
