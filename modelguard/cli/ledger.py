@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from modelguard import audit
-from modelguard.cli import ledger_tiles
+from modelguard.cli import ledger_proofs, ledger_tiles, ledger_witness
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
 
@@ -210,14 +210,27 @@ def verify(
 @ledger_option
 @note_key_option
 @click.option("-o", "--output", type=_FILE, help="Write the proof document here.")
+@click.option(
+    "--tlog-proof",
+    type=_FILE,
+    help="Instead write a C2SP tlog-proof (checkpoint, cosignatures, inclusion proof) here.",
+)
 @json_option
 def prove(
-    index: int, ledger_url: str | None, note_key: Path | None, output: Path | None, as_json: bool
+    index: int,
+    ledger_url: str | None,
+    note_key: Path | None,
+    output: Path | None,
+    tlog_proof: Path | None,
+    as_json: bool,
 ) -> None:
     """Inclusion proof of entry INDEX, with a freshly signed checkpoint it checks against.
 
     Check it offline with `modelguard ledger check-proof FILE --key <db>.note.pub`.
     """
+    if tlog_proof is not None:
+        ledger_proofs.prove_command(index, tlog_proof, ledger_url, note_key, as_json)
+        return
     document = audit.prove_with_checkpoint(index, ledger_url, note_key)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     _write(output, text)
@@ -371,3 +384,6 @@ def lineage(name_or_digest: str, ledger_url: str | None, as_json: bool) -> None:
 
 
 ledger.add_command(ledger_tiles.export_tiles)
+ledger.add_command(ledger_witness.witness)
+ledger.add_command(ledger_witness.cosign)
+ledger.add_command(ledger_proofs.check_tlog_proof)

@@ -20,6 +20,7 @@ from modelguard.cli.output import emit, json_option
 from modelguard.keys import load_private_key, load_public_key, read_passphrase
 from modelguard.policy import load_policy
 from modelguard.signing.model import sign_model, verify_model
+from modelguard.transparency import check_signature_proof, write_entry_proof
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,6 +56,11 @@ Examples:
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
+)
 @json_option
 def sign(
     path: Path,
@@ -67,11 +73,12 @@ def sign(
     parent: str | None,
     ledger_url: str | None,
     no_ledger: bool,
+    ledger_proof: Path | None,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
-    if no_ledger and ledger_url:
-        raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if no_ledger and (ledger_url or ledger_proof):
+        raise click.UsageError("--ledger/--ledger-proof and --no-ledger contradict each other")
     key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
     result = sign_model(
         path,
@@ -84,6 +91,9 @@ def sign(
         record=not no_ledger,
     )
     document = result.to_dict()
+    if ledger_proof is not None and result.ledger_entry:
+        index = int(result.ledger_entry["index"])
+        document["ledger_proof"] = write_entry_proof(index, ledger_proof, ledger_url)
 
     def human(console: Console) -> None:
         what = "co-signature" if result.cosigned else "signature"
@@ -154,6 +164,19 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @click.argument("path", type=_PATH)
 @verification_options
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
+    " ledgered; checked against --ledger-key, no ledger access needed.",
+)
+@click.option(
+    "--ledger-key",
+    "ledger_keys",
+    multiple=True,
+    type=_PATH,
+    help="The ledger's public note key, for --ledger-proof; repeatable.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -165,6 +188,8 @@ def verify(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    ledger_proof: Path | None,
+    ledger_keys: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
@@ -181,6 +206,8 @@ def verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
     )
+    if ledger_proof is not None:
+        check_signature_proof(report, ledger_proof, ledger_keys)
     error = report.error()
 
     def human(console: Console) -> None:
