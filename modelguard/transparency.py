@@ -34,7 +34,7 @@ from ledger import (
     NoteSigner,
     NoteVerifier,
 )
-from ledger.note import open_checkpoint, split_note
+from ledger.note import open_checkpoint, sign_note, split_note
 from ledger.tiles import ExportReport, TilesReport, export_tiles, verify_tiles
 from ledger.tlog_proof import MAX_PROOF_BYTES, TlogProof, entry_proof, verify_entry_proof
 from ledger.witness import Cosigner, CosignerVerifier, Witness, require_cosignatures
@@ -181,8 +181,11 @@ def cosign_checkpoint(
     signer = load_note_signer(ledger_url, key_path)
     transports = [_transport(w) for w in witnesses]
     with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
-        note = log.checkpoint(signer)
-        checkpoint = open_checkpoint(note, [signer.verifier()])
+        # Signed but not stored: only the cosigned note joins the ledger's checkpoints, so
+        # the newest stored checkpoint carries the cosignatures.
+        size = log.size()
+        checkpoint = Checkpoint(log.origin, size, log.root(size))
+        note = sign_note(checkpoint.to_text(), [signer])
         lines = [collect_cosignature(log, note, submit) for submit in transports]
         cosigned = note + "".join(lines)
         record_cosigned(log, cosigned)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,6 +34,7 @@ from ledger.witness import (
     require_cosignatures,
 )
 from ledger.witness_http import collect_cosignature, http_transport, serve
+from modelguard.cli import main as cli_main
 
 ORIGIN = "example.org/log"
 
@@ -238,3 +241,68 @@ def test_http_witness(server: str, log: Ledger, log_key: NoteSigner, tmp_path: P
 def test_http_listens_on_loopback_only(witness: Witness) -> None:
     with pytest.raises(ValueError, match="loopback"):
         serve(witness, "0.0.0.0", 0)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    with pytest.raises(SystemExit) as done:
+        cli_main.main([*args, "--json"])
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), json.loads(out) if out.strip() else err
+
+
+def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    with open_ledger(url, origin=ORIGIN) as log:
+        fill(log, 3)
+    rc, info = run_cli(capsys, "ledger", "init", "--ledger", url)
+    assert rc == 0
+    pub = tmp_path / "l.db.note.pub"
+    state = tmp_path / "wstate"
+    rc, info = run_cli(
+        capsys,
+        "ledger",
+        "witness",
+        "init",
+        str(state),
+        "--name",
+        "w.example",
+        "--log-key",
+        str(pub),
+    )
+    assert rc == 0 and list(info["logs"]) == [ORIGIN]
+    assert (state / "witness.key").stat().st_mode & 0o777 == 0o600
+    out = tmp_path / "cp.cosigned"
+    rc, doc = run_cli(
+        capsys, "ledger", "cosign", "--witness", str(state), "--ledger", url, "-o", str(out)
+    )
+    assert rc == 0 and doc["witnesses"] == ["w.example"] and doc["size"] == 3
+    with open_ledger(url) as log:
+        assert log.checkpoints()[-1] == out.read_text()  # kept for the gate to find
+        fill(log, 2, tag="more")
+    witness_key = CosignerVerifier.from_key_string((state / "witness.pub").read_text())
+    assert require_cosignatures(out.read_text(), [witness_key], 1) == ["w.example"]
+    rc, doc = run_cli(capsys, "ledger", "cosign", "--witness", str(state), "--ledger", url)
+    assert rc == 0 and doc["size"] == 5
+    # The file transport: a request for a forked history is refused (exit 1).
+    fork_url = f"sqlite:///{tmp_path / 'fork.db'}"
+    with open_ledger(fork_url, origin=ORIGIN) as fork:
+        fill(fork, 6, tag="fork")
+        signer = NoteSigner.from_key_string((tmp_path / "l.db.note.key").read_text())
+        forked = fork.checkpoint(signer)
+        proof = fork.consistency_proof(5, 6).hashes
+    request = tmp_path / "request"
+    request.write_bytes(add_checkpoint_request(5, proof, forked))
+    rc, _ = run_cli(capsys, "ledger", "witness", "add-checkpoint", str(state), str(request))
+    assert rc == 1
+    rc, _ = run_cli(
+        capsys,
+        "ledger",
+        "cosign",
+        "--witness",
+        str(state),
+        "--ledger",
+        fork_url,
+        "--note-key",
+        str(tmp_path / "l.db.note.key"),
+    )
+    assert rc == 1
