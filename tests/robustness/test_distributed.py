@@ -44,6 +44,7 @@ def without_timing(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow
 def test_eval_on_two_processes_equals_one(tmp_path: Path, digits_model_dir: Path) -> None:
     args = [
         "eval",
@@ -75,6 +76,7 @@ def test_eval_on_two_processes_equals_one(tmp_path: Path, digits_model_dir: Path
     assert {row["attack"] for row in first["results"]["attacks"]} == {"fgsm", "pgd", "square"}
 
 
+@pytest.mark.slow
 def test_harden_with_ddp_on_two_processes(tmp_path: Path, digits_model_dir: Path) -> None:
     parent = tmp_path / "parent"
     shutil.copytree(digits_model_dir, parent)
@@ -125,6 +127,7 @@ def test_harden_with_ddp_on_two_processes(tmp_path: Path, digits_model_dir: Path
     assert (tmp_path / "child2" / "model.sig").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_the_job(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(
