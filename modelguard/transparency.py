@@ -53,12 +53,14 @@ __all__ = [
     "cosign_checkpoint",
     "export_tile_tree",
     "init_witness",
+    "load_witness_key",
     "load_witness_keys",
     "mapped_errors",
     "read_text_file",
     "require_witness_quorum",
     "verify_tile_tree",
     "witness_add_checkpoint",
+    "witness_quorum_reasons",
     "write_entry_proof",
 ]
 
@@ -116,16 +118,40 @@ def verify_tile_tree(
 # --- witnesses ------------------------------------------------------------------------------
 
 
-def load_witness_keys(paths: Sequence[str | Path]) -> list[CosignerVerifier]:
-    """Witness public keys (``<name>+<hex id>+<base64(0x04 || key)>``), one per file."""
-    keys = []
-    for path in paths:
-        text = read_text_file(Path(path), what="witness key")
-        try:
-            keys.append(CosignerVerifier.from_key_string(text))
-        except LedgerInputError as error:
-            raise KeyFileError(str(error), path=str(path)) from None
-    return keys
+def load_witness_key(spec: str | Path) -> CosignerVerifier:
+    """A witness public key: a file holding ``<name>+<hex id>+<base64(0x04 || key)>``, or
+    that one-line key itself (as a policy may give it)."""
+    path = Path(spec)
+    if path.exists():
+        text = read_text_file(path, what="witness key")
+    elif isinstance(spec, str) and spec.count("+") >= 2:
+        text = spec
+    else:
+        raise KeyFileError("no such witness key file", path=str(spec))
+    try:
+        return CosignerVerifier.from_key_string(text)
+    except LedgerInputError as error:
+        raise KeyFileError(str(error), path=str(spec)) from None
+
+
+def load_witness_keys(specs: Sequence[str | Path]) -> list[CosignerVerifier]:
+    """Witness public keys (files or one-line keys), one per entry."""
+    return [load_witness_key(spec) for spec in specs]
+
+
+def witness_quorum_reasons(note: str, witness_keys: Sequence[str | Path], quorum: int) -> list[str]:
+    """The gate's policy check (``[ledger] witnesses``, ``witness_quorum``) as refusal reasons.
+
+    ``note`` is a checkpoint whose log signature already verified; empty list: accepted.
+    """
+    if quorum <= 0:
+        return []
+    keys = load_witness_keys(witness_keys)
+    try:
+        require_cosignatures(note, keys, quorum)
+    except (LedgerInputError, LedgerIntegrityError) as error:
+        return [str(error)]
+    return []
 
 
 def require_witness_quorum(

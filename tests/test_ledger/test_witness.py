@@ -306,3 +306,23 @@ def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         str(tmp_path / "l.db.note.key"),
     )
     assert rc == 1
+
+
+def test_gate_quorum_reasons(
+    tmp_path: Path, log: Ledger, log_key: NoteSigner, witness: Witness
+) -> None:
+    from modelguard import transparency
+
+    fill(log, 2)
+    note = log.checkpoint(log_key)
+    vkey = witness.cosigner.verifier().to_key_string()
+    key_file = tmp_path / "w.pub"
+    key_file.write_text(vkey + "\n")
+    assert transparency.witness_quorum_reasons(note, [key_file], 0) == []
+    [reason] = transparency.witness_quorum_reasons(note, [vkey], 1)
+    assert "0 valid witness cosignature(s)" in reason and "requires 1" in reason
+    cosigned = note + collect_cosignature(log, note, witness.add_checkpoint)
+    assert transparency.witness_quorum_reasons(cosigned, [key_file], 1) == []
+    assert transparency.witness_quorum_reasons(cosigned, [vkey], 2)  # more than the keys
+    with pytest.raises(Exception, match="no such witness key"):
+        transparency.load_witness_key(tmp_path / "missing.pub")
