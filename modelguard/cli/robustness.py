@@ -93,14 +93,15 @@ def _render(run: EvaluationRun, console: Console) -> None:
     table.add_column("eps", justify="right")
     for name in result.config.attacks:
         table.add_column(name, justify="right")
-    table.add_column("worst case", justify="right", style="bold")
+    table.add_column(f"worst case [95% CI, n={result.n}]", justify="right", style="bold")
     rows = result.robust_table()
-    for eps in result.config.eps:
+    for eps, worst in zip(result.config.eps, result.worst_case, strict=True):
         row = rows[str(eps)]
+        low, high = worst["robust"]["ci95"]
         table.add_row(
             str(eps),
             *[f"{row[a]:.3f}" for a in result.config.attacks],
-            f"{row['worst_case']:.3f}",
+            f"{row['worst_case']:.3f} [{low:.3f}, {high:.3f}]",
         )
     console.print(table)
     for check in result.soundness:

@@ -49,6 +49,7 @@ from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.onnx_model import OnnxClassifier
+from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "pgd-margin", "cw", "deepfool", "square")
@@ -74,6 +75,12 @@ ProgressHook = Callable[[str, int, int], None]  # (label, done, total)
 
 def _jsonable_eps(value: float) -> float:
     return float(value)
+
+
+def proportion(accuracy: float, n: int) -> dict[str, Any]:
+    """``accuracy`` (a mean over ``n`` examples, so ``accuracy * n`` is a count) with its
+    sample size and 95% Clopper-Pearson interval (:mod:`modelguard.robustness.stats`)."""
+    return Proportion.of(correct=round(accuracy * n), n=n).to_dict()
 
 
 @dataclass
@@ -208,6 +215,7 @@ class AttackResult:
     mean_queries: float
     onnx_robust_accuracy: float | None = None
     seconds: float = 0.0
+    n: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +224,7 @@ class AttackResult:
             "target": self.target,
             "config": self.config,
             "robust_accuracy": self.robust_accuracy,
+            "robust": proportion(self.robust_accuracy, self.n),
             "success_rate": self.success_rate,
             "median_l2": self.median_l2,
             "median_linf": self.median_linf,
@@ -254,6 +263,11 @@ class EvalResult:
     samples: Samples | None = None
 
     @property
+    def n(self) -> int:
+        """How many examples every accuracy here was measured on."""
+        return int(self.data["count"])
+
+    @property
     def parity_ok(self) -> bool:
         return bool(self.parity.get("ok", True))
 
@@ -283,6 +297,8 @@ class EvalResult:
             "clean_accuracy": self.clean_accuracy,
             "onnx_clean_accuracy": self.onnx_clean_accuracy,
             "worst_case": {str(r["eps"]): r["robust_accuracy"] for r in self.worst_case},
+            "worst_case_ci95": {str(r["eps"]): r["robust"]["ci95"] for r in self.worst_case},
+            "n": self.n,
             "parity_ok": self.parity_ok,
             "soundness_warnings": self.soundness_warnings,
         }
@@ -290,8 +306,13 @@ class EvalResult:
     def results_dict(self) -> dict[str, Any]:
         """The deterministic results (no timings, no environment): what recertify compares."""
         return {
+            "n": self.n,
             "clean_accuracy": self.clean_accuracy,
+            "clean": proportion(self.clean_accuracy, self.n),
             "onnx_clean_accuracy": self.onnx_clean_accuracy,
+            "onnx_clean": None
+            if self.onnx_clean_accuracy is None
+            else proportion(self.onnx_clean_accuracy, self.n),
             "clean_confusion": self.clean_confusion,
             "attacks": [a.to_dict() for a in self.attacks],
             "worst_case": self.worst_case,
@@ -643,6 +664,7 @@ class _Evaluator:
                         mean_queries=queries / len(y),
                         onnx_robust_accuracy=onnx_acc,
                         seconds=time.perf_counter() - started,
+                        n=len(y),
                     )
                 )
                 self.timing[f"{name}@{eps}"] = rows[-1].seconds
@@ -653,6 +675,7 @@ class _Evaluator:
                 {
                     "eps": eps,
                     "robust_accuracy": float(np.mean(~broken[eps])),
+                    "robust": Proportion.of(correct=int((~broken[eps]).sum()), n=len(y)).to_dict(),
                     "broken_by": broken_by[eps],
                     "confusion": confusion(y, worst_pred[eps], k),
                 }

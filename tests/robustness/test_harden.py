@@ -188,16 +188,26 @@ def test_policy_certificate_gate(world: dict) -> None:
     child = world["tmp"] / "child"
     worst = result.comparison["worst_case"][0]["child_worst_case"]
 
-    def policy(minimum: float) -> object:
-        path = world["tmp"] / f"policy-{minimum}.toml"
+    lower = json.loads((certificate_path_for(child).parent / "report.json").read_text())["results"][
+        "worst_case"
+    ][0]["robust"]["ci95"][0]
+    assert lower < worst  # 40 examples: a wide interval
+
+    def policy(minimum: float, estimate: str = "lower_bound") -> object:
+        path = world["tmp"] / f"policy-{minimum}-{estimate}.toml"
         path.write_text(
             f'[[signers]]\nname = "mg"\npublic_key = "{world["pub"]}"\n'
             f"[certificate]\nmin_robust_accuracy = {minimum}\nepsilon = 0.1\n"
+            f'estimate = "{estimate}"\n'
         )
         return load_policy(path)
 
-    assert verify_model(child, policy=policy(worst)).ok
-    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0)))
+    # By default the gate compares the threshold with the 95% lower bound, not the point.
+    assert verify_model(child, policy=policy(lower)).ok
+    refused = verify_model(child, policy=policy(worst))
+    assert not refused.ok and "lower bound is below the required" in "\n".join(refused.failures)
+    assert verify_model(child, policy=policy(worst, "point")).ok
+    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0), "point"))
     assert not refused.ok and "below the required" in "\n".join(refused.failures)
     no_cert = verify_model(world["parent"], policy=policy(0.0))
     assert not no_cert.ok and "no robustness certificate" in "\n".join(no_cert.failures)
