@@ -204,11 +204,25 @@ def certify(
     record: bool = True,
 ) -> IssuedCertificate:
     """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry."""
-    statement = build_certificate(result)
+    return issue_certificate(
+        build_certificate(result), key, out_dir, name=name, ledger_url=ledger_url, record=record
+    )
+
+
+def issue_certificate(
+    statement: Mapping[str, Any],
+    key: PrivateKey,
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str = CERTIFICATE_NAME,
+    ledger_url: str | None = None,
+    record: bool = True,
+) -> IssuedCertificate:
+    """Sign and write an already built statement; append the ``evaluate`` ledger entry."""
     path = write_signed_certificate(statement, key, Path(out_dir) / name)
     signer = key_id(key.public_key())
     entry = record_certificate(statement, path, signer, ledger_url=ledger_url) if record else None
-    return IssuedCertificate(path, statement, payload_digest(path), signer, entry)
+    return IssuedCertificate(path, dict(statement), payload_digest(path), signer, entry)
 
 
 @dataclass

@@ -211,3 +211,58 @@ def test_policy_certificate_gate(world: dict) -> None:
     assert not refused.ok and "below the required" in "\n".join(refused.failures)
     no_cert = verify_model(world["parent"], policy=policy(0.0))
     assert not no_cert.ok and "no robustness certificate" in "\n".join(no_cert.failures)
+
+
+def test_a_harden_whose_evaluation_fails_leaves_no_signed_child(
+    world: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelguard.robustness.hardening as hardening
+
+    real = hardening.evaluate_model_dir
+
+    def broken_parity(model_dir: Path, config: EvalConfig) -> object:
+        result = real(model_dir, config)
+        result.parity = {**result.parity, "ok": False}  # as if ONNX disagreed on clean inputs
+        return result
+
+    monkeypatch.setattr(hardening, "evaluate_model_dir", broken_parity)
+    with pytest.raises(VerificationError, match="not signed and was removed.*parity"):
+        harden(world)
+    child = world["tmp"] / "child"
+    assert not child.exists()
+    assert not certificate_path_for(child).exists()
+    kinds = [(e.kind, e.subject.get("name")) for e in list_entries(world["url"])[1]]
+    assert kinds == [("sign", "digits")]  # only the parent's signature: no child was signed
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_harden_distill_passes_five_runs_in_a_row(
+    world: dict, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that failed before: a distilled student's huge logits and boundary examples."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    train = load_dataset("digits:train").subset(300)  # a small training split: a fast test
+    np.savez(world["tmp"] / "train.npz", x=train.x, y=train.y)
+    try:
+        config = EvalConfig(
+            attacks=["fgsm", "pgd-margin"],
+            eps=[0.1, 0.3],
+            limit=40,
+            soundness=False,
+            attack_params={"pgd-margin": {"steps": 10}},
+        )
+        for run in range(5):
+            result = harden(
+                world,
+                out=f"distilled-{threads}-{run}",
+                method="distill",
+                data=str(world["tmp"] / "train.npz"),
+                options={"temperature": 50, "epochs": 2},
+                eval_config=config,
+            )
+            assert result.evaluation["parity_ok"]
+    finally:
+        torch.set_num_threads(before)
