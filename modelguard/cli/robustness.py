@@ -127,6 +127,7 @@ def _render(run: EvaluationRun, console: Console) -> None:
 Examples:
   modelguard eval build/demo/digits-v1 --eps 0.05,0.1,0.2 --key keys/mg.priv --passphrase-env MG_PASS
   modelguard eval model_dir --attacks fgsm,pgd,pgd-margin --param pgd.steps=40 --limit 200
+  modelguard eval model_dir --attacks standard --eps 0.1 --key keys/mg.priv
   modelguard eval model.onnx --attacks square,transfer --surrogate other_model_dir --json
   modelguard eval --arch pkg.mod:fn --weights w.safetensors --data test.npz --no-ledger
 """,
@@ -139,7 +140,9 @@ Examples:
     "--attacks",
     default=",".join(DEFAULT_ATTACKS),
     show_default=True,
-    help="Comma-separated portfolio (fgsm, pgd, pgd-l2, pgd-margin, bim, mifgsm, deepfool, cw, square, transfer).",
+    help="A profile (standard = AutoAttack: apgd-ce, apgd-t, fab-t, square as a cascade; quick; "
+    "rand = EOT for randomized defenses) or a comma-separated portfolio (fgsm, pgd, pgd-l2, "
+    "pgd-margin, bim, mifgsm, deepfool, cw, square, transfer, apgd-ce, apgd-dlr, apgd-t, fab-t).",
 )
 @click.option(
     "--eps",

@@ -51,6 +51,7 @@ from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.onnx_model import OnnxClassifier
+from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
 from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
@@ -69,6 +70,11 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw": {"binary_search_steps": 4, "steps": 30, "lr": 0.1, "initial_const": 1.0},
     "square": {"n_queries": 300, "p_init": 0.3},
     "transfer": {"base": "pgd-margin", "base_params": {"steps": 20}},
+    # The papers' budgets (Croce & Hein 2020), as in the "standard" profile.
+    "apgd-ce": {"steps": 100, "restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
+    "apgd-dlr": {"steps": 100, "restarts": 1, "loss": "dlr", "rho": 0.75, "eot_iter": 1},
+    "apgd-t": {"steps": 100, "restarts": 1, "n_targets": 9, "rho": 0.75, "eot_iter": 1},
+    "fab-t": {"steps": 100, "n_targets": 9, "eta": 1.05, "beta": 0.9, "alpha_max": 0.1},
 }
 NORMS = ("linf", "l2")
 SAMPLE_COUNT = 8
@@ -103,9 +109,34 @@ class EvalConfig:
     soundness: bool = True
     data_digest: str | None = None
     version: int = EVAL_VERSION
+    profile: str | None = None  # the named profile the portfolio came from (profiles.py)
+    cascade: bool = False  # each attack runs only on the examples no earlier one broke
 
     def resolved(self) -> EvalConfig:
-        """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``."""
+        """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``.
+
+        A portfolio that is one profile name (``standard``, ``quick``, ``rand``) expands to
+        the profile's attacks and parameters, run as a cascade.
+        """
+        if len(self.attacks) == 1 and self.attacks[0] in PROFILES:
+            profile = PROFILES[self.attacks[0]]
+            params: dict[str, dict[str, Any]] = {}
+            for name in profile.attacks:
+                params[name] = dict(profile.params.get(name, {}))
+                if name in THREAT_NORM_ATTACKS:
+                    params[name]["norm"] = self.norm
+            for name, values in self.attack_params.items():
+                params.setdefault(name, {}).update(values)
+            expanded = EvalConfig.from_dict(
+                {
+                    **self.to_dict(),
+                    "attacks": list(profile.attacks),
+                    "attack_params": params,
+                    "profile": profile.name,
+                    "cascade": True,
+                }
+            )
+            return expanded.resolved()
         if not self.attacks:
             raise BadInputError("no attack given")
         for name in self.attacks:
@@ -134,7 +165,11 @@ class EvalConfig:
                 f"parameters given for attacks not in the portfolio: {sorted(unknown)}"
             )
         params = {
-            name: {**EVAL_DEFAULTS.get(name, {}), **dict(self.attack_params.get(name, {}))}
+            name: {
+                **EVAL_DEFAULTS.get(name, {}),
+                **({"norm": self.norm} if name in THREAT_NORM_ATTACKS else {}),
+                **dict(self.attack_params.get(name, {})),
+            }
             for name in self.attacks
         }
         for name, values in params.items():
@@ -156,6 +191,8 @@ class EvalConfig:
             soundness=bool(self.soundness),
             data_digest=self.data_digest,
             version=self.version,
+            profile=self.profile,
+            cascade=bool(self.cascade),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +211,8 @@ class EvalConfig:
             "parity_rtol": self.parity_rtol,
             "recertify_tolerance": self.recertify_tolerance,
             "soundness": self.soundness,
+            "profile": self.profile,
+            "cascade": self.cascade,
         }
 
     @classmethod
@@ -196,6 +235,8 @@ class EvalConfig:
                 recertify_tolerance=float(data.get("recertify_tolerance", 0.01)),
                 soundness=bool(data.get("soundness", True)),
                 data_digest=data.get("data_digest"),
+                profile=None if data.get("profile") is None else str(data["profile"]),
+                cascade=bool(data.get("cascade", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise FormatError(
@@ -589,16 +630,17 @@ class _Evaluator:
         attack_eps = math.inf if cls.minimum_norm else eps
         return build_attack(name, model, eps=attack_eps, seed=self.config.seed, **kwargs), where
 
-    def craft(self, attack: Attack) -> np.ndarray:
-        x = torch.from_numpy(self.data.x)
-        y = torch.from_numpy(self.data.y)
-        chunks = [
-            attack(x[s : s + self.config.batch_size], y[s : s + self.config.batch_size])
-            .cpu()
-            .numpy()
-            for s in range(0, x.shape[0], self.config.batch_size)
-        ]
-        return np.concatenate(chunks, axis=0).astype(np.float32)
+    def craft(self, attack: Attack, only: np.ndarray | None = None) -> np.ndarray:
+        """Adversarial examples for every example, or only for the indices ``only`` (the
+        others are returned clean)."""
+        out = self.data.x.copy()
+        index = np.arange(len(out)) if only is None else only
+        x = torch.from_numpy(self.data.x[index])
+        y = torch.from_numpy(self.data.y[index])
+        for s in range(0, x.shape[0], self.config.batch_size):
+            stop = s + self.config.batch_size
+            out[index[s:stop]] = attack(x[s:stop], y[s:stop]).cpu().numpy()
+        return out.astype(np.float32)
 
     def robust_accuracy(self, name: str, eps: float, **overrides: Any) -> float:
         """Robust accuracy of one PyTorch-side attack (cached): used by the soundness checks."""
@@ -656,17 +698,25 @@ class _Evaluator:
             for eps in config.eps:
                 started = time.perf_counter()
                 attack, where = self.build(name, eps, params)
+                attacked = np.ones(len(y), dtype=bool)
+                if config.cascade:  # only the examples no earlier attack broke
+                    attacked = (
+                        np.logical_or.reduce([~broken[e] for e in config.eps])
+                        if ATTACKS[name].minimum_norm
+                        else ~broken[eps]
+                    )
+                only = None if not config.cascade else np.nonzero(attacked)[0]
                 if ATTACKS[name].minimum_norm:
                     if unbounded is None:
-                        unbounded = self.craft(attack)
+                        unbounded = self.craft(attack, only)
                     x_raw = unbounded
                 else:
-                    x_raw = self.craft(attack)
+                    x_raw = self.craft(attack, only)
                 x_adv = self.within_threat(x_raw, eps)
                 t_pred, o_pred = self.predict_both(x_adv)
                 target_pred = o_pred if where == "onnx" else t_pred
                 assert target_pred is not None
-                fooled = self.clean_correct & (target_pred != y)
+                fooled = self.clean_correct & attacked & (target_pred != y)
                 robust = self.clean_correct & (target_pred == y)
                 newly = fooled & ~broken[eps]
                 worst_pred[eps][newly] = target_pred[newly]
@@ -677,18 +727,24 @@ class _Evaluator:
                 broken[eps] |= fooled
                 onnx_acc = None
                 if o_pred is not None and where == "pytorch":
-                    onnx_fooled = self.clean_correct & (o_pred != y)
+                    onnx_fooled = self.clean_correct & attacked & (o_pred != y)
                     onnx_new = onnx_fooled & ~broken[eps]
                     worst_pred[eps][onnx_new] = o_pred[onnx_new]
                     broken[eps] |= onnx_fooled
-                    onnx_acc = float(np.mean(self.clean_correct & (o_pred == y)))
+                    onnx_acc = float(np.mean(self.clean_correct & attacked & (o_pred == y)))
                 broken_by[eps][name] = int(fooled.sum())
-                if where == "pytorch":
+                if config.cascade:
+                    # In a cascade an attack sees only the survivors: its row reports the
+                    # cascade's robust accuracy so far (this attack and every earlier one).
+                    robust = ~broken[eps]
+                    if onnx_acc is not None:
+                        onnx_acc = float(robust.mean())
+                elif where == "pytorch":
                     self.cache[self.cache_key(name, eps, params)] = float(robust.mean())
                 delta = (x_adv - data.x).reshape(len(y), -1)
                 l2 = np.linalg.norm(delta, axis=1)[fooled]
                 linf = np.abs(delta).max(axis=1)[fooled]
-                correct_count = int(self.clean_correct.sum())
+                correct_count = int((self.clean_correct & attacked).sum())
                 queries = int(attack.queries)
                 rows.append(
                     AttackResult(
