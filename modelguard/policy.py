@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelguard.errors import BadInputError
 from modelguard.hashing import HASH_ALGORITHMS
@@ -89,9 +89,23 @@ class CertificateRequirement:
         }
 
 
-# (requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
-# empty = satisfied.
-CertificateCheck = Callable[[CertificateRequirement, Path, Path, Sequence[PublicKey]], list[str]]
+class CertificateCheck(Protocol):
+    """(requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
+    empty = satisfied. ``model_root``: the layer root of the bytes that verified, which the
+    certificate must be bound to (the check never re-reads the model when it is given)."""
+
+    def __call__(
+        self,
+        requirement: CertificateRequirement,
+        model: Path,
+        signature: Path,
+        trusted: Sequence[PublicKey],
+        /,
+        *,
+        model_root: str | None = None,
+    ) -> list[str]: ...
+
+
 _certificate_check: CertificateCheck | None = None
 _gate_loaded = False
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,13 +40,14 @@ from modelguard.errors import (
     UnsafeModelError,
     VerificationError,
 )
+from modelguard.formats import ModelFiles, parse_model_file
 from modelguard.keys import PrivateKey, PublicKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
     Manifest,
     ManifestDiff,
     build_manifest,
     compare_manifests,
-    list_model_files,
+    open_model,
 )
 from modelguard.policy import Policy, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
@@ -115,35 +115,15 @@ def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
     return False
 
 
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def file_digests(model: Path, ignore: Sequence[str]) -> dict[str, str]:
-    """OMS-style file digests (no parsing): ``{"." : d}`` for a file, else ``{rel: d}``."""
-    if model.is_symlink():
-        raise UnsafeModelError("model path is a symbolic link", path=str(model))
-    if model.is_file():
-        return {".": _sha256_file(model)}
+def file_digests(files: ModelFiles) -> dict[str, str]:
+    """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``."""
     digests: dict[str, str] = {}
-    for directory, subdirs, names in os.walk(model, followlinks=False):
-        base = Path(directory)
-        for name in sorted(subdirs):
-            if (base / name).is_symlink():
-                raise UnsafeModelError("symbolic link in model directory", path=str(base / name))
-        for name in names:
-            full = base / name
-            rel = full.relative_to(model).as_posix()
-            if is_ignored(rel, ignore):
-                continue
-            if full.is_symlink():
-                raise UnsafeModelError("symbolic link in model directory", path=str(full))
-            if full.is_file():
-                digests[rel] = _sha256_file(full)
+    for rel in files.members:
+        hasher = hashlib.sha256()
+        view = files.view(rel)
+        for start in range(0, view.nbytes, _HASH_CHUNK):
+            hasher.update(view[start : start + _HASH_CHUNK])
+        digests["." if files.single else rel] = hasher.hexdigest()
     return digests
 
 
@@ -236,7 +216,10 @@ def sign_model(
         raise BadInputError(f"--parent {parent!r} is not a sha256 digest (64 hex digits)")
     sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     ignore = signing_ignore_paths(path, sig_path)
-    manifest = build_manifest(path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads)
+    files = open_model(path, ignore_paths=ignore)
+    manifest = build_manifest(
+        path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads, files=files
+    )
     resources = manifest_resources(path, manifest)
     public = key.public_key()
     kid = key_id(public)
@@ -263,7 +246,7 @@ def sign_model(
         "signer_key_id": kid,
         "manifest": manifest.to_dict(),
     }
-    layouts = build_layouts(path, manifest)
+    layouts = build_layouts(files, manifest)
     if layouts is not None:
         predicate["layout"] = layouts_to_dict(layouts)
     statement = model_statement(
@@ -415,6 +398,24 @@ class _Actual:
     parse_error: str | None
 
 
+@dataclass
+class VerifiedModel:
+    """A model that verified, holding the buffers that were checked: the only bytes to use.
+
+    ``files`` are the model's files as read once for verification (private copies when asked
+    for): ONNX Runtime, the decryptor and the certificate gate take their bytes from here and
+    never re-open a path.
+    """
+
+    path: Path
+    report: VerificationReport
+    files: ModelFiles
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.report.manifest
+
+
 def _signer_label(signer: SignerResult) -> str:
     who = signer.name or (signer.key_id[:16] if signer.key_id else "unknown")
     return f"signer {who}"
@@ -496,18 +497,70 @@ def _read_signatures(
     return signed
 
 
-def _actual_state(
-    model: Path, ignore: tuple[str, ...], want_layers: bool, threads: int | None
-) -> _Actual:
+def _actual_state(files: ModelFiles, want_layers: bool, threads: int | None) -> _Actual:
     if want_layers:
         try:
             manifest = build_manifest(
-                model, hash_algorithm="sha256", ignore_paths=ignore, threads=threads
+                files.root, hash_algorithm="sha256", threads=threads, files=files
             )
-            return _Actual(manifest_resources(model, manifest), manifest, None)
+            return _Actual(_resources(files, manifest), manifest, None)
         except (FormatError, UnsafeModelError) as error:
-            return _Actual(file_digests(model, ignore), None, str(error))
-    return _Actual(file_digests(model, ignore), None, None)
+            return _Actual(file_digests(files), None, str(error))
+    return _Actual(file_digests(files), None, None)
+
+
+def _resources(files: ModelFiles, manifest: Manifest) -> dict[str, str]:
+    if files.single:
+        return {".": manifest.files[0].digest} if len(manifest.files) == 1 else {}
+    return {f.path: f.digest for f in manifest.files}
+
+
+def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bool:
+    """The signature names this target: a single file by its name, a directory by its file set.
+
+    A single-file signature never covers a sibling: its manifest records the file's name, which
+    must be the name given. Signed resources and signed manifest must agree on every file.
+    """
+    who = _signer_label(item.signer)
+    names = sorted(r.name for r in item.statement.resources)
+    given = model.name
+    if model.is_dir() and "." in names:
+        report.check(
+            "target",
+            False,
+            f"{who}: signs a single file, but {given!r} is a directory",
+            "signature",
+        )
+        return False
+    if not model.is_dir() and names != ["."]:
+        report.check(
+            "target",
+            False,
+            f"{who}: signs a directory ({len(names)} file(s)), but {given!r} is a single file",
+            "signature",
+        )
+        return False
+    if item.manifest is None:
+        return True
+    signed = [f.path for f in item.manifest.files]
+    if not model.is_dir() and signed != [given]:
+        report.check(
+            "target",
+            False,
+            f"{who}: signature is for {', '.join(map(repr, signed)) or 'nothing'}, "
+            f"not for {given!r}",
+            "signature",
+        )
+        return False
+    resources = {r.name: r.digest for r in item.statement.resources}
+    if item.manifest.hash_algorithm == "sha256" and (
+        manifest_resources(model, item.manifest) != resources
+    ):
+        report.check(
+            "statement", False, f"{who}: signed manifest and signed resources disagree", "signature"
+        )
+        return False
+    return True
 
 
 def _compare_files(
@@ -549,32 +602,34 @@ def _describe_diff(diff: ManifestDiff) -> list[str]:
 
 def _fast_check(
     report: VerificationReport,
-    model: Path,
+    files: ModelFiles,
     item: _Signed,
-    ignore: tuple[str, ...],
     threads: int | None,
     done: dict[str, bool],
 ) -> bool:
     """Every byte through the signed layout's tensor and gap digests, hashed in parallel.
 
     True when everything matched (checks added); False sends the caller to the full path,
-    which re-parses and re-hashes the model to name what differs.
+    which re-parses and re-hashes the model to name what differs. The bytes hashed are the
+    buffers of ``files`` (one read per file), and every ONNX file is walked so that each
+    external tensor reference is confined to the signed set.
     """
     extra = item.statement.modelguard or {}
     if item.manifest is None or "layout" not in extra:
         return False
     try:
         layouts = layouts_from_dict(extra["layout"], item.manifest)
-        _, rels = list_model_files(model, ignore_paths=ignore)
     except (FormatError, UnsafeModelError, BadInputError):
         return False
     resources = {r.name: r.digest for r in item.statement.resources}
-    if ({"."} if model.is_file() else set(rels)) != set(resources):
+    if ({"."} if files.single else set(files.members)) != set(resources):
         return False
     whole = {f.path: f.digest for f in item.manifest.files if f.path not in layouts}
-    key = json.dumps([extra["layout"], sorted(whole.items()), ignore], sort_keys=True)
+    key = json.dumps([extra["layout"], sorted(whole.items()), files.ignore], sort_keys=True)
     if key not in done:
-        done[key] = not check_layouts(model, layouts, whole, threads=threads)
+        done[key] = not check_layouts(files, layouts, whole, threads=threads) and _references_ok(
+            files, item.manifest
+        )
     if not done[key]:
         return False
     who = _signer_label(item.signer)
@@ -598,26 +653,58 @@ def _fast_check(
     return True
 
 
+def _references_ok(files: ModelFiles, manifest: Manifest) -> bool:
+    """Every tensor reference of every ONNX file resolves inside the signed set (walk only)."""
+    return _reference_problem(files, [f.path for f in manifest.files if f.format == "onnx"]) is None
+
+
+def _reference_problem(files: ModelFiles, onnx_files: Sequence[str] | None = None) -> str | None:
+    """Why an ONNX file's tensor data is not confined to the signed set (None when it is).
+
+    Run even for plain OpenSSF Model Signing bundles (no modelguard manifest): their file
+    digests say nothing about where a graph's external data points.
+    """
+    names = onnx_files if onnx_files is not None else files.members
+    for rel in names:
+        if not rel.lower().endswith(".onnx"):
+            continue
+        try:
+            parse_model_file(files.root / rel, root=files.root, files=files)
+        except (FormatError, UnsafeModelError, BadInputError) as error:
+            return f"cannot use the model's tensors: {error}"
+    return None
+
+
 def _check_content(
     report: VerificationReport,
     model: Path,
     signed: list[_Signed],
     sig_ignore: list[str],
     threads: int | None,
-) -> None:
+    private: bool,
+) -> ModelFiles | None:
+    """Check every signer's files, tensors and structures; the opened model that verified."""
+    opened: dict[tuple[str, ...], ModelFiles] = {}
     cache: dict[tuple[tuple[str, ...], bool], _Actual] = {}
     fast: dict[str, bool] = {}
+    first: ModelFiles | None = None
     for item in signed:
         who = _signer_label(item.signer)
+        if not _check_binding(report, model, item):
+            continue
         ignore = tuple(
             dict.fromkeys([*item.statement.ignore_paths, *DEFAULT_IGNORE_PATHS[:4], *sig_ignore])
         )
-        if _fast_check(report, model, item, ignore, threads, fast):
+        if ignore not in opened:
+            opened[ignore] = open_model(model, ignore_paths=ignore, private=private)
+        files = opened[ignore]
+        first = first or files
+        if _fast_check(report, files, item, threads, fast):
             continue
         want_layers = item.manifest is not None
         cache_key = (ignore, want_layers)
         if cache_key not in cache:
-            cache[cache_key] = _actual_state(model, ignore, want_layers, threads)
+            cache[cache_key] = _actual_state(files, want_layers, threads)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
         files_ok = _compare_files(report, who, resources, actual.files)
@@ -626,22 +713,14 @@ def _check_content(
                 "files", True, f"{who}: all {len(resources)} file digest(s) match", "digest"
             )
         if item.manifest is None:
+            refused = _reference_problem(files)
             report.check(
                 "layers",
-                True,
-                f"{who}: no layer detail available (signature made without modelguard)",
+                refused is None,
+                f"{who}: {refused}"
+                if refused
+                else f"{who}: no layer detail available (signature made without modelguard)",
                 "digest",
-            )
-            continue
-        if (
-            item.manifest.hash_algorithm == "sha256"
-            and manifest_resources(model, item.manifest) != resources
-        ):
-            report.check(
-                "statement",
-                False,
-                f"{who}: signed manifest and signed resources disagree",
-                "signature",
             )
             continue
         if actual.manifest is None:
@@ -663,6 +742,7 @@ def _check_content(
             report.check(
                 "layers", True, f"{who}: all {tensors} tensor and structure digests match", "digest"
             )
+    return first
 
 
 def _check_policy(
@@ -741,7 +821,15 @@ def _check_policy(
         )
 
 
-def _check_certificate(report: VerificationReport, policy: Policy, model: Path, sig: Path) -> None:
+def _check_certificate(
+    report: VerificationReport,
+    policy: Policy,
+    model: Path,
+    sig: Path,
+    files: ModelFiles | None,
+    threads: int | None,
+) -> None:
+    """The certificate must be bound to the layer root of the bytes that verified (not re-read)."""
     if policy.certificate is None:
         return
     check = certificate_check()
@@ -754,7 +842,10 @@ def _check_certificate(report: VerificationReport, policy: Policy, model: Path, 
                 "policy",
             )
         return
-    reasons = check(policy.certificate, model, sig, policy.trusted_keys)
+    root = report.manifest.layer_root if report.manifest is not None else None
+    if root is None and files is not None:  # a plain OMS signature: the manifest of what verified
+        root = build_manifest(files.root, threads=threads, files=files).layer_root
+    reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
@@ -777,8 +868,73 @@ def verify_model(
 
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
+    Each file is read once, through one descriptor (see :func:`verify_and_hold`).
     """
-    path = Path(path)
+    report, _ = _verify(
+        Path(path),
+        signature_path,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
+        now=now,
+        threads=threads,
+        private=False,
+    )
+    return report
+
+
+def verify_and_hold(
+    path: Path,
+    signature_path: Path | None = None,
+    *,
+    keys: Sequence[PublicKey] = (),
+    policy: Policy | None = None,
+    ledger_url: str | None = None,
+    require_ledger: bool = False,
+    allow_rollback: bool = False,
+    now: datetime | None = None,
+    threads: int | None = None,
+) -> VerifiedModel:
+    """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
+
+    Every file of the model is copied once into private memory through one open descriptor,
+    then hashed; the returned :class:`VerifiedModel` holds exactly those buffers, so whatever
+    happens to the files on disk afterwards (renamed, replaced, rewritten in place, removed)
+    cannot reach what the caller loads.
+    """
+    report, files = _verify(
+        Path(path),
+        signature_path,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
+        now=now,
+        threads=threads,
+        private=True,
+    )
+    report.raise_if_failed()
+    if files is None:
+        raise SignatureError("nothing was verified", path=str(path))
+    return VerifiedModel(Path(path), report, files)
+
+
+def _verify(
+    path: Path,
+    signature_path: Path | None,
+    *,
+    keys: Sequence[PublicKey],
+    policy: Policy | None,
+    ledger_url: str | None,
+    require_ledger: bool,
+    allow_rollback: bool,
+    now: datetime | None,
+    threads: int | None,
+    private: bool,
+) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
     if policy is not None and keys:
@@ -791,8 +947,9 @@ def verify_model(
     report = VerificationReport(model=str(path), signature=str(sig_path))
     if not sig_path.is_file():
         report.check("signature", False, f"no signature file at {sig_path}")
-        return report
+        return report, None
     signed = _read_signatures(report, signature_files(sig_path), policy, policy.trusted_keys)
+    files: ModelFiles | None = None
     if signed:
         report.subject_digest = signed[0].statement.subject_digest
         sig_ignore = (
@@ -804,9 +961,9 @@ def verify_model(
             if path.is_dir()
             else []
         )
-        _check_content(report, path, signed, sig_ignore, threads)
+        files = _check_content(report, path, signed, sig_ignore, threads, private)
     _check_policy(report, policy, signed, now or _now())
-    _check_certificate(report, policy, path, sig_path)
+    _check_certificate(report, policy, path, sig_path, files, threads)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 
@@ -816,4 +973,4 @@ def verify_model(
             ledger_url=ledger_url,
             allow_rollback=allow_rollback,
         )
-    return report
+    return report, files
