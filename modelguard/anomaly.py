@@ -12,11 +12,13 @@ and relative size (``||b - a|| / ||a||``) of the change, computed in bounded chu
 
 A fine-tune moves every layer by a similar relative amount; a trojan edit (Liu et al. 2018,
 "Trojaning attack on neural networks"; Dai et al. 2019) or a hand-patched layer moves one.
-So each tensor's relative change is scored against the others on a log scale with the
-median and the median absolute deviation (a robust z-score, Iglewicz and Hoaglin 1993): a
-tensor whose change is ``z_threshold`` robust deviations above the median change is flagged.
-The deviation has a floor of ``min_spread`` decades, so tensors that all moved by nearly the
-same amount do not flag each other. With ``probe`` data both versions' ONNX graphs classify
+So each tensor's relative change is scored against the others on a log scale (a robust
+z-score, Iglewicz and Hoaglin 1993): the center is the median over every compared tensor
+(unchanged ones count at 1e-12), the spread the median absolute deviation of the tensors
+that changed (about their own median), with a floor of ``min_spread`` decades so tensors that all moved by nearly the
+same amount do not flag each other. A tensor ``z_threshold`` spreads above the center is
+flagged: when most tensors did not change at all, every changed one is (the update touched
+only those); when most changed, those that changed far more than the rest are. With ``probe`` data both versions' ONNX graphs classify
 the same inputs through ONNX Runtime and the prediction agreement is reported.
 """
 
@@ -207,8 +209,10 @@ def score_outliers(
     if not finite:
         return
     logs = np.log10(np.maximum([t.relative_change for t in finite], _FLOOR))
-    median = float(np.median(logs))
-    spread = max(1.4826 * float(np.median(np.abs(logs - median))), min_spread)
+    median = float(np.median(logs))  # over every tensor: most unchanged -> a low center
+    moved = logs[logs > math.log10(_FLOOR)]  # the spread only of tensors that changed
+    deviation = float(np.median(np.abs(moved - np.median(moved)))) if moved.size else 0.0
+    spread = max(1.4826 * deviation, min_spread)
     for t, value in zip(finite, logs, strict=True):
         t.score = (float(value) - median) / spread
         t.outlier = t.score > z_threshold and t.relative_change > MIN_RELATIVE_CHANGE

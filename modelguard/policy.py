@@ -26,6 +26,11 @@ A policy file (see docs/policy.md)::
     min_robust_accuracy = 0.80
     epsilon = 0.1
     norm = "linf"
+
+    [audit.poisoning]                  # checked by the audit hook (docs/audits.md)
+    max_issue_rate = 0.05
+    [audit.membership]
+    max_auc = 0.6
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ _TOP_KEYS = {
     "revoked_key_ids",
     "signers",
     "certificate",
+    "audit",
 }
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
 _CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required"}
@@ -108,6 +114,60 @@ def certificate_check() -> CertificateCheck | None:
 
 
 @dataclass(frozen=True)
+class AuditRequirement:
+    """One ``[audit.NAME]`` table: the model's signed NAME audit must stay under ``limit``."""
+
+    audit: str  # "poisoning" | "membership"
+    metric: str  # "issue_rate" | "auc"
+    limit: float
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "audit": self.audit,
+            f"max_{self.metric}": self.limit,
+            "required": self.required,
+        }
+
+
+# (requirement, model path, the policy's trusted keys) -> failure reasons; empty = satisfied.
+AuditCheck = Callable[[AuditRequirement, Path, Sequence[PublicKey]], list[str]]
+_AUDIT_LIMITS = {"poisoning": "issue_rate", "membership": "auc"}
+_audit_check: AuditCheck | None = None
+
+
+def set_audit_check(check: AuditCheck | None) -> None:
+    """Install the audit-attestation check (modelguard.audits.gate registers itself)."""
+    global _audit_check
+    _audit_check = check
+
+
+def audit_check() -> AuditCheck:
+    """The installed check; the first call loads modelguard's own (audits.gate, torch-free)."""
+    if _audit_check is None:
+        import modelguard.audits.gate  # noqa: F401  (installs itself)
+    assert _audit_check is not None
+    return _audit_check
+
+
+def _audits(table: object, source: str) -> tuple[AuditRequirement, ...]:
+    if not isinstance(table, Mapping) or set(table) - set(_AUDIT_LIMITS):
+        raise _fail(f"[audit] holds only the tables {sorted(_AUDIT_LIMITS)}", source)
+    out = []
+    for audit, entry in table.items():
+        metric = _AUDIT_LIMITS[audit]
+        if not isinstance(entry, Mapping) or set(entry) - {f"max_{metric}", "required"}:
+            raise _fail(f"[audit.{audit}] takes max_{metric} and required", source)
+        limit, required = entry.get(f"max_{metric}"), entry.get("required", True)
+        if not isinstance(limit, int | float) or isinstance(limit, bool) or not 0 <= limit <= 1:
+            raise _fail(f"[audit.{audit}] max_{metric} must be a number in [0, 1]", source)
+        if not isinstance(required, bool):
+            raise _fail(f"[audit.{audit}] required must be true or false", source)
+        out.append(AuditRequirement(audit, metric, float(limit), required))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Policy:
     signers: tuple[TrustedSigner, ...]
     threshold: int = 1
@@ -117,6 +177,7 @@ class Policy:
     model_name_pattern: str | None = None
     certificate: CertificateRequirement | None = None
     source: str = "<policy>"
+    audits: tuple[AuditRequirement, ...] = ()
 
     @property
     def trusted_keys(self) -> list[PublicKey]:
@@ -142,6 +203,7 @@ class Policy:
             "allowed_hash_algorithms": list(self.allowed_hash_algorithms),
             "model_name": self.model_name_pattern,
             "certificate": self.certificate.to_dict() if self.certificate else None,
+            "audit": [a.to_dict() for a in self.audits],
         }
 
 
@@ -275,6 +337,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = No
         model_name_pattern=pattern,
         certificate=_certificate(data["certificate"], source) if "certificate" in data else None,
         source=source,
+        audits=_audits(data["audit"], source) if "audit" in data else (),
     )
 
 

@@ -25,15 +25,19 @@ are never shown to a reference model. The split is recorded in the result.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelguard.audits.training import Recipe, dataset_info
+from modelguard.audits.report import AuditRun, finish_audit
+from modelguard.audits.training import Recipe, dataset_info, load_audited_model, logits
 from modelguard.errors import BadInputError
+from modelguard.keys import PrivateKey
 from modelguard.robustness.data import Dataset
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -193,8 +197,6 @@ def audit_membership(
     timing["loss_attack"] = time.perf_counter() - started
     if k:
         assert recipe is not None and population is not None
-        from modelguard.audits.training import logits
-
         started = time.perf_counter()
         rng = np.random.default_rng(config.seed + 1)
         size = max(1, math.ceil(config.reference_fraction * len(population)))
@@ -228,4 +230,101 @@ def audit_membership(
             "nonmembers_mean": float(loss[n_in:].mean()),
         },
         timing=timing,
+    )
+
+
+def run_membership_audit(
+    model_path: str | os.PathLike[str],
+    members_spec: str,
+    nonmembers_spec: str,
+    config: MembershipConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    reference_spec: str | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    epochs: int = 30,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    key: PrivateKey | None = None,
+    ledger_url: str | None = None,
+    record: bool = True,
+) -> AuditRun:
+    """``modelguard audit membership`` as one call: attack, write the reports, sign and record.
+
+    ``model_path``: a model directory (the PyTorch model answers; its card names the
+    architecture the reference models use) or an ``.onnx`` file (ONNX Runtime answers;
+    the reference models then need ``arch``). ``epochs``/``lr``/``batch_size`` are the
+    reference models' recipe: match the audited model's training for a calibrated attack.
+    """
+    from modelguard.robustness.data import load_dataset
+
+    path = Path(model_path)
+    target: LogitsFn
+    if path.is_dir():
+        audited = load_audited_model(
+            path, arch=arch, arch_kwargs=arch_kwargs, epochs=epochs, lr=lr, batch_size=batch_size
+        )
+        recipe: Recipe | None = audited.recipe
+        info = audited.info
+        torch_model = audited.model
+
+        def target(x: np.ndarray) -> np.ndarray:
+            return logits(torch_model, x)
+
+    elif path.is_file() and path.suffix == ".onnx":
+        from modelguard.robustness.evaluate import model_identity
+        from modelguard.robustness.onnx_model import OnnxClassifier
+
+        session = OnnxClassifier(path)
+        target = session.predict
+        recipe = (
+            Recipe(
+                arch,
+                dict(arch_kwargs or {}),
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                trusted=True,
+            )
+            if arch
+            else None
+        )
+        identity = model_identity(path)
+        info = {
+            "name": path.stem,
+            "path": str(path),
+            "manifest_root": identity["manifest_root"],
+            "hash_algorithm": identity["hash_algorithm"],
+        }
+    else:
+        raise BadInputError("expected a model directory or an .onnx file", path=str(path))
+    specs = {"members": members_spec, "nonmembers": nonmembers_spec}
+    reference = None
+    if reference_spec is not None:
+        specs["reference"] = reference_spec
+        reference = load_dataset(reference_spec)
+    result = audit_membership(
+        target,
+        recipe,
+        load_dataset(members_spec),
+        load_dataset(nonmembers_spec),
+        config,
+        reference=reference,
+        specs=specs,
+    )
+    rows = [
+        [name, row["auc"], row["tpr_at_0.01_fpr"], row["tpr_at_0.001_fpr"]]
+        for name, row in result.attacks.items()
+    ]
+    return finish_audit(
+        "membership",
+        result.to_dict(),
+        model=info,
+        datasets=result.data,
+        tables=[("attacks", ["attack", "ROC AUC", "TPR at 1% FPR", "TPR at 0.1% FPR"], rows)],
+        out_dir=out_dir,
+        key=key,
+        ledger_url=ledger_url,
+        record=record,
     )

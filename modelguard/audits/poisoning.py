@@ -24,14 +24,18 @@ is meant to show; the cross-validation models should stop before that).
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from modelguard.audits.training import Recipe, dataset_info, probabilities
+from modelguard.audits.report import AuditRun, finish_audit
+from modelguard.audits.training import Recipe, dataset_info, load_audited_model, probabilities
 from modelguard.errors import BadInputError
+from modelguard.keys import PrivateKey
 from modelguard.robustness.data import Dataset, load_dataset
 
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
@@ -247,3 +251,60 @@ def audit_poisoning(data_spec: str, recipe: Recipe, config: PoisoningConfig) -> 
         }
         timing["retrain"] = time.perf_counter() - started
     return result
+
+
+def run_poisoning_audit(
+    data_spec: str,
+    config: PoisoningConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    epochs: int = 30,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    key: PrivateKey | None = None,
+    ledger_url: str | None = None,
+    record: bool = True,
+) -> AuditRun:
+    """``modelguard audit poisoning`` as one call: audit, write the reports, sign and record.
+
+    The architecture comes from ``model_dir``'s card (the attestation is then bound to that
+    model's manifest root too) or from ``arch`` (trusted: the caller named it).
+    """
+    model_info = None
+    if model_dir is not None:
+        audited = load_audited_model(
+            model_dir,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+        )
+        recipe, model_info = audited.recipe, audited.info
+    elif arch is not None:
+        recipe = Recipe(
+            arch, dict(arch_kwargs or {}), epochs=epochs, lr=lr, batch_size=batch_size, trusted=True
+        )
+    else:
+        raise BadInputError("give --model MODEL_DIR or --arch FACTORY")
+    result = audit_poisoning(data_spec, recipe, config)
+    datasets = {"data": result.data}
+    if result.retrain is not None:
+        datasets["test"] = result.retrain["test"]
+    rows = list(zip(result.flagged, result.given, result.suggested, strict=True))
+    return finish_audit(
+        "poisoning",
+        result.to_dict(),
+        model=model_info,
+        datasets=datasets,
+        tables=[
+            ("flagged examples (most suspicious first)", ["index", "label", "predicted"], rows)
+        ],
+        out_dir=out_dir,
+        key=key,
+        ledger_url=ledger_url,
+        record=record,
+    )

@@ -49,7 +49,7 @@ from modelguard.manifest import (
     compare_manifests,
     list_model_files,
 )
-from modelguard.policy import Policy, certificate_check, policy_from_keys
+from modelguard.policy import Policy, audit_check, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.layout import (
     build_layouts,
@@ -761,6 +761,15 @@ def _check_certificate(report: VerificationReport, policy: Policy, model: Path, 
         report.check("certificate", True, "robustness certificate satisfies the policy", "policy")
 
 
+def _check_audits(report: VerificationReport, policy: Policy, model: Path) -> None:
+    for requirement in policy.audits:
+        reasons = audit_check()(requirement, model, policy.trusted_keys)
+        for reason in reasons:
+            report.check("audit", False, reason, "policy")
+        if not reasons:
+            report.check("audit", True, f"{requirement.audit} audit satisfies the policy", "policy")
+
+
 def verify_model(
     path: Path,
     signature_path: Path | None = None,
@@ -807,6 +816,7 @@ def verify_model(
         _check_content(report, path, signed, sig_ignore, threads)
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path)
+    _check_audits(report, policy, path)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 
