@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelguard.errors import BadInputError
+from modelguard.robustness.attacks.advgan import AdvGAN, AdvGANBlackBox
 from modelguard.robustness.attacks.base import Attack, Classifier
 from modelguard.robustness.attacks.cw import CarliniWagnerL2
 from modelguard.robustness.attacks.deepfool import DeepFool
@@ -32,6 +33,8 @@ ATTACKS: dict[str, type[Attack]] = {
     CarliniWagnerL2.name: CarliniWagnerL2,
     SquareAttack.name: SquareAttack,
     TransferAttack.name: TransferAttack,
+    AdvGAN.name: AdvGAN,
+    AdvGANBlackBox.name: AdvGANBlackBox,
 }
 
 
