@@ -28,6 +28,7 @@ from modelguard.keys import (
     key_id,
     load_private_key,
     load_public_key,
+    public_pem,
     write_keypair,
 )
 from modelguard.manifest import build_manifest
@@ -495,6 +496,127 @@ def stage_gate(ctx: DemoContext) -> None:
         ctx.say(f"   {name:<14} {verdict}")
 
 
+def stage_audits(ctx: DemoContext) -> None:
+    import copy
+
+    from modelguard.anomaly import probe_agreement, tensor_change_report
+    from modelguard.audits.attestation import audits_dir_for
+    from modelguard.audits.membership import MembershipConfig, run_membership_audit
+    from modelguard.audits.poisoning import PoisoningConfig, run_poisoning_audit
+    from modelguard.modelcard import load_model_dir
+    from modelguard.policy import parse_policy
+    from modelguard.robustness.attacks import build_attack
+
+    key, model_dir = ctx.artifacts["signing_key"], ctx.path("model")
+    ctx.say(f"{ctx.heading('Audit')} the model and its data (small budgets; docs/audits.md):")
+    model, card = load_model_dir(model_dir)
+    _, test = digits_split(DEMO_SEED)
+    x, y = torch.from_numpy(test.x[:200]), torch.from_numpy(test.y[:200])
+    rows = {}
+    for name, params in (("pgd", {}), ("advgan", {"epochs": 4, "train_limit": 600})):
+        attack = build_attack(name, model, eps=0.2, seed=DEMO_SEED, **params)
+        if name == "advgan":
+            attack(x[:1], y[:1])  # train the generator first: time per example once trained
+        started = time.perf_counter()
+        with torch.no_grad():
+            fooled = model(attack(x, y)).argmax(1) != y
+        rows[name] = {
+            "success_rate": float(fooled.float().mean()),
+            "ms_per_example": 1000 * (time.perf_counter() - started) / len(y),
+            "train_seconds": round(getattr(attack, "train_seconds", 0.0), 1),
+        }
+    ctx.say(
+        f"   AdvGAN (generator trained {rows['advgan']['train_seconds']} s) at eps 0.2: "
+        f"success {rows['advgan']['success_rate']:.0%} at {rows['advgan']['ms_per_example']:.3f} "
+        f"ms/example; PGD {rows['pgd']['success_rate']:.0%} at "
+        f"{rows['pgd']['ms_per_example']:.3f} ms/example"
+    )
+    poisoning = run_poisoning_audit(
+        "digits:train",
+        PoisoningConfig(
+            folds=3,
+            limit=600,
+            simulate_flip=0.1,
+            seed=DEMO_SEED,
+            retrain=True,
+            test="digits",
+            retrain_epochs=60,
+        ),
+        ctx.path("poisoning-audit"),
+        arch="digits_mlp",
+        epochs=20,
+        key=key,
+        ledger_url=ctx.ledger_url,
+    )
+    p = poisoning.document["summary"]
+    ctx.say(
+        f"   poisoning: flipped 10% of 600 labels; confident learning flagged {p['flagged']} "
+        f"(precision {p['precision']:.0%}, recall {p['recall']:.0%}); retrained accuracy "
+        + ", ".join(f"{k} {v:.1%}" for k, v in p["retrain"].items())
+    )
+    membership = run_membership_audit(
+        model_dir,
+        "digits:train",
+        "digits",
+        MembershipConfig(reference_models=2, limit=300, seed=DEMO_SEED),
+        audits_dir_for(model_dir),
+        epochs=15,
+        key=key,
+        ledger_url=ctx.ledger_url,
+    )
+    m = membership.document["summary"]
+    ctx.say(
+        f"   membership inference on the model: ROC AUC {m['auc']:.3f} ({m['strongest_attack']}), "
+        f"TPR at 1% FPR {m['tpr_at_0.01_fpr']:.1%}; attestation signed, ledgered"
+    )
+    edited = copy.deepcopy(model)
+    last = [m for m in edited.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1.3)  # a hand edit of one layer, as a trojan insertion would
+    tuned = train_classifier(
+        copy.deepcopy(model), digits_split(DEMO_SEED)[0].subset(300), epochs=1, lr=2e-4, seed=1
+    )
+    flagged = {}
+    for name, net in (("model-edited", edited), ("model-tuned", tuned)):
+        export_model_dir(
+            net,
+            ctx.path(name),
+            factory=card.factory,
+            kwargs=card.kwargs,
+            input_shape=card.input_shape,
+            classes=card.classes,
+            name=card.name,
+            version="2",
+        )
+        report = tensor_change_report(model_dir, ctx.path(name))
+        agreement = probe_agreement(model_dir, ctx.path(name), "digits")["agreement"]
+        flagged[name] = sorted({t.layer for t in report.outliers})
+        ctx.say(
+            f"   diff model {name} --stats: outlier layers {flagged[name] or 'none'}; "
+            f"prediction agreement {agreement:.1%}"
+        )
+    signer = {"name": "demo", "public_key_pem": public_pem(ctx.artifacts["public_key"]).decode()}
+    policy = parse_policy(
+        {"signers": [signer], "audit": {"membership": {"max_auc": 0.6}}}, source="demo"
+    )
+    verdict = verify_model(model_dir, policy=policy)
+    ctx.say(
+        "   gate \\[audit.membership] max_auc = 0.6 on model: "
+        + (
+            "[green]accepted[/]"
+            if verdict.ok
+            else "[red]refused[/]: " + "; ".join(verdict.failures)
+        )
+    )
+    ctx.summary["audits"] = {
+        "advgan_vs_pgd": rows,
+        "poisoning": p,
+        "membership": m,
+        "diff_outlier_layers": flagged,
+        "gate_ok": verdict.ok,
+    }
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
     ("manifest", stage_manifest),
@@ -504,6 +626,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("evaluate", stage_evaluate),
     ("harden", stage_harden),
     ("gate", stage_gate),
+    ("audits", stage_audits),
     ("ledger", stage_ledger),
     ("transparency", stage_transparency),
 ]

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "recertify": "modelguard.cli.hardening:recertify",
     "ledger": "modelguard.cli.ledger:ledger",
     "demo": "modelguard.cli.demo:demo",
+    "audit": "modelguard.cli.audit:audit",
 }
 
 

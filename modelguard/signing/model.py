@@ -49,7 +49,7 @@ from modelguard.manifest import (
     compare_manifests,
     open_model,
 )
-from modelguard.policy import Policy, certificate_check, policy_from_keys
+from modelguard.policy import Policy, audit_check, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.layout import (
     build_layouts,
@@ -905,14 +905,45 @@ def _check_certificate(
                 "policy",
             )
         return
-    root = report.manifest.layer_root if report.manifest is not None else None
-    if root is None and files is not None:  # a plain OMS signature: the manifest of what verified
-        root = build_manifest(files.root, threads=threads, files=files).layer_root
+    root = _verified_root(report, files, threads)
     reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
         report.check("certificate", True, "robustness certificate satisfies the policy", "policy")
+
+
+def _verified_root(
+    report: VerificationReport, files: ModelFiles | None, threads: int | None
+) -> str | None:
+    """The layer root of the bytes that verified (never the files re-read by path)."""
+    if report.manifest is not None:
+        return report.manifest.layer_root
+    if files is not None and report.ok:  # a plain OMS signature: the manifest of what verified
+        try:
+            return build_manifest(files.root, threads=threads, files=files).layer_root
+        except (FormatError, UnsafeModelError):
+            return None
+    return None
+
+
+def _check_audits(
+    report: VerificationReport,
+    policy: Policy,
+    model: Path,
+    files: ModelFiles | None,
+    threads: int | None,
+) -> None:
+    """Audit attestations must be bound to the layer root of the bytes that verified."""
+    if not policy.audits:
+        return
+    root = _verified_root(report, files, threads)
+    for requirement in policy.audits:
+        reasons = audit_check()(requirement, model, policy.trusted_keys, model_root=root)
+        for reason in reasons:
+            report.check("audit", False, reason, "policy")
+        if not reasons:
+            report.check("audit", True, f"{requirement.audit} audit satisfies the policy", "policy")
 
 
 def verify_model(
@@ -1035,6 +1066,7 @@ def _verify(
         )
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path, files, threads)
+    _check_audits(report, policy, path, files, threads)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 
