@@ -200,6 +200,9 @@ class ModelFiles:
             cached = self._views.get(rel)
             if cached is not None:
                 return cached
+            if not self.single and rel not in self.members:
+                # a directory model is exactly its listed files: nothing else is ever read
+                raise UnsafeModelError("is not one of the model's files", path=str(self.root / rel))
             view, links = self._open(rel)
             self._views[rel] = view
             self._links[rel] = links

@@ -51,7 +51,13 @@ from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_de
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
-from modelguard.signing.model import VerificationReport, sign_model, verify_model
+from modelguard.signing.model import (
+    VerificationReport,
+    VerifiedModel,
+    sign_model,
+    verify_and_hold,
+    verify_model,
+)
 
 HARDEN_KIND = "harden"
 RECERTIFY_KIND = "recertify"
@@ -94,6 +100,28 @@ def verify_or_refuse(
     if report.manifest is None:
         raise VerificationError(f"{what} {path}: the signature carries no modelguard manifest")
     return report
+
+
+def verify_and_hold_or_refuse(
+    path: Path, trust: Trust, *, what: str, signature_path: Path | None = None
+) -> VerifiedModel:
+    """Like :func:`verify_or_refuse`, keeping the verified bytes (the only ones to load)."""
+    try:
+        verified = verify_and_hold(
+            path,
+            signature_path,
+            keys=trust.keys,
+            policy=trust.policy,
+            ledger_url=trust.ledger_url,
+            require_ledger=trust.require_ledger,
+        )
+    except VerificationError as error:
+        raise type(error)(
+            f"{what} {path} failed verification: {error.message}", details=error.details
+        ) from None
+    if verified.manifest is None:
+        raise VerificationError(f"{what} {path}: the signature carries no modelguard manifest")
+    return verified
 
 
 @dataclass
@@ -216,7 +244,10 @@ def harden_model(
     """Verify the parent, defend it, export, sign with lineage, certify and record (see module doc)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     trust = Trust(keys, policy, ledger_url, require_ledger)
-    parent_report = verify_or_refuse(model_dir, trust, what="parent", signature_path=signature_path)
+    parent = verify_and_hold_or_refuse(
+        model_dir, trust, what="parent", signature_path=signature_path
+    )
+    parent_report = parent.report
     assert parent_report.manifest is not None
     parent_root = parent_report.manifest.layer_root
     member_models = []
@@ -235,7 +266,7 @@ def harden_model(
     parent_results, parent_config, parent_source = _parent_numbers(
         model_dir, parent_root, parent_certificate, trust.trusted_keys
     )
-    parent_model, card = load_model_dir(model_dir)
+    parent_model, card = load_model_dir(model_dir, files=parent.files)  # the verified bytes
     train = load_dataset(training_data_spec(data))
     defended = apply_defense(method, parent_model, card, train, options, members=member_models)
     child_name = name or f"{card.name}-{method}"

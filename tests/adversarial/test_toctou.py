@@ -291,3 +291,40 @@ def test_certificate_gate_binds_to_the_verified_root(
     monkeypatch.setattr(policy_module, "_certificate_check", check)
     assert verify_model(model, policy=load_policy(policy_file)).ok
     assert seen == [signed.manifest.layer_root]
+
+
+def test_harden_parent_is_loaded_from_the_verified_bytes(tmp_path: Path) -> None:
+    """``harden`` trains from its parent: swapping the parent's weights or card after the
+    parent verified must not reach the model it loads (and then signs a child of)."""
+    torch = pytest.importorskip("torch")
+    from modelguard.modelcard import export_model_dir, load_model_dir
+    from modelguard.robustness.hardening import Trust, verify_and_hold_or_refuse
+    from modelguard.zoo import digits_cnn
+
+    def export(directory: Path, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = digits_cnn(width=4)
+        export_model_dir(
+            model,
+            directory,
+            factory="digits_cnn",
+            kwargs={"width": 4},
+            input_shape=(1, 8, 8),
+            classes=[str(i) for i in range(10)],
+        )
+        return model
+
+    key = generate_key()
+    good = export(tmp_path / "parent", 0)
+    export(tmp_path / "evil", 1)
+    sign_model(tmp_path / "parent", key, record=False)
+    held = verify_and_hold_or_refuse(
+        tmp_path / "parent", Trust(keys=[key.public_key()]), what="parent"
+    )
+    for name in ("model.safetensors", "modelguard.json"):
+        os.replace(tmp_path / "evil" / name, tmp_path / "parent" / name)
+    loaded, _ = load_model_dir(tmp_path / "parent", files=held.files)
+    for (name, want), got in zip(
+        good.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(want, got), name
