@@ -56,7 +56,6 @@ from modelguard.signing.model import (
     VerifiedModel,
     sign_model,
     verify_and_hold,
-    verify_model,
 )
 
 HARDEN_KIND = "harden"
@@ -86,20 +85,7 @@ def verify_or_refuse(
     path: Path, trust: Trust, *, what: str, signature_path: Path | None = None
 ) -> VerificationReport:
     """Verify a model (signature, digests, policy, ledger) or raise its typed error (exit 1)."""
-    report = verify_model(
-        path,
-        signature_path,
-        keys=trust.keys,
-        policy=trust.policy,
-        ledger_url=trust.ledger_url,
-        require_ledger=trust.require_ledger,
-    )
-    error = report.error()
-    if error is not None:
-        raise type(error)(f"{what} {path} failed verification: {error}", details=report.to_dict())
-    if report.manifest is None:
-        raise VerificationError(f"{what} {path}: the signature carries no modelguard manifest")
-    return report
+    return verify_and_hold_or_refuse(path, trust, what=what, signature_path=signature_path).report
 
 
 def verify_and_hold_or_refuse(

@@ -21,10 +21,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from gatebind_models import X, external_mlp, plain_mlp
+from gatebind_models import X, external_mlp, plain_mlp, signed_and_unsigned_containers
 
 import modelguard.signing.model as signing_model
-from modelguard.encryption import encrypt_model
 from modelguard.errors import BadInputError, VerificationError
 from modelguard.formats.onnx import MEMORY_LOCATION, nested_tensors
 from modelguard.keys import generate_key
@@ -152,19 +151,7 @@ def test_container_replaced_after_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, identity = generate_key(), X25519PrivateKey.generate()
-    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
-    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
-    (tmp_path / "X").mkdir()
-    container = tmp_path / "X" / "model.onnx.mgenc"
-    encrypt_model(
-        tmp_path / "src" / "model.onnx",
-        container,
-        recipients=[identity.public_key()],
-        sign_key=key,
-        record=False,
-    )
-    evil = tmp_path / "evil.onnx.mgenc"
-    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
+    container, evil = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
     _after_verification(monkeypatch, lambda: os.replace(evil, container))
     got = _session_output(container, keys=[key.public_key()], identity=identity)
     assert np.array_equal(got, X @ GOOD)
@@ -239,21 +226,9 @@ def test_concurrent_swapper_on_encrypted_container(
     tmp_path: Path, swapper: Callable[[Path, Path, Path, str], None]
 ) -> None:
     key, identity = generate_key(), X25519PrivateKey.generate()
-    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
-    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
-    (tmp_path / "X").mkdir()
-    container = tmp_path / "X" / "model.onnx.mgenc"
-    encrypt_model(
-        tmp_path / "src" / "model.onnx",
-        container,
-        recipients=[identity.public_key()],
-        sign_key=key,
-        record=False,
-    )
+    container, evil = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
     good = tmp_path / "good.mgenc"
     shutil.copyfile(container, good)
-    evil = tmp_path / "evil.mgenc"
-    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
     swapper(container, good, evil, "rename")
     accepted, refused, wins = _race(
         lambda: _session_output(container, keys=[key.public_key()], identity=identity),
