@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from modelguard.encryption.keywrap import Identity, Recipient, unwrap_data_key
 from modelguard.errors import DecryptionError, FormatError
 from modelguard.hashing import Hasher, new_hasher
+from modelguard.safeio import open_regular
 
 MAGIC = b"\x89MGENC\r\n"
 VERSION = 1
@@ -433,12 +434,8 @@ class ContainerReader:
         self._handle: Any = None
         self._map: mmap.mmap | memoryview | None = None
         if data is None:
-            try:
-                self._handle = open(path, "rb")  # noqa: SIM115 - closed in close()
-            except OSError as error:
-                raise FormatError(
-                    f"cannot read container: {error.strerror}", path=self._where
-                ) from None
+            # a FIFO, socket or device is refused by type before any read
+            self._handle = open_regular(path, what="container")
         try:
             if data is None:
                 self._size = os.fstat(self._handle.fileno()).st_size

@@ -126,3 +126,22 @@ def test_non_regular_file_in_a_model_directory(
     finally:
         if holder is not None:
             holder.close()
+
+
+def test_decrypt_refuses_a_fifo_container(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "model.onnx.mgenc"
+    os.mkfifo(fifo)
+    key_file = tmp_path / "k.key"
+    key_file.write_bytes(os.urandom(32))
+    code, _, err = run_cli(
+        capsys,
+        "decrypt",
+        str(fifo),
+        "--out",
+        str(tmp_path / "out.onnx"),
+        "--key-file",
+        str(key_file),
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -147,6 +147,19 @@ def test_single_file_replaced_after_verification(
     assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
 
 
+def test_single_file_with_external_data_swapped_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single ONNX file signed on its own: its external data is read once with it."""
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD) / "model.onnx"
+    sign_model(model, key, record=False)
+    poison = tmp_path / "poison.bin"
+    poison.write_bytes(EVIL.tobytes())
+    _after_verification(monkeypatch, lambda: os.replace(poison, model.parent / "w.bin"))
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+
+
 def test_container_replaced_after_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
