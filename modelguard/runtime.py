@@ -164,6 +164,7 @@ def _verify(
     allow_rollback: bool,
 ) -> Any:
     """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
+    from modelguard.formats import onnx_runtime_reads
     from modelguard.signing.model import verify_and_hold
 
     if signature is None and policy is None and not keys:
@@ -178,6 +179,7 @@ def _verify(
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        private=onnx_runtime_reads,  # a safetensors copy beside the ONNX file is only hashed
     )
 
 

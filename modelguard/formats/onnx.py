@@ -381,6 +381,12 @@ class _Walk:
             raise UnsafeModelError(
                 f"tensor {name!r}: external data {location!r} {refused}", path=where
             )
+        if self.files.private is not False and not self.files.is_private(rel):
+            raise UnsafeModelError(
+                f"tensor {name!r}: external data {location!r} lies in a weights checkpoint, "
+                "which is not held in private memory for loading",
+                path=where,
+            )
         data = self.files.view(rel)
         links = self.files.link_count(rel)
         if links > 1:

@@ -316,3 +316,26 @@ def test_harden_parent_is_loaded_from_the_verified_bytes(tmp_path: Path) -> None
         good.state_dict().items(), loaded.state_dict().values(), strict=True
     ):
         assert torch.equal(want, got), name
+
+
+def test_external_data_in_a_checkpoint_is_not_loaded_from_a_mapping(tmp_path: Path) -> None:
+    """``run`` keeps safetensors/PyTorch files mapped (ONNX Runtime never reads them), so an
+    ONNX graph whose external data points into one is refused rather than loaded from a
+    mapping another process could rewrite in place after verification."""
+    from safetensors.numpy import save_file
+
+    from modelguard.errors import VerificationError
+
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD, data="w.safetensors")
+    save_file({"w": GOOD}, str(model / "w.safetensors"))
+    header = 8 + int.from_bytes((model / "w.safetensors").read_bytes()[:8], "little")
+    graph = onnx.load(model / "model.onnx", load_external_data=False)
+    for entry in graph.graph.initializer[0].external_data:
+        if entry.key == "offset":
+            entry.value = str(header)
+    onnx.save(graph, model / "model.onnx")
+    sign_model(model, key, record=False)
+    assert signing_model.verify_model(model, keys=[key.public_key()]).ok
+    with pytest.raises(VerificationError, match="weights checkpoint"):
+        _session_output(model, keys=[key.public_key()])
