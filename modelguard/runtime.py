@@ -10,13 +10,16 @@ Typical use (``keys`` trusted signer public keys, ``identity`` an X25519 private
                            identity=identity)
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
 
-Order of operations, never relaxed: (1) the container is opened (its file handle pins what
-gets read), (2) :func:`modelguard.signing.model.verify_model` checks signatures, every file
-digest, the policy and, when asked, ledger inclusion, revocation and rollback, (3) only then is
-the data key unwrapped, the header's plaintext layer root recomputed from the manifest in the
-index, and every tensor decrypted straight into memory and checked against its signed digest,
-(4) the graph goes to ``InferenceSession`` as bytes and the weights as OrtValues through
-``SessionOptions.add_external_initializers``. Nothing plaintext is written anywhere: no
+Order of operations, never relaxed (docs/runtime.md): (1)
+:func:`modelguard.signing.model.verify_and_hold` reads every file once into private memory
+and verifies those buffers (signatures bound to this target, every file, tensor and structure
+digest, the policy and, when asked, ledger inclusion, revocation and rollback), (2)
+:func:`session_from_verified` builds the session from the held buffers only: containers are
+unlocked (data key, header root recomputed from the index) and every tensor decrypted straight
+into memory and checked against its signed digest; a plaintext graph is rebuilt with no file
+reference left, (3) the graph goes to ``InferenceSession`` as bytes and the weights as
+OrtValues through ``SessionOptions.add_external_initializers``. No path reaches ONNX Runtime
+and no model path is opened after verification. Nothing plaintext is written anywhere: no
 optimized-model file, no engine cache.
 """
 

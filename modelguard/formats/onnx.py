@@ -14,16 +14,24 @@
 
 How it reads a file (see docs/formats.md):
 
-1. mmap the file; walk ``ModelProto.graph`` (field 7) -> ``GraphProto.initializer`` (field 5)
-   -> ``TensorProto.raw_data`` (field 9) in the wire format, recording each raw_data byte range
+1. Take the file's buffer from the model's :class:`~modelguard.formats.ModelFiles` (read
+   once); walk ``ModelProto.graph`` (field 7) -> ``GraphProto.initializer`` (field 5) ->
+   ``TensorProto.raw_data`` (field 9) in the wire format, recording each raw_data byte range
    and re-emitting the model without those payloads (so big weights are never copied).
 2. Parse the small stripped model with protobuf; every main-graph initializer becomes a tensor:
-   raw_data (a verbatim file range), external data (a verbatim range of a checked file inside
-   the model directory), or typed repeated fields (decoded to little-endian bytes).
-3. Structure = the stripped model with every tensor-data field, ``data_location`` and
-   ``external_data`` cleared, serialized by protobuf's deterministic serializer: nodes,
-   attributes (Constant values and subgraphs included), inputs/outputs, opsets, metadata and the
-   initializers' names, dtypes and dims, but no weight bytes and no storage layout.
+   raw_data (a verbatim file range), external data (a verbatim range of a checked file of the
+   signed set), or typed repeated fields (decoded to little-endian bytes).
+3. Every other TensorProto (:func:`nested_tensors`: sparse initializers, node attributes,
+   subgraphs at any depth, functions, training graphs) with external data becomes a tensor
+   too, named by its place (``node[0]:value``), under the same confinement rules.
+4. Structure = the stripped model with the main-graph initializers' tensor-data fields,
+   ``data_location`` and ``external_data`` cleared, serialized by protobuf's deterministic
+   serializer: nodes, attributes (Constant values and subgraphs included), inputs/outputs,
+   opsets, metadata and the initializers' names, dtypes and dims, but no main-graph weight
+   bytes and no storage layout.
+
+:func:`runtime_graph` rebuilds the model for ONNX Runtime from the same buffers, with no file
+reference left (docs/runtime.md).
 """
 
 from __future__ import annotations
