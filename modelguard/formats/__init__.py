@@ -126,10 +126,15 @@ def _map_handle(handle: BinaryIO, where: str) -> memoryview:
 
 
 def _read_handle(handle: BinaryIO, where: str) -> memoryview:
-    """The whole file copied into private memory through the open descriptor (size from fstat)."""
+    """The whole file copied into private memory through the open descriptor (size from fstat).
+
+    The memory is an anonymous mapping: page-aligned, so tensors at aligned file offsets can be
+    handed to ONNX Runtime in place, and private to this process.
+    """
     size = os.fstat(handle.fileno()).st_size
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+    if size == 0:
+        return memoryview(b"")
+    view = memoryview(mmap.mmap(-1, size))
     got = 0
     while got < size:
         n = handle.readinto(view[got:])  # type: ignore[attr-defined]
