@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,13 @@ def sign_model(
                 )
             target, cosigned = cosign_dir(sig_path) / f"{kid}.sig", True
     model_name = name or path.resolve().name
+    try:
+        model_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            "the model's name is not valid UTF-8: give one with --name",
+            path=os.fsencode(path).decode("utf-8", "backslashreplace"),
+        ) from None
     predicate: dict[str, Any] = {
         "schema": PREDICATE_SCHEMA,
         "tool": "modelguard",

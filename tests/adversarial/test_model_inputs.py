@@ -145,3 +145,16 @@ def test_decrypt_refuses_a_fifo_container(
         str(key_file),
     )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_sign_a_directory_whose_name_is_not_utf8(
+    signed: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = _bytes_path(signed["tmp"], b"d\xfd")
+    os.mkdir(raw)
+    plain_mlp(Path(os.fsdecode(raw)) / "model.onnx", np.eye(4, dtype=np.float32))
+    priv, _ = key_files(signed["tmp"] / "k2", generate_key())
+    code, _, err = run_cli(capsys, "sign", os.fsdecode(raw), "--key", str(priv), "--no-ledger")
+    assert code == 2 and "--name" in one_line(err)
+    key = generate_key()
+    assert sign_model(Path(os.fsdecode(raw)), key, name="d", record=False).manifest.files
