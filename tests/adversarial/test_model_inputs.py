@@ -1,7 +1,8 @@
 """Bad input on the verify/run path exits 2 with one line, never 3 and never hangs.
 
 Non-UTF-8 file names, inputs of the wrong rank, size or type for ``run``, and non-regular
-files (FIFO, socket, a symlink to ``/dev/zero``) where a model file or an input is read.
+files (FIFO, socket, a symlink to ``/dev/zero``) inside a model directory (test_resources.py
+covers single model files, containers and input arrays).
 """
 
 from __future__ import annotations
@@ -94,15 +95,6 @@ def test_run_accepts_the_right_shape(signed: dict, capsys: pytest.CaptureFixture
     assert code == 0
 
 
-def test_run_input_fifo_is_refused(signed: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    fifo = signed["tmp"] / "x.npy"
-    os.mkfifo(fifo)
-    code, _, err = run_cli(
-        capsys, "run", str(signed["dir"]), "--key", str(signed["pub"]), "--input", str(fifo)
-    )
-    assert code == 2 and "FIFO" in one_line(err)
-
-
 @pytest.mark.parametrize("kind", ["fifo", "socket", "devzero"])
 def test_non_regular_file_in_a_model_directory(
     signed: dict, capsys: pytest.CaptureFixture[str], kind: str
@@ -126,25 +118,6 @@ def test_non_regular_file_in_a_model_directory(
     finally:
         if holder is not None:
             holder.close()
-
-
-def test_decrypt_refuses_a_fifo_container(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    fifo = tmp_path / "model.onnx.mgenc"
-    os.mkfifo(fifo)
-    key_file = tmp_path / "k.key"
-    key_file.write_bytes(os.urandom(32))
-    code, _, err = run_cli(
-        capsys,
-        "decrypt",
-        str(fifo),
-        "--out",
-        str(tmp_path / "out.onnx"),
-        "--key-file",
-        str(key_file),
-    )
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
 def test_sign_a_directory_whose_name_is_not_utf8(
