@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from modelguard.errors import BadInputError, FormatError, VerificationError
+from modelguard.errors import BadInputError, FormatError, UnsafeModelError, VerificationError
 from modelguard.hashing import new_hasher
 
 CPU = "CPUExecutionProvider"
@@ -238,6 +238,12 @@ def _open_encrypted(
     target = _onnx_member(files, path, encrypted=True)
     onnx_rel = target.removesuffix(SUFFIX)
     containers = [rel for rel in files.members if files.single or rel.endswith(SUFFIX)]
+    shared = [rel for rel in containers if not files.is_private(rel)]
+    if shared:  # a mapping could change after verification: decrypt only private copies
+        raise UnsafeModelError(
+            "not held in private memory: load only what verify_and_hold returned",
+            path=str(files.root / shared[0]),
+        )
     with contextlib.ExitStack() as stack:
         # (3) the containers' bytes are the verified private buffers: nothing is re-opened
         readers = [

@@ -204,6 +204,7 @@ def plan_model(
                 root=root,
                 files=files,
                 keep=lambda t: in_memory_dtype(t.dtype),
+                loading=False,  # written into the container; loaded only after verification
             )
         plans.append(
             FilePlan(

@@ -333,13 +333,20 @@ def nested_tensors(model: Any) -> Iterator[tuple[str, Any]]:
 class _Walk:
     """One ONNX file walked: the stripped model, and a TensorSlice per tensor with bytes of its own."""
 
-    def __init__(self, path: Path, root: Path, files: ModelFiles) -> None:
+    def __init__(self, path: Path, root: Path, files: ModelFiles, *, loading: bool = False) -> None:
         import onnx
         from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
         self.path, self.root, self.files = path, root, files
+        # loading: the bytes go to ONNX Runtime, so every file read must be a private copy;
+        # in private mode the same rule already holds while verifying
+        self.loading = loading or files.private is not False
         self.where = where = str(path)
         self.rel = relative_posix(path, root)
+        if loading and not files.is_private(self.rel):
+            raise UnsafeModelError(
+                "not held in private memory: load only what verify_and_hold returned", path=where
+            )
         self.rel_dir = PurePosixPath(self.rel).parent
         view = files.view(self.rel)
         try:
@@ -389,10 +396,10 @@ class _Walk:
             raise UnsafeModelError(
                 f"tensor {name!r}: external data {location!r} {refused}", path=where
             )
-        if self.files.private is not False and not self.files.is_private(rel):
+        if self.loading and not self.files.is_private(rel):
             raise UnsafeModelError(
-                f"tensor {name!r}: external data {location!r} lies in a weights checkpoint, "
-                "which is not held in private memory for loading",
+                f"tensor {name!r}: external data {location!r} is not held in private memory "
+                "for loading (a weights checkpoint, or a model verified without copies)",
                 path=where,
             )
         data = self.files.view(rel)
@@ -482,7 +489,12 @@ MEMORY_LOCATION = "modelguard-memory"
 
 
 def runtime_graph(
-    path: Path, *, root: Path, files: ModelFiles, keep: Callable[[TensorSlice], bool] | None = None
+    path: Path,
+    *,
+    root: Path,
+    files: ModelFiles,
+    keep: Callable[[TensorSlice], bool] | None = None,
+    loading: bool = True,
 ) -> tuple[bytes, list[TensorSlice]]:
     """The model for ONNX Runtime with no file reference left, and the tensors it takes from memory.
 
@@ -490,11 +502,13 @@ def runtime_graph(
     :data:`MEMORY_LOCATION`, to be handed over as OrtValues (``add_external_initializers``);
     every other external tensor (Constant values, subgraph initializers, sparse parts,
     functions) is written inline from ``files``. ``keep(tensor)``: False leaves a main-graph
-    initializer's bytes inline as well. Nothing in the result names a file.
+    initializer's bytes inline as well. Nothing in the result names a file. ``loading``: the
+    result goes to ONNX Runtime now, so every file it reads must be a private copy
+    (``verify_and_hold``); ``False`` when the graph is only written into a container.
     """
     import onnx
 
-    walk = _Walk(path, root, files)
+    walk = _Walk(path, root, files, loading=loading)
     memory: list[TensorSlice] = []
     for _, tensor, main, found in walk.found:
         if found is None:

@@ -339,3 +339,27 @@ def test_external_data_in_a_checkpoint_is_not_loaded_from_a_mapping(tmp_path: Pa
     assert signing_model.verify_model(model, keys=[key.public_key()]).ok
     with pytest.raises(VerificationError, match="weights checkpoint"):
         _session_output(model, keys=[key.public_key()])
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_model_verified_without_private_copies_is_not_loaded(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """Mapped buffers (``verify`` for CI) could change after verification: loading refuses them."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from modelguard.errors import UnsafeModelError
+    from modelguard.runtime import session_from_verified
+
+    key, identity = generate_key(), X25519PrivateKey.generate()
+    if encrypted:
+        model, _ = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
+    else:
+        model = external_mlp(tmp_path / "m", GOOD)
+        sign_model(model, key, record=False)
+    mapped = signing_model.verify_and_hold(model, keys=[key.public_key()], private=False)
+    with pytest.raises(UnsafeModelError, match="private memory"):
+        session_from_verified(mapped, identity=identity, providers="cpu")
+    held = signing_model.verify_and_hold(model, keys=[key.public_key()])
+    session = session_from_verified(held, identity=identity, providers="cpu").session
+    assert np.array_equal(session.run(None, {"x": X})[0], X @ GOOD)
