@@ -321,25 +321,46 @@ def _open_encrypted(
     )
 
 
+def _graph_from_files(files: Any, rel: str, options: Any) -> tuple[bytes, list[Any], list[Any]]:
+    """Graph bytes for the ONNX file ``rel`` of verified private buffers; its weights are added
+    to ``options`` as OrtValues over that memory. Returns (graph, OrtValues, arrays): keep the
+    last two alive as long as the session."""
+    from modelguard.formats.onnx import runtime_graph
+
+    graph, memory = runtime_graph(
+        files.root / rel, root=files.root, files=files, keep=lambda t: in_memory_dtype(t.dtype)
+    )
+    arrays = [_verified_array(t.read(), t.dtype, t.shape) for t in memory]
+    values = [_ort_value(array, t.dtype) for array, t in zip(arrays, memory, strict=True)]
+    if memory:
+        options.add_external_initializers([t.name for t in memory], values)
+    return graph, values, arrays
+
+
+def session_from_files(
+    files: Any, rel: str, *, options: Any = None, providers: Sequence[str] = (CPU,)
+) -> Any:
+    """An ``InferenceSession`` for the ONNX file ``rel`` of a verified model's private buffers
+    (``VerifiedModel.files``): graph as bytes, weights in place; no path is opened."""
+    import onnxruntime as ort
+
+    options = options if options is not None else session_options()
+    graph, values, arrays = _graph_from_files(files, rel, options)
+    session = ort.InferenceSession(graph, options, providers=list(providers))
+    session._modelguard = [values, arrays, files]  # the weights' memory lives with the session
+    return session
+
+
 def _open_plaintext(
     path: Path, verified: Any, providers: list[str], started: float
 ) -> VerifiedSession:
     """ONNX Runtime gets the graph as bytes and every tensor from the verified buffers."""
     import onnxruntime as ort
 
-    from modelguard.formats.onnx import runtime_graph
-
     verified_at = time.perf_counter()
     files = verified.files
-    target = _onnx_member(files, path, encrypted=False)
-    graph, memory = runtime_graph(
-        files.root / target, root=files.root, files=files, keep=lambda t: in_memory_dtype(t.dtype)
-    )
-    arrays = [_verified_array(t.read(), t.dtype, t.shape) for t in memory]
     options = session_options()
-    values = [_ort_value(array, t.dtype) for array, t in zip(arrays, memory, strict=True)]
-    if memory:
-        options.add_external_initializers([t.name for t in memory], values)
+    graph, values, arrays = _graph_from_files(files, _onnx_member(files, path, False), options)
     loaded_at = time.perf_counter()
     session = ort.InferenceSession(graph, options, providers=providers)
     manifest = verified.manifest

@@ -67,7 +67,6 @@ from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_mode
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
 from modelguard.signing.model import (
-    VerificationReport,
     VerifiedModel,
     sign_model,
     verify_and_hold,
@@ -96,17 +95,11 @@ class Trust:
         return self.policy.trusted_keys if self.policy is not None else list(self.keys)
 
 
-def verify_or_refuse(
-    path: Path, trust: Trust, *, what: str, signature_path: Path | None = None
-) -> VerificationReport:
-    """Verify a model (signature, digests, policy, ledger) or raise its typed error (exit 1)."""
-    return verify_and_hold_or_refuse(path, trust, what=what, signature_path=signature_path).report
-
-
 def verify_and_hold_or_refuse(
     path: Path, trust: Trust, *, what: str, signature_path: Path | None = None
 ) -> VerifiedModel:
-    """Like :func:`verify_or_refuse`, keeping the verified bytes (the only ones to load)."""
+    """Verify a model (signature, digests, policy, ledger) or raise its typed error (exit 1),
+    keeping the verified bytes: the only ones to load afterwards."""
     try:
         verified = verify_and_hold(
             path,
@@ -254,8 +247,8 @@ def harden_model(
     parent_root = parent_report.manifest.layer_root
     member_models = []
     for member in members:
-        verify_or_refuse(Path(member), trust, what="ensemble member")
-        member_models.append(load_model_dir(member))
+        held = verify_and_hold_or_refuse(Path(member), trust, what="ensemble member")
+        member_models.append(load_model_dir(member, files=held.files))
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
             raise BadInputError(
@@ -331,7 +324,7 @@ def harden_model(
         parent_results = None  # a different portfolio: re-run the parent like for like
         parent_source = "parent certificate has another evaluation config: parent re-evaluated"
     if parent_results is None:
-        parent_results = evaluate_model_dir(model_dir, config).results_dict()
+        parent_results = evaluate_model_dir(model_dir, config, verified=parent).results_dict()
     write_outputs(result, report_dir)
     issued = issue_certificate(statement, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
@@ -451,8 +444,10 @@ def recertify(
         subject["version"] = str(cert.predicate["model"]["version"])
     config = cert.config
     try:
-        verify_or_refuse(model_dir, trust, what="model", signature_path=signature_path)
-        rerun = evaluate_model_dir(model_dir, config)
+        held = verify_and_hold_or_refuse(
+            model_dir, trust, what="model", signature_path=signature_path
+        )
+        rerun = evaluate_model_dir(model_dir, config, verified=held)  # the verified bytes
         drifts = check_rerun(cert, rerun)
     except VerificationError as error:
         _record_recertify(cert, subject, actor, ledger_url, ok=False, drifts=[str(error)])

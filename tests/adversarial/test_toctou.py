@@ -363,3 +363,32 @@ def test_a_model_verified_without_private_copies_is_not_loaded(
     held = signing_model.verify_and_hold(model, keys=[key.public_key()])
     session = session_from_verified(held, identity=identity, providers="cpu").session
     assert np.array_equal(session.run(None, {"x": X})[0], X @ GOOD)
+
+
+def test_recertify_evaluates_the_verified_bytes(tmp_path: Path) -> None:
+    """``recertify`` re-runs a certified evaluation: with the model gone from disk after
+    verification, the evaluation still runs, on the verified bytes (nothing read by path)."""
+    torch = pytest.importorskip("torch")
+    from modelguard.modelcard import export_model_dir
+    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.hardening import Trust, verify_and_hold_or_refuse
+    from modelguard.zoo import digits_cnn
+
+    torch.manual_seed(0)
+    export_model_dir(
+        digits_cnn(width=4),
+        tmp_path / "model",
+        factory="digits_cnn",
+        kwargs={"width": 4},
+        input_shape=(1, 8, 8),
+        classes=[str(i) for i in range(10)],
+    )
+    key = generate_key()
+    sign_model(tmp_path / "model", key, record=False)
+    config = EvalConfig(attacks=["fgsm"], eps=[0.1], limit=16, soundness=False)
+    before = evaluate_model_dir(tmp_path / "model", config)
+    held = verify_and_hold_or_refuse(tmp_path / "model", Trust(keys=[key.public_key()]), what="m")
+    shutil.rmtree(tmp_path / "model")
+    after = evaluate_model_dir(tmp_path / "model", config, verified=held)
+    assert after.model["manifest_root"] == held.manifest.layer_root
+    assert after.results_dict() == before.results_dict()
