@@ -30,6 +30,7 @@ from torch import nn
 
 from modelguard import zoo
 from modelguard.errors import BadInputError, FormatError
+from modelguard.formats import ModelFiles
 from modelguard.robustness.data import Dataset
 
 CARD_NAME = "modelguard.json"
@@ -98,14 +99,21 @@ class ModelCard:
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> ModelCard:
+    def load(cls, directory: Path, content: bytes | None = None) -> ModelCard:
+        """``content``: the card's bytes, already read (and verified) by the caller."""
         path = directory / CARD_NAME
-        if not path.is_file():
-            raise BadInputError(f"no {CARD_NAME} model card in this directory", path=str(directory))
-        if path.stat().st_size > MAX_CARD_BYTES:
+        if content is None:
+            if not path.is_file():
+                raise BadInputError(
+                    f"no {CARD_NAME} model card in this directory", path=str(directory)
+                )
+            if path.stat().st_size > MAX_CARD_BYTES:
+                raise FormatError("model card too large", path=str(path))
+            content = path.read_bytes()
+        if len(content) > MAX_CARD_BYTES:
             raise FormatError("model card too large", path=str(path))
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(content)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise FormatError(f"model card is not JSON ({error})", path=str(path)) from error
         if not isinstance(data, dict):
@@ -217,25 +225,31 @@ def export_model_dir(
 
 
 def load_model_dir(
-    path: str | os.PathLike[str], *, trusted_factory: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    trusted_factory: str | None = None,
+    files: ModelFiles | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """Rebuild the PyTorch model from its card and weights (safetensors: never executes code).
 
     ``trusted_factory``: a factory the caller named explicitly; it overrides the card's.
+    ``files``: the verified model (``VerifiedModel.files``): card and weights come from its
+    buffers, never from the paths again.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     directory = Path(path)
-    card = ModelCard.load(directory)
+    card = ModelCard.load(directory, None if files is None else bytes(files.view(CARD_NAME)))
     factory = trusted_factory or card.factory
     model = zoo.build(factory, card.kwargs, trusted=trusted_factory is not None)
     weights = directory / card.weights
-    if not weights.is_file():
+    present = weights.is_file() if files is None else card.weights in files.members
+    if not present:
         raise BadInputError(
             f"weights file {card.weights!r} named by the model card is missing", path=str(directory)
         )
     try:
-        state = load_file(str(weights))
+        state = load_file(str(weights)) if files is None else load(bytes(files.view(card.weights)))
     except Exception as error:  # safetensors raises its own error types
         raise FormatError(f"unreadable safetensors weights ({error})", path=str(weights)) from error
     try:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +256,13 @@ def sign_model(
                 )
             target, cosigned = cosign_dir(sig_path) / f"{kid}.sig", True
     model_name = name or path.resolve().name
+    try:
+        model_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            "the model's name is not valid UTF-8: give one with --name",
+            path=os.fsencode(path).decode("utf-8", "backslashreplace"),
+        ) from None
     predicate: dict[str, Any] = {
         "schema": PREDICATE_SCHEMA,
         "tool": "modelguard",
@@ -727,7 +735,7 @@ def _check_content(
     signed: list[_Signed],
     sig_ignore: list[str],
     threads: int | None,
-    private: bool,
+    private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
 ) -> ModelFiles | None:
     """Check every signer's files, tensors and structures; the opened model that verified."""
@@ -995,13 +1003,15 @@ def verify_and_hold(
     allow_rollback: bool = False,
     now: datetime | None = None,
     threads: int | None = None,
+    private: bool | Callable[[str], bool] = True,
 ) -> VerifiedModel:
     """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
 
     Every file of the model is copied once into private memory through one open descriptor,
     then hashed; the returned :class:`VerifiedModel` holds exactly those buffers, so whatever
     happens to the files on disk afterwards (renamed, replaced, rewritten in place, removed)
-    cannot reach what the caller loads.
+    cannot reach what the caller loads. ``private``: a predicate naming the files the caller
+    will load (the others are only mapped and hashed, and must not be loaded from).
     """
     report, files = _verify(
         Path(path),
@@ -1013,7 +1023,7 @@ def verify_and_hold(
         allow_rollback=allow_rollback,
         now=now,
         threads=threads,
-        private=True,
+        private=private,
     )
     report.raise_if_failed()
     if files is None:
@@ -1032,7 +1042,7 @@ def _verify(
     allow_rollback: bool,
     now: datetime | None,
     threads: int | None,
-    private: bool,
+    private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
