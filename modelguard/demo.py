@@ -169,6 +169,45 @@ def stage_sign(ctx: DemoContext) -> None:
     )
 
 
+def stage_bind(ctx: DemoContext) -> None:
+    """Issue 10: a signature covers only its target, and a run uses only the bytes it verified."""
+    import numpy as np
+
+    from modelguard.runtime import session_from_verified
+    from modelguard.signing.model import verify_and_hold
+
+    public, key = ctx.artifacts["public_key"], ctx.artifacts["signing_key"]
+    single = ctx.path("single", "model.onnx")
+    single.parent.mkdir()
+    shutil.copyfile(ctx.path("model", "model.onnx"), single)
+    sign_model(single, key, record=False)
+    sibling = ctx.path("single", "evil.onnx")  # unsigned, dropped next to the signed file
+    shutil.copyfile(single, sibling)
+    flip_one_weight_byte(sibling.parent, sibling.name)
+    refused = verify_model(sibling, keys=[public]).error()
+    x = digits_split(DEMO_SEED)[1].x[:8]
+    verified = verify_and_hold(ctx.path("model"), keys=[public])
+    moved = ctx.path("model-moved-away")
+    shutil.move(ctx.path("model"), moved)  # gone from disk between verification and loading
+    try:
+        session = session_from_verified(verified, providers="cpu").session
+        logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    finally:
+        shutil.move(moved, ctx.path("model"))
+    ctx.summary["bind"] = {
+        "sibling_refused": str(refused) if refused else "accepted (unexpected!)",
+        "run_after_removal_predictions": np.asarray(logits).argmax(axis=1).tolist(),
+    }
+    ctx.say(
+        f"{ctx.heading('Bind')}: an unsigned evil.onnx beside the signed model.onnx -> "
+        f"{'[red]refused[/]' if refused else 'accepted (unexpected!)'}: {refused}"
+    )
+    ctx.say(
+        "   model directory moved away after verification, session built from the verified "
+        f"buffers: predictions {ctx.summary['bind']['run_after_removal_predictions']}"
+    )
+
+
 def stage_ledger(ctx: DemoContext) -> None:
     size, entries = audit.list_entries(ctx.ledger_url)
     checkpoint = audit.sign_checkpoint(ctx.ledger_url)
@@ -419,6 +458,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
+    ("bind", stage_bind),
     ("encrypt", stage_encrypt_run),
     ("evaluate", stage_evaluate),
     ("harden", stage_harden),

@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelguard.audit import is_verifier_key_string
 from modelguard.errors import BadInputError
@@ -108,9 +108,23 @@ class LedgerTrust:
         return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
 
 
-# (requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
-# empty = satisfied.
-CertificateCheck = Callable[[CertificateRequirement, Path, Path, Sequence[PublicKey]], list[str]]
+class CertificateCheck(Protocol):
+    """(requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
+    empty = satisfied. ``model_root``: the layer root of the bytes that verified, which the
+    certificate must be bound to (the check never re-reads the model when it is given)."""
+
+    def __call__(
+        self,
+        requirement: CertificateRequirement,
+        model: Path,
+        signature: Path,
+        trusted: Sequence[PublicKey],
+        /,
+        *,
+        model_root: str | None = None,
+    ) -> list[str]: ...
+
+
 _certificate_check: CertificateCheck | None = None
 _gate_loaded = False
 

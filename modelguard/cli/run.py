@@ -6,7 +6,6 @@ $ modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,22 @@ MAX_REPORTED = 32  # predictions listed in the output document
 
 def load_inputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Feeds from ``.npy`` (the first graph input) or ``.npz`` (arrays named like the inputs)."""
-    from modelguard.safeio import open_regular, read_all
+    from modelguard.safeio import open_regular
 
-    with open_regular(path, what="input array") as handle:  # no FIFO hang, no /dev/zero
-        data = read_all(handle, what="input array")
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise BadInputError(f"cannot read input array: {error}", path=str(path)) from None
+    with open_regular(path, what="input array") as handle:  # a FIFO or device is refused
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.ndarray):
+                with loaded:
+                    arrays = {k: loaded[k] for k in loaded.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise BadInputError(f"cannot read input array: {error}", path=str(path)) from None
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:
             raise BadInputError(
                 f"the model takes {len(names)} inputs {names}: give an .npz", path=str(path)
             )
         return {names[0]: loaded}
-    with loaded:
-        arrays = {k: loaded[k] for k in loaded.files}
     if len(arrays) == 1 and len(names) == 1:
         return {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]
@@ -48,6 +47,32 @@ def load_inputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
             f"input {missing[0]!r} is not in the .npz (has {sorted(arrays)})", path=str(path)
         )
     return {n: arrays[n] for n in names}
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+}  # fmt: skip
+
+
+def check_feeds(inputs: list[Any], feeds: dict[str, np.ndarray], source: Path) -> None:
+    """Refuse (exit 2, one line naming the expected shape) an input of the wrong rank, size or type."""
+    for spec in inputs:
+        array = feeds[spec.name]
+        expected = [d if isinstance(d, int) else (d or "?") for d in spec.shape]
+        shown = "[" + ", ".join(str(d) for d in expected) + "]"
+        want = _ORT_TYPES.get(spec.type)
+        fits = len(array.shape) == len(expected) and all(
+            not isinstance(d, int) or d == n for d, n in zip(expected, array.shape, strict=True)
+        )
+        if not fits or (want is not None and array.dtype != np.dtype(want)):
+            raise BadInputError(
+                f"input {spec.name!r} is {array.dtype}{list(array.shape)}, the model expects "
+                f"{want or spec.type}{shown}",
+                path=str(source),
+            )
 
 
 def save_outputs(path: Path, names: list[str], outputs: list[Any]) -> None:
@@ -148,6 +173,7 @@ def run(
     )
     session = verified.session
     feeds = load_inputs(input_path, [i.name for i in session.get_inputs()])
+    check_feeds(list(session.get_inputs()), feeds, input_path)
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, feeds)
     if output_path is not None:

@@ -20,6 +20,7 @@ from modelguard.cli.output import emit, json_option
 from modelguard.keys import load_private_key, load_public_key, read_passphrase
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +32,7 @@ Examples:
   modelguard sign model_dir --key keys/modelguard.priv --passphrase-env MG_PASS
   modelguard sign model.onnx --key k.priv --passphrase-file pass.txt --name digits --version 1.2
   modelguard sign model_dir --key second.priv --no-ledger      # adds model.sig.d/<keyid>.sig
+  modelguard sign model_dir --key k.priv --serialization shards --shard-size 1000000000
 """
 )
 @click.argument("path", type=_PATH)
@@ -55,6 +57,26 @@ Examples:
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
+@click.option(
+    "--serialization",
+    type=click.Choice(METHODS),
+    default="files",
+    show_default=True,
+    help="OMS resources: whole files, or fixed-size byte ranges (path:start:end).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    help=f"Bytes per shard with --serialization shards (default {DEFAULT_SHARD_SIZE}).",
+)
+@click.option(
+    "--hash",
+    "hash_type",
+    type=click.Choice(OMS_HASHES),
+    default="sha256",
+    show_default=True,
+    help="OMS resource digest (the model_signing CLI verifies sha256 files only).",
+)
 @json_option
 def sign(
     path: Path,
@@ -67,11 +89,18 @@ def sign(
     parent: str | None,
     ledger_url: str | None,
     no_ledger: bool,
+    serialization: str,
+    shard_size: int | None,
+    hash_type: str,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
     if no_ledger and ledger_url:
         raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if shard_size is not None and serialization != "shards":
+        raise click.UsageError("--shard-size needs --serialization shards")
+    if serialization == "shards" and shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
     key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
     result = sign_model(
         path,
@@ -82,6 +111,7 @@ def sign(
         parent=parent,
         ledger_url=ledger_url,
         record=not no_ledger,
+        serialization=Serialization(serialization, hash_type, shard_size),
     )
     document = result.to_dict()
 
@@ -167,6 +197,11 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @click.argument("path", type=_PATH)
 @verification_options
+@click.option(
+    "--ignore-unsigned-files",
+    is_flag=True,
+    help="Skip files no signature lists (default: they fail, OMS spec 8.5).",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -180,6 +215,7 @@ def verify(
     allow_rollback: bool,
     ledger_keys: tuple[str, ...],
     ledger_state: Path | None,
+    ignore_unsigned_files: bool,
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
@@ -199,6 +235,7 @@ def verify(
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        ignore_unsigned_files=ignore_unsigned_files,
     )
     error = report.error()
 

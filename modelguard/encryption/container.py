@@ -429,16 +429,24 @@ def _parse_index(raw: bytes, where: str) -> ContainerIndex:
 class ContainerReader:
     """Reads one container: header checks on open, segments after :meth:`unlock`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: memoryview | None = None) -> None:
+        """``data``: the container's bytes, already read (and verified) by the caller, used
+        instead of opening ``path`` (which then only names the container in messages)."""
         self.path = path
         self._where = str(path)
-        # Regular files only, checked on the descriptor that is then mapped (no FIFO hang).
-        self._handle = open_regular(path, what="container")
+        self._handle: Any = None
+        self._map: mmap.mmap | memoryview | None = None
+        if data is None:
+            # Regular files only, checked on the descriptor that is then mapped (no FIFO hang).
+            self._handle = open_regular(path, what="container")
         try:
-            self._size = os.fstat(self._handle.fileno()).st_size
-            self._map = (
-                mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if self._size else None
-            )
+            if data is None:
+                self._size = os.fstat(self._handle.fileno()).st_size
+                if self._size:
+                    self._map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+            else:
+                self._size = data.nbytes
+                self._map = data if data.nbytes else None
             self._parse_header()
         except BaseException:
             self.close()
@@ -460,15 +468,12 @@ class ContainerReader:
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "_map", None) is not None:
-            assert self._map is not None
+        if isinstance(getattr(self, "_map", None), mmap.mmap):
+            assert isinstance(self._map, mmap.mmap)
             close_map(self._map)
-            self._map = None
-        self._handle.close()
-
-    @property
-    def stat(self) -> os.stat_result:
-        return os.fstat(self._handle.fileno())
+        self._map = None
+        if self._handle is not None:
+            self._handle.close()
 
     def _bytes(self, start: int, length: int) -> memoryview:
         if self._map is None or start + length > self._size:

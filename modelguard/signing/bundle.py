@@ -65,6 +65,17 @@ def parse_bundle(bundle: object) -> ParsedBundle:
     material = bundle.get("verificationMaterial")
     if not isinstance(material, Mapping):
         raise FormatError("bundle has no verificationMaterial")
+    if "certificate" in material and not material.get("tlogEntries"):
+        raise FormatError("keyless bundle (certificate) without transparency-log entries")
+    for field, kind in (
+        ("x509CertificateChain", "certificate"),
+        ("certificate", "keyless Sigstore"),
+    ):
+        if field in material:
+            raise FormatError(
+                f"{kind} bundles (verificationMaterial.{field}) are not supported; "
+                "modelguard verifies key-mode bundles only"
+            )
     if set(material) - {"publicKey", "tlogEntries"}:
         raise FormatError(
             f"verificationMaterial has unknown fields {sorted(set(material) - {'publicKey', 'tlogEntries'})}"
