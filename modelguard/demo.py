@@ -267,6 +267,37 @@ def gate_on_a_truncated_copy(ctx: DemoContext) -> bool:
     return first.ok and not second.ok
 
 
+def stage_transparency(ctx: DemoContext) -> None:
+    from modelguard import transparency
+
+    public_key = audit.note_public_key_path(ctx.ledger_url)
+    state = ctx.path("witness")
+    witness = transparency.init_witness(state, "witness.demo/w1", [public_key])
+    cosigned = transparency.cosign_checkpoint([str(state)], ctx.ledger_url)
+    witness_keys = transparency.load_witness_keys([state / "witness.pub"])
+    names = transparency.require_witness_quorum(cosigned["checkpoint"], witness_keys, 1)
+    tiles = ctx.path("tiles")
+    export = transparency.export_tile_tree(
+        tiles, ctx.ledger_url, checkpoint_note=cosigned["checkpoint"]
+    )
+    report = transparency.verify_tile_tree(tiles, [public_key])
+    ctx.summary["transparency"] = {
+        "witness": witness["name"],
+        "cosigned_size": cosigned["size"],
+        "tiles_written": len(export.written) - 1,
+        "tiles_verified": report.ok,
+    }
+    ctx.say(
+        f"{ctx.heading('Transparency')} witness {names[0]} cosigned the checkpoint of size"
+        f" {cosigned['size']} (C2SP tlog-witness, cosignature/v1)"
+    )
+    ctx.say(
+        f"   exported {len(export.written) - 1} static C2SP tiles to {tiles.name}/; checked"
+        f" offline against the ledger key ({report.tiles_checked} tiles, root and signature):"
+        f" {'ok' if report.ok else 'FAILED'}"
+    )
+
+
 def stage_encrypt_run(ctx: DemoContext) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -492,6 +523,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("harden", stage_harden),
     ("gate", stage_gate),
     ("ledger", stage_ledger),
+    ("transparency", stage_transparency),
 ]
 
 

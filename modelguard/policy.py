@@ -92,22 +92,6 @@ class CertificateRequirement:
         }
 
 
-@dataclass(frozen=True)
-class LedgerTrust:
-    """What the ledger gate trusts: checkpoint (note) keys, and where it keeps its state.
-
-    ``keys``: key files (``<name>.pub`` from ``ledger init``) or verifier key strings
-    (``<name>+<hex id>+<base64>``). ``state``: the directory of the gate's trust state
-    (None: ``$MODELGUARD_LEDGER_STATE``, else the user's config directory).
-    """
-
-    keys: tuple[str, ...] = ()
-    state: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
-
-
 class CertificateCheck(Protocol):
     """(requirement, model path, signature path, the policy's trusted keys) -> failure reasons;
     empty = satisfied. ``model_root``: the layer root of the bytes that verified, which the
@@ -123,6 +107,22 @@ class CertificateCheck(Protocol):
         *,
         model_root: str | None = None,
     ) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class LedgerTrust:
+    """What the ledger gate trusts: checkpoint (note) keys, and where it keeps its state.
+
+    ``keys``: key files (``<name>.pub`` from ``ledger init``) or verifier key strings
+    (``<name>+<hex id>+<base64>``). ``state``: the directory of the gate's trust state
+    (None: ``$MODELGUARD_LEDGER_STATE``, else the user's config directory).
+    """
+
+    keys: tuple[str, ...] = ()
+    state: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
 
 
 _certificate_check: CertificateCheck | None = None

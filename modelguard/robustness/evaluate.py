@@ -45,6 +45,7 @@ from torch import nn
 
 from modelguard import __version__
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError, VerificationError
+from modelguard.robustness import distributed
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
@@ -529,15 +530,9 @@ class _Evaluator:
         return build_attack(name, model, eps=attack_eps, seed=self.config.seed, **kwargs), where
 
     def craft(self, attack: Attack) -> np.ndarray:
-        x = torch.from_numpy(self.data.x)
-        y = torch.from_numpy(self.data.y)
-        chunks = [
-            attack(x[s : s + self.config.batch_size], y[s : s + self.config.batch_size])
-            .cpu()
-            .numpy()
-            for s in range(0, x.shape[0], self.config.batch_size)
-        ]
-        return np.concatenate(chunks, axis=0).astype(np.float32)
+        # Batches shared out across torchrun ranks (one process: all of them), each seeded
+        # from its index, so the result does not depend on the number of processes.
+        return distributed.craft(attack, self.data.x, self.data.y, self.config.batch_size)
 
     def robust_accuracy(self, name: str, eps: float, **overrides: Any) -> float:
         """Robust accuracy of one PyTorch-side attack (cached): used by the soundness checks."""
@@ -748,9 +743,9 @@ def run_evaluation(
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        return distributed.local_device(device)  # cuda:LOCAL_RANK in a NCCL job
     except RuntimeError as error:
         raise BadInputError(f"unknown device {device!r}") from error
 
