@@ -143,9 +143,16 @@ def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) ->
     with open_audit_ledger(ledger_url) as log, _mapped_errors():
         entries = log.append_many(events)
     url = resolve_ledger_url(ledger_url)
-    if _sqlite_path(url) is not None or note_key_path(url).exists():
+    key = note_key_path(url)
+    if key.exists() and not _holds_private_key(key):
+        return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
+    if _sqlite_path(url) is not None or key.exists():
         sign_checkpoint(url)
     return entries
+
+
+def _holds_private_key(path: Path) -> bool:
+    return _read_key_text(path).startswith("PRIVATE+KEY+")
 
 
 def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:

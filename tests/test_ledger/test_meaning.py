@@ -78,3 +78,16 @@ def test_consistency_is_read_only_and_reports_edited_bodies(
     assert "entry 1" in err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM ledger_checkpoints").fetchone() == checkpoints
+
+
+def test_a_writer_given_only_the_public_key_appends_without_signing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI job that pins the ledger's public key for the gate may still record events."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    audit.record_event("t", subject={}, payload_digest="d0", actor="a", ledger_url=url)
+    monkeypatch.setenv(audit.ENV_NOTE_KEY, str(tmp_path / "l.db.note.pub"))
+    entry = audit.record_event("t", subject={}, payload_digest="d1", actor="a", ledger_url=url)
+    assert entry.index == 1
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        assert conn.execute("SELECT MAX(tree_size) FROM ledger_checkpoints").fetchone() == (1,)
