@@ -88,6 +88,7 @@ __all__ = [
     "revocation_for",
     "revoke",
     "sign_checkpoint",
+    "signed_name",
     "verify_ledger",
 ]
 
@@ -168,6 +169,12 @@ def find_sign_entry(payload_digest: str, ledger_url: str | None = None) -> Entry
     """The newest ``sign`` entry for this signature bundle digest ("sha256:<hex>")."""
     found = _query(ledger_url, kind="sign", payload_digest=payload_digest)
     return found[-1] if found else None
+
+
+def signed_name(root: str, ledger_url: str | None = None) -> str | None:
+    """The name the newest ``sign`` entry for this layer root gives the model, if any."""
+    found = _query(ledger_url, kind="sign", subject={"root": normalize_digest(root)})
+    return found[-1].subject.get("name") if found else None
 
 
 def normalize_digest(value: str) -> str:

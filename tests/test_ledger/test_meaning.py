@@ -91,3 +91,19 @@ def test_a_writer_given_only_the_public_key_appends_without_signing(
     assert entry.index == 1
     with sqlite3.connect(tmp_path / "l.db") as conn:
         assert conn.execute("SELECT MAX(tree_size) FROM ledger_checkpoints").fetchone() == (1,)
+
+
+def test_encrypting_keeps_the_name_the_model_was_signed_with(tmp_path: Path) -> None:
+    from modelguard.encryption import encrypt_model
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    key = generate_key()
+    model = model_dir(tmp_path / "model")
+    signed = sign_model(model, key, name="digits-cnn", version="1", ledger_url=url)
+    encrypt_model(model, tmp_path / "out.enc", key=bytes(32), sign_key=key, ledger_url=url)
+    (event,) = audit.list_entries(url, kind="encrypt")[1]
+    assert event.subject["name"] == "digits-cnn"
+    assert event.subject["root"] == signed.manifest.layer_root
+    encrypt_model(model, tmp_path / "renamed.enc", key=bytes(32), sign_key=key, name="renamed",
+                  ledger_url=url)  # fmt: skip
+    assert audit.list_entries(url, kind="encrypt")[1][-1].subject["name"] == "renamed"
