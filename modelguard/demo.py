@@ -238,6 +238,34 @@ def stage_ledger(ctx: DemoContext) -> None:
     for line in checkpoint.strip().splitlines():
         ctx.say(f"     {line}")
     ctx.say(f"   inclusion proof of entry #{last.index} checked offline against it: ok")
+    refused = gate_on_a_truncated_copy(ctx)
+    ctx.summary["ledger"]["truncated_copy_refused"] = refused
+    ctx.say(
+        "   the gate (pinned ledger key, trust state) on a copy with its newest entry deleted"
+        f" and the checkpoint rows cut: {'[red]refused[/]' if refused else 'accepted (unexpected!)'}"
+    )
+
+
+def gate_on_a_truncated_copy(ctx: DemoContext) -> bool:
+    """Gate once (the trust state learns the log), then again on a copy cut by one entry."""
+    import sqlite3
+
+    public = ctx.artifacts["public_key"]
+    first = verify_model(
+        ctx.path("model"), policy=ctx.gate_policy(public), ledger_url=ctx.ledger_url,
+        require_ledger=True,
+    )  # fmt: skip
+    copy = ctx.path("ledger", "truncated.db")
+    with sqlite3.connect(ctx.path("ledger", "ledger.db")) as source, sqlite3.connect(copy) as cut:
+        source.backup(cut)
+        size = cut.execute("SELECT MAX(idx) FROM ledger_entries").fetchone()[0]
+        cut.execute("DELETE FROM ledger_entries WHERE idx = ?", (size,))
+        cut.execute("DELETE FROM ledger_checkpoints WHERE tree_size > ?", (size,))
+    second = verify_model(
+        ctx.path("model"), policy=ctx.gate_policy(public), ledger_url=f"sqlite:///{copy}",
+        require_ledger=True,
+    )  # fmt: skip
+    return first.ok and not second.ok
 
 
 def stage_transparency(ctx: DemoContext) -> None:

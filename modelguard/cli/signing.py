@@ -182,8 +182,8 @@ _VERIFICATION_OPTIONS = [
     click.option(
         "--ledger-state",
         type=click.Path(path_type=Path, file_okay=False),
-        help="Directory of the ledger gate's trust state (default: $MODELGUARD_LEDGER_STATE,"
-        " else ~/.config/modelguard/ledger-state).",
+        help="Directory of the ledger gate's trust state (default: the policy's [ledger] state,"
+        " else $MODELGUARD_LEDGER_STATE, else ~/.config/modelguard/ledger-state).",
     ),
 ]
 

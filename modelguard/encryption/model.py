@@ -334,13 +334,15 @@ def encrypt_model(
         )
         signature = Path(signed.signature_path)
         if record:
-            from modelguard.audit import record_event
+            from modelguard.audit import record_event, signed_name
 
             # Links the plaintext model, under the root its own signature records (signature
-            # files left out, as sign_model does), to the signed container in the ledger.
+            # files left out, as sign_model does), to the signed container in the ledger; the
+            # model keeps the name it was signed with unless --name renames it.
+            root = signed_model_root(source, manifest)
             subject = {
-                "name": name or target.resolve().name,
-                "root": signed_model_root(source, manifest),
+                "name": name or signed_name(root, ledger_url) or target.resolve().name,
+                "root": root,
             }
             if version is not None:
                 subject["version"] = version

@@ -198,10 +198,11 @@ def may_matter(body: bytes) -> bool:
     """False only for entries whose kind is certainly neither ``sign`` nor ``revoke``.
 
     A JSON string spells its letters out unless it uses a ``\\u`` escape, so an entry of
-    either kind contains ``"sign"`` or ``"revoke"`` verbatim, or a ``\\u`` somewhere.
+    either kind, in UTF-8, contains ``"sign"`` or ``"revoke"`` verbatim, or a ``\\u``
+    somewhere; JSON in UTF-16 or UTF-32 (which the parser also accepts) contains NUL bytes.
     Skipping the others saves parsing most entries on a first run over a large log.
     """
-    return b'"sign"' in body or b'"revoke"' in body or b"\\u" in body
+    return b'"sign"' in body or b'"revoke"' in body or b"\\u" in body or b"\x00" in body
 
 
 def sign_entry_targets(entry: Entry) -> list[str]:

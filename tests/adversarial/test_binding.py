@@ -77,9 +77,12 @@ def test_sibling_refused_with_a_policy(
     assert code == 1 and "not for 'evil.onnx'" in err
 
 
-def test_sibling_refused_with_require_ledger(tmp_path: Path) -> None:
+def test_sibling_refused_with_require_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = generate_key()
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("MODELGUARD_LEDGER_KEY", str(tmp_path / "ledger.db.note.pub"))
     model = plain_mlp(tmp_path / "X" / "model.onnx", GOOD)
     sign_model(model, key, ledger_url=ledger, version="1")
     evil = plain_mlp(tmp_path / "X" / "evil.onnx", EVIL)
