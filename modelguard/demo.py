@@ -32,6 +32,7 @@ from modelguard.keys import (
 )
 from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
+from modelguard.policy import Policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.data import digits_split
 from modelguard.signing.model import sign_model, verify_model
 
@@ -61,6 +62,14 @@ class DemoContext:
     @property
     def ledger_url(self) -> str:
         return f"sqlite:///{self.path('ledger', 'ledger.db')}"
+
+    def gate_policy(self, public: Any) -> Policy:
+        """Trust ``public`` for signatures and the ledger's note key for its checkpoints."""
+        return with_ledger_trust(
+            policy_from_keys([public]),
+            [str(audit.note_public_key_path(self.ledger_url))],
+            self.path("ledger-state"),
+        )
 
 
 def stage_train(ctx: DemoContext) -> None:
@@ -132,7 +141,10 @@ def stage_sign(ctx: DemoContext) -> None:
         ctx.path("model"), key, name="digits-cnn", version="1", ledger_url=ctx.ledger_url
     )
     report = verify_model(
-        ctx.path("model"), keys=[public], ledger_url=ctx.ledger_url, require_ledger=True
+        ctx.path("model"),
+        policy=ctx.gate_policy(public),
+        ledger_url=ctx.ledger_url,
+        require_ledger=True,
     )
     tampered = ctx.path("tampered-model")
     shutil.copytree(ctx.path("model"), tampered)
@@ -283,7 +295,7 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
     x = digits_split(DEMO_SEED)[1].x[:8]
     verified = open_verified(
         container,
-        keys=[ctx.artifacts["public_key"]],
+        policy=ctx.gate_policy(ctx.artifacts["public_key"]),
         identity=identity,
         ledger_url=ctx.ledger_url,
         require_ledger=True,

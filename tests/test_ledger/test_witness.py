@@ -326,3 +326,63 @@ def test_gate_quorum_reasons(
     assert transparency.witness_quorum_reasons(cosigned, [vkey], 2)  # more than the keys
     with pytest.raises(Exception, match="no such witness key"):
         transparency.load_witness_key(tmp_path / "missing.pub")
+
+
+def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`verify --require-ledger` under `[ledger] witness_quorum = 1`: refused until cosigned."""
+    from modelguard.keys import generate_key, write_keypair
+    from modelguard.signing.model import sign_model
+    from tests.tinymodels import model_dir
+
+    key = generate_key()
+    _, pub = write_keypair(tmp_path / "keys", "signer", key, None)
+    url = f"sqlite:///{tmp_path / 'ledger' / 'l.db'}"
+    model = model_dir(tmp_path / "model")
+    sign_model(model, key, name="m", version="1", ledger_url=url)
+    note_pub = tmp_path / "ledger" / "l.db.note.pub"
+    state = tmp_path / "wstate"
+    run_cli(
+        capsys,
+        "ledger",
+        "witness",
+        "init",
+        str(state),
+        "--name",
+        "w.example",
+        "--log-key",
+        str(note_pub),
+    )
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[signers]]\nname = "release"\npublic_key = "{pub}"\n\n'
+        f'[ledger]\nkey = "{note_pub}"\nstate = "{tmp_path / "gate-state"}"\n'
+        f'witnesses = ["{state / "witness.pub"}"]\nwitness_quorum = 1\n'
+    )
+    gate = ("verify", str(model), "--policy", str(policy), "--ledger", url, "--require-ledger")
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 1 and "witness cosignature" in json.dumps(report)
+    rc, _ = run_cli(capsys, "ledger", "cosign", "--witness", str(state), "--ledger", url)
+    assert rc == 0
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 0, report
+    # A cosignature by a witness the policy does not name does not count.
+    other = tmp_path / "other"
+    run_cli(
+        capsys,
+        "ledger",
+        "witness",
+        "init",
+        str(other),
+        "--name",
+        "x.example",
+        "--log-key",
+        str(note_pub),
+    )
+    with open_ledger(url) as log:
+        fill(log, 1, tag="later")
+    rc, _ = run_cli(capsys, "ledger", "cosign", "--witness", str(other), "--ledger", url)
+    assert rc == 0
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 1 and "requires 1" in json.dumps(report)
