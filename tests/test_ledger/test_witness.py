@@ -386,3 +386,35 @@ def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
     assert rc == 0
     rc, report = run_cli(capsys, *gate)
     assert rc == 1 and "requires 1" in json.dumps(report)
+
+
+def test_cli_serve_over_loopback(tmp_path: Path, log: Ledger, log_key: NoteSigner) -> None:
+    """`modelguard ledger witness serve` as a process: a log gets cosignatures over HTTP."""
+    import subprocess
+    import sys
+
+    pub = tmp_path / "log.pub"
+    pub.write_text(log_key.verifier().to_key_string() + "\n")
+    state = tmp_path / "served"
+    Witness(state, Cosigner.generate("w.example"), {ORIGIN: [log_key.verifier()]}).save()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "modelguard", "ledger", "witness", "serve", str(state), "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        text = ""
+        while not text.rstrip().endswith("}"):
+            line = server.stdout.readline()
+            assert line, "the witness exited before saying where it listens"
+            text += line
+        url = json.loads(text)["url"]
+        assert url.startswith("http://127.0.0.1:")
+        fill(log, 4)
+        note = log.checkpoint(log_key)
+        line = collect_cosignature(log, note, http_transport(url))
+        assert require_cosignatures(note + line, [Witness.load(state).cosigner.verifier()], 1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
