@@ -250,6 +250,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     return int(done.value.code or 0), json.loads(out) if out.strip() else err
 
 
+def init_witness_cli(
+    capsys: pytest.CaptureFixture[str], state: Path, name: str, log_key: Path
+) -> tuple[int, Any]:
+    return run_cli(
+        capsys, "ledger", "witness", "init", str(state), "--name", name, "--log-key", str(log_key)
+    )
+
+
 def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
     with open_ledger(url, origin=ORIGIN) as log:
@@ -258,17 +266,7 @@ def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert rc == 0
     pub = tmp_path / "l.db.note.pub"
     state = tmp_path / "wstate"
-    rc, info = run_cli(
-        capsys,
-        "ledger",
-        "witness",
-        "init",
-        str(state),
-        "--name",
-        "w.example",
-        "--log-key",
-        str(pub),
-    )
+    rc, info = init_witness_cli(capsys, state, "w.example", pub)
     assert rc == 0 and list(info["logs"]) == [ORIGIN]
     assert (state / "witness.key").stat().st_mode & 0o777 == 0o600
     out = tmp_path / "cp.cosigned"
@@ -343,17 +341,7 @@ def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
     sign_model(model, key, name="m", version="1", ledger_url=url)
     note_pub = tmp_path / "ledger" / "l.db.note.pub"
     state = tmp_path / "wstate"
-    run_cli(
-        capsys,
-        "ledger",
-        "witness",
-        "init",
-        str(state),
-        "--name",
-        "w.example",
-        "--log-key",
-        str(note_pub),
-    )
+    init_witness_cli(capsys, state, "w.example", note_pub)
     policy = tmp_path / "policy.toml"
     policy.write_text(
         f'[[signers]]\nname = "release"\npublic_key = "{pub}"\n\n'
@@ -369,17 +357,7 @@ def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
     assert rc == 0, report
     # A cosignature by a witness the policy does not name does not count.
     other = tmp_path / "other"
-    run_cli(
-        capsys,
-        "ledger",
-        "witness",
-        "init",
-        str(other),
-        "--name",
-        "x.example",
-        "--log-key",
-        str(note_pub),
-    )
+    init_witness_cli(capsys, other, "x.example", note_pub)
     with open_ledger(url) as log:
         fill(log, 1, tag="later")
     rc, _ = run_cli(capsys, "ledger", "cosign", "--witness", str(other), "--ledger", url)
