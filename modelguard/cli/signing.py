@@ -59,11 +59,6 @@ Examples:
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
 @click.option(
-    "--ledger-proof",
-    type=_PATH,
-    help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
-)
-@click.option(
     "--serialization",
     type=click.Choice(METHODS),
     default="files",
@@ -83,6 +78,11 @@ Examples:
     show_default=True,
     help="OMS resource digest (the model_signing CLI verifies sha256 files only).",
 )
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
+)
 @json_option
 def sign(
     path: Path,
@@ -95,10 +95,10 @@ def sign(
     parent: str | None,
     ledger_url: str | None,
     no_ledger: bool,
-    ledger_proof: Path | None,
     serialization: str,
     shard_size: int | None,
     hash_type: str,
+    ledger_proof: Path | None,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
@@ -208,16 +208,15 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 @click.argument("path", type=_PATH)
 @verification_options
 @click.option(
-    "--ledger-proof",
-    type=_PATH,
-    help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
-    " ledgered; checked against --ledger-key (and the policy's witness quorum), no ledger"
-    " access needed.",
-)
-@click.option(
     "--ignore-unsigned-files",
     is_flag=True,
     help="Skip files no signature lists (default: they fail, OMS spec 8.5).",
+)
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
+    " ledgered; checked against --ledger-key, no ledger access needed.",
 )
 @json_option
 @click.pass_context
@@ -230,8 +229,8 @@ def verify(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
-    ledger_proof: Path | None,
     ignore_unsigned_files: bool,
+    ledger_proof: Path | None,
     ledger_keys: tuple[str, ...],
     ledger_state: Path | None,
     as_json: bool,
@@ -255,7 +254,7 @@ def verify(
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
     )
-    if ledger_proof is not None:
+    if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
         check_signature_proof(report, ledger_proof, policy)
     error = report.error()
 
