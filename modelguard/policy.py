@@ -30,6 +30,8 @@ A policy file (see docs/policy.md)::
     [ledger]                           # used by verify/run --require-ledger
     key = "keys/ledger.note.pub"       # the ledger's checkpoint (note) public key, or a list
     state = "ledger-state"             # where the gate keeps the last checkpoint it accepted
+    witnesses = ["keys/w1.pub", "keys/w2.pub"]  # witness cosignature keys (files or vkeys)
+    witness_quorum = 2                 # a checkpoint needs this many valid cosignatures
     [audit.poisoning]                  # checked by the audit hook (docs/audits.md)
     max_issue_rate = 0.05
     [audit.membership]
@@ -64,7 +66,7 @@ _TOP_KEYS = {
     "ledger",
     "audit",
 }
-_LEDGER_KEYS = {"key", "state"}
+_LEDGER_KEYS = {"key", "state", "witnesses", "witness_quorum"}
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
 _CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required", "estimate"}
 _AGE = re.compile(r"(\d+)\s*([smhd]?)")
@@ -129,9 +131,16 @@ class LedgerTrust:
 
     keys: tuple[str, ...] = ()
     state: Path | None = None
+    witnesses: tuple[str, ...] = ()  # witness keys (files or vkeys), for witness_quorum
+    witness_quorum: int = 0  # valid witness cosignatures a checkpoint needs
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
+        return {
+            "keys": list(self.keys),
+            "state": str(self.state) if self.state else None,
+            "witnesses": list(self.witnesses),
+            "witness_quorum": self.witness_quorum,
+        }
 
 
 _certificate_check: CertificateCheck | None = None
@@ -357,9 +366,17 @@ def _ledger(table: object, base: Path | None, source: str) -> LedgerTrust:
     state = table.get("state")
     if state is not None and (not isinstance(state, str) or not state):
         raise _fail("[ledger] state must be a directory path", source)
+    witnesses = table.get("witnesses", [])
+    if not isinstance(witnesses, list) or not all(isinstance(w, str) and w for w in witnesses):
+        raise _fail("[ledger] witnesses must be a list of witness key files or keys", source)
+    quorum = table.get("witness_quorum", len(witnesses))
+    if not isinstance(quorum, int) or isinstance(quorum, bool) or not 0 <= quorum <= len(witnesses):
+        raise _fail(f"[ledger] witness_quorum must be an integer 0..{len(witnesses)}", source)
     return LedgerTrust(
         keys=tuple(_resolve(k, base) for k in keys),
         state=Path(_resolve(state, base)) if state else None,
+        witnesses=tuple(_resolve(w, base) for w in witnesses),
+        witness_quorum=quorum,
     )
 
 
@@ -372,8 +389,8 @@ def with_ledger_trust(
     current = policy.ledger or LedgerTrust()
     return replace(
         policy,
-        ledger=LedgerTrust(
-            keys=tuple(str(k) for k in keys) or current.keys, state=state or current.state
+        ledger=replace(
+            current, keys=tuple(str(k) for k in keys) or current.keys, state=state or current.state
         ),
     )
 

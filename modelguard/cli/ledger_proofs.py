@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from modelguard import transparency
+from modelguard.audit import load_note_verifier
 from modelguard.cli.output import emit, json_option
 
 
@@ -60,7 +61,8 @@ def check_tlog_proof(
 ) -> None:
     """Offline: check a tlog proof's checkpoint, cosignatures and inclusion (exit 1 if not)."""
     witnesses = transparency.load_witness_keys(witness_keys)
-    checked = transparency.check_entry_proof(proof_file, public_keys, witnesses, quorum)
+    log_keys = [load_note_verifier(p) for p in public_keys]
+    checked = transparency.check_entry_proof(proof_file, log_keys, witnesses, quorum)
 
     def human(console: Console) -> None:
         cosigned = f", cosigned by {', '.join(checked.witnesses)}" if checked.witnesses else ""

@@ -7,7 +7,6 @@ $ modelguard verify build/model --policy policy.toml --require-ledger --json
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -255,11 +254,8 @@ def verify(
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
     )
-    if ledger_proof is not None:
-        proof_keys = policy.ledger.keys if policy.ledger else ()
-        if not proof_keys and os.environ.get("MODELGUARD_LEDGER_KEY", "").strip():
-            proof_keys = (os.environ["MODELGUARD_LEDGER_KEY"].strip(),)
-        check_signature_proof(report, ledger_proof, proof_keys)
+    if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
+        check_signature_proof(report, ledger_proof, policy)
     error = report.error()
 
     def human(console: Console) -> None:

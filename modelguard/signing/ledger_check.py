@@ -64,6 +64,7 @@ from modelguard.errors import BadInputError
 from modelguard.keys import atomic_write
 from modelguard.manifest import Manifest
 from modelguard.safeio import read_regular
+from modelguard.transparency import policy_witness_reasons
 
 if TYPE_CHECKING:
     from modelguard.policy import Policy
@@ -302,6 +303,7 @@ def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -
     try:
         note, checkpoint = newest_trusted_checkpoint(log, verifiers)
         reasons = [r for check in _checkpoint_checks for r in check(note, checkpoint)]
+        reasons += policy_witness_reasons(note, policy)  # [ledger] witnesses, witness_quorum
         if reasons:
             raise _Refused(f"checkpoint of size {checkpoint.size}: " + "; ".join(reasons))
         directory = policy.ledger.state if policy and policy.ledger else None
