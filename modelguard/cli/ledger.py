@@ -4,7 +4,7 @@ $ modelguard ledger init
 $ modelguard ledger show --kind sign --limit 10
 $ modelguard ledger checkpoint -o cp.txt
 $ modelguard ledger prove 0 -o proof.json
-$ modelguard ledger check-proof proof.json --key .modelguard/ledger.db.note.pub
+$ modelguard ledger check-proof proof.json --ledger-key .modelguard/ledger.db.note.pub
 $ modelguard ledger consistency cp.txt
 $ modelguard ledger export ledger.jsonl && modelguard ledger verify --file ledger.jsonl
 """
@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from modelguard import audit
+from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
 
@@ -50,11 +51,14 @@ def note_key_option(func: click.decorators.FC) -> click.decorators.FC:
 
 def public_key_option(func: click.decorators.FC) -> click.decorators.FC:
     return click.option(
+        "--ledger-key",
         "--key",
         "public_keys",
+        cls=AliasOption,
+        hidden_aliases=("--key",),
         type=_EXISTING,
         multiple=True,
-        help="Trusted public note key file (<name>+<id>+<base64>); repeatable.",
+        help="Trusted ledger (note) public key file (<name>+<id>+<base64>); repeatable.",
     )(func)
 
 
@@ -200,7 +204,7 @@ def prove(
 ) -> None:
     """Inclusion proof of entry INDEX, with a freshly signed checkpoint it checks against.
 
-    Check it offline with `modelguard ledger check-proof FILE --key <db>.note.pub`.
+    Check it offline with `modelguard ledger check-proof FILE --ledger-key <db>.note.pub`.
     """
     document = audit.prove_with_checkpoint(index, ledger_url, note_key)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"

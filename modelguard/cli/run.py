@@ -1,6 +1,6 @@
 """``modelguard run``: verified inference on a (possibly encrypted) ONNX model.
 
-$ modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
+$ modelguard run model.onnx.mgenc --signature model.sig --trust-key signer.pub \\
       --identity alice.priv --input x.npy --output y.npy --json
 """
 
@@ -68,7 +68,7 @@ def save_outputs(path: Path, names: list[str], outputs: list[Any]) -> None:
 @click.command(
     epilog="""\b
 Examples:
-  modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
+  modelguard run model.onnx.mgenc --signature model.sig --trust-key signer.pub \\
       --identity alice.priv --input digits.npy --json
   modelguard run models/digits --signature models/digits/model.sig --policy policy.toml \\
       --ledger sqlite:///ledger.db --require-ledger --input x.npz --output y.npz
@@ -108,6 +108,7 @@ def run(
     allow_rollback: bool,
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
+    identity_passphrase_file: Path | None,
     passphrase_env: str | None,
     key_file: Path | None,
     input_path: Path,
@@ -121,8 +122,12 @@ def run(
     from modelguard.runtime import open_verified
 
     if bool(key_paths) == bool(policy_path):
-        raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
-    secrets = decryption_secrets(identity, identity_passphrase_env, passphrase_env, key_file)
+        raise click.UsageError(
+            "give trusted keys with --trust-key, or a --policy file (one of the two)"
+        )
+    secrets = decryption_secrets(
+        identity, identity_passphrase_env, identity_passphrase_file, passphrase_env, key_file
+    )
     verified = open_verified(
         path,
         signature=signature_path,
