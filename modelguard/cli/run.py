@@ -117,9 +117,13 @@ def run(
     as_json: bool,
 ) -> None:
     """Verify the model, decrypt it in memory if encrypted, and run it on --input."""
+    import importlib
+
     from modelguard.keys import load_public_key
     from modelguard.policy import load_policy
     from modelguard.runtime import open_verified
+
+    importlib.import_module("onnxruntime")  # the [runtime] extra: say so before anything else
 
     if bool(key_paths) == bool(policy_path):
         raise click.UsageError(
