@@ -172,7 +172,7 @@ def test_percent_and_progress_lines_for_logs(
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("fgsm eps=0.1: 1/4 (25.0%), ")
     assert "ETA" in lines[1] and lines[1].startswith("pgd eps=0.1: 2/4 (50.0%)")
-    assert lines[-1].startswith("pgd eps=0.1: done in ")
+    assert lines[-1].startswith("evaluating: done in ")
 
 
 def test_progress_lines_wait_for_the_interval(capsys: pytest.CaptureFixture[str]) -> None:

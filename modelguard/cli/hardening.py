@@ -14,7 +14,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
+from modelguard.cli.options import (
+    arch_option,
+    load_sign_key,
+    sign_key_options,
+    trust_arch,
+    trust_key_option,
+)
 from modelguard.cli.output import emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.keys import PublicKey, load_public_key
@@ -145,6 +151,7 @@ Exit codes: 0 hardened; 1 the parent (or a member) failed verification; 2 bad in
 )
 @click.option("--require-ledger", is_flag=True, help="The parent must have a ledgered sign entry.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+@arch_option
 @json_option
 def harden(
     model_dir: Path,
@@ -167,6 +174,7 @@ def harden(
     ledger_url: str | None,
     require_ledger: bool,
     force: bool,
+    arch: str | None,
     as_json: bool,
     **defense_options: Any,
 ) -> None:
@@ -174,6 +182,8 @@ def harden(
     from modelguard.robustness.evaluate import EvalConfig
     from modelguard.robustness.hardening import harden_model
 
+    if arch is not None:
+        trust_arch(arch, model_dir)
     key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
@@ -250,6 +260,7 @@ Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad 
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--require-ledger", is_flag=True, help="The model must have a ledgered sign entry.")
+@arch_option
 @json_option
 def recertify(
     target: Path,
@@ -259,11 +270,14 @@ def recertify(
     signature_path: Path | None,
     ledger_url: str | None,
     require_ledger: bool,
+    arch: str | None,
     as_json: bool,
 ) -> None:
     """Verify a model and re-run its certificate's evaluation exactly; exit 1 on any drift."""
     from modelguard.robustness.hardening import recertify as run_recertify
 
+    if arch is not None:
+        trust_arch(arch, target if target.is_dir() else None)
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
         raise click.UsageError("give trusted keys with --trust-key, or a --policy file")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import click
 
+from modelguard.errors import BadInputError
 from modelguard.keys import PrivateKey, load_private_key, read_passphrase
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,3 +128,30 @@ def trust_key_option(
         type=_PATH,
         help=help or "Trusted public key (PEM); repeat: every key given must have signed.",
     )
+
+
+def arch_option(func: F) -> F:
+    """``--arch module:function``: the user's own architecture, trusted because they named it."""
+    return click.option(
+        "--arch",
+        help="Your factory module:function, trusted to run (imported from the current directory "
+        "first); the model cards that name it may then load (docs/modelcard.md).",
+    )(func)
+
+
+def trust_arch(arch: str, model_dir: Path | None) -> None:
+    """Trust ``arch`` for this run; a model directory's card must name that very factory."""
+    from modelguard import zoo
+    from modelguard.modelcard import CARD_NAME, ModelCard
+
+    factory = zoo.factory_name(arch)
+    zoo.resolve_factory(factory, trusted=True)  # fails now, with the import hint, if it cannot load
+    zoo.trust_factory(factory)
+    if model_dir is not None and (model_dir / CARD_NAME).is_file():
+        named = ModelCard.load(model_dir).factory
+        if named != factory:
+            raise BadInputError(
+                f"{CARD_NAME} names architecture {named!r}, --arch names {factory!r}: the card is "
+                "part of the signed model, so rewrite it (modelguard card --force) and re-sign",
+                path=str(model_dir),
+            )

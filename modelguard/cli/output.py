@@ -152,6 +152,7 @@ class ProgressReporter:
 
     def __init__(self, stage: str, total: float | None = None, unit: str = "") -> None:
         self.stage, self.total, self.unit = stage, total, unit
+        self.title = stage  # the operation as a whole, for the closing line
         self.done = 0.0
         self._mode = "off" if is_quiet() else "bar" if sys.stdout.isatty() else "log"
         self._bar: Progress | None = None
@@ -176,7 +177,7 @@ class ProgressReporter:
             self._bar.__exit__(None, None, None)
         elif self._mode == "log" and self._printed and exc[0] is None:
             elapsed = time.monotonic() - self._start
-            click.echo(f"{self.stage}: done in {_duration(elapsed)}", err=True)
+            click.echo(f"{self.title}: done in {_duration(elapsed)}", err=True)
 
     def update(self, stage: str, done: float, total: float | None) -> None:
         self.stage, self.done, self.total = stage, done, total

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.options import load_sign_key, sign_key_options
+from modelguard.cli.options import load_sign_key, sign_key_options, trust_arch
 from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
@@ -156,7 +156,8 @@ Examples:
 )
 @click.option(
     "--arch",
-    help="Trusted factory pkg.module:function (with --weights); MODEL may then be its ONNX file.",
+    help="Your factory module:function, trusted to run (imported from the current directory "
+    "first): the one MODEL's modelguard.json names, or with --weights for a quick uncertified look.",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="safetensors weights for --arch.")
 @click.option(
@@ -207,6 +208,20 @@ def evaluate(
         raise click.UsageError("--ledger and --no-ledger contradict each other")
     if model is None and arch is None:
         raise click.UsageError("give MODEL (a model directory or .onnx file) or --arch/--weights")
+    if arch is not None:
+        trust_arch(arch, model if model is not None and model.is_dir() else None)
+    if model is not None and model.is_dir():
+        if weights is not None:
+            raise click.UsageError(
+                "a model directory's weights are the ones its modelguard.json names; "
+                "drop --weights (write the card with `modelguard card`)"
+            )
+        arch = None  # trusted above; the card names it and the directory is what is certified
+    elif weights is not None and sign_key is not None:
+        raise click.UsageError(
+            "a certificate is bound to a signed model directory, not to a weights file: "
+            "write its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
+        )
     config = EvalConfig(
         attacks=[a.strip() for a in attacks.split(",") if a.strip()],
         eps=_eps_list(eps_text),
