@@ -20,9 +20,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
-from examples.cnn.mynet import build  # noqa: E402
-
-from modelguard.robustness.data import load_dataset  # noqa: E402
+from examples.cnn.mynet import build
+from modelguard.robustness.data import load_dataset
 
 
 def main() -> None:
