@@ -36,8 +36,8 @@ demo: $(VENV)/.installed
 	$(BIN)/modelguard demo --workdir build/demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check modelguard ledger tests bench
-	$(BIN)/ruff format --check modelguard ledger tests bench
+	$(BIN)/ruff check modelguard ledger tests bench examples
+	$(BIN)/ruff format --check modelguard ledger tests bench examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -1,6 +1,6 @@
 """``modelguard eval``: adversarial robustness evaluation with a signed certificate.
 
-$ modelguard eval build/demo/models/digits --attacks fgsm,pgd,cw,square --eps 0.05,0.1,0.2
+$ modelguard eval build/demo/model --attacks fgsm,pgd,cw,square --eps 0.05,0.1,0.2
 $ modelguard eval model.onnx --attacks square --eps 0.1 --limit 100 --json      # black-box
 $ modelguard eval --arch mypkg.models:net --weights net.safetensors --data test.npz
 """
@@ -101,7 +101,7 @@ def _render(run: EvaluationRun, console: Console) -> None:
     "eval",
     epilog="""\b
 Examples:
-  modelguard eval build/demo/models/digits --eps 0.05,0.1,0.2 --sign-key keys/mg.priv \\
+  modelguard eval build/demo/model --eps 0.05,0.1,0.2 --sign-key keys/demo.priv \\
       --sign-passphrase-env MG_PASS
   modelguard eval model_dir --attacks fgsm,pgd,pgd-margin --param pgd.steps=40 --limit 200
   modelguard eval model.onnx --attacks square,transfer --surrogate other_model_dir --json
@@ -212,13 +212,13 @@ def evaluate(
         trust_arch(arch, model if model is not None and model.is_dir() else None)
     if model is not None and model.is_dir():
         if weights is not None:
-            raise click.UsageError(
+            raise BadInputError(
                 "a model directory's weights are the ones its modelguard.json names; "
                 "drop --weights (write the card with `modelguard card`)"
             )
         arch = None  # trusted above; the card names it and the directory is what is certified
     elif weights is not None and sign_key is not None:
-        raise click.UsageError(
+        raise BadInputError(
             "a certificate is bound to a signed model directory, not to a weights file: "
             "write its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
         )
