@@ -21,7 +21,7 @@ from modelguard.cli.options import (
     trust_arch,
     trust_key_option,
 )
-from modelguard.cli.output import emit, json_option, percent
+from modelguard.cli.output import emit, heartbeat, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.keys import PublicKey, load_public_key
 from modelguard.policy import Policy, load_policy
@@ -153,6 +153,7 @@ Exit codes: 0 hardened; 1 the parent (or a member) failed verification; 2 bad in
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 @arch_option
 @json_option
+@heartbeat("harden (train, export, sign, evaluate)")
 def harden(
     model_dir: Path,
     method: str,
@@ -262,6 +263,7 @@ Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad 
 @click.option("--require-ledger", is_flag=True, help="The model must have a ledgered sign entry.")
 @arch_option
 @json_option
+@heartbeat("recertify (verify, re-run the evaluation)")
 def recertify(
     target: Path,
     certificate: Path | None,
@@ -294,7 +296,9 @@ def recertify(
     def human(console: Console) -> None:
         console.print(
             f"[green bold]RE-CERTIFIED[/] {result.model}: every recorded number reproduced within "
-            f"{result.tolerance} (worst case {result.rerun['worst_case']})"
+            f"{result.tolerance} (worst case "
+            + ", ".join(f"{percent(v)} at eps {e}" for e, v in result.rerun["worst_case"].items())
+            + ")"
         )
 
     emit(result.to_dict(), as_json, human)

@@ -15,9 +15,11 @@ nothing is wrapped or truncated, and long stages print a plain line every few se
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -199,6 +201,50 @@ class ProgressReporter:
                 self._printed = True
                 line = eta_line(self.stage, self.done, self.total, now - self._start, self.unit)
                 click.echo(line, err=True)
+
+
+@contextmanager
+def working(stage: str) -> Iterator[None]:
+    """For a long call that reports no progress of its own: a spinner in a terminal, a plain
+    "still working" line every :func:`log_interval` seconds in a log, nothing when quiet."""
+    if is_quiet():
+        yield
+        return
+    if sys.stdout.isatty():
+        with Progress(
+            TextColumn("[bold]{task.description}"), TimeElapsedColumn(), transient=True
+        ) as bar:
+            bar.add_task(stage, total=None)
+            yield
+        return
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(log_interval() or 5.0):
+            click.echo(f"{stage}: working, {_duration(time.monotonic() - start)} elapsed", err=True)
+
+    thread = threading.Thread(target=beat, name="modelguard-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def heartbeat(stage: str) -> Callable[[F], F]:
+    """Run a whole command under :func:`working` (decorate the click callback)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with working(stage):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
-from modelguard.cli.output import emit, json_option
+from modelguard.cli.output import emit, heartbeat, json_option
 from modelguard.keys import load_public_key
 from modelguard.policy import load_policy
 from modelguard.signing.model import sign_model, verify_model
@@ -53,6 +53,7 @@ Examples:
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
 @json_option
+@heartbeat("sign")
 def sign(
     path: Path,
     sign_key: Path,
@@ -147,6 +148,7 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 @verification_options
 @json_option
 @click.pass_context
+@heartbeat("verify")
 def verify(
     ctx: click.Context,
     path: Path,
