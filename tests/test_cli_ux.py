@@ -179,3 +179,18 @@ def test_progress_lines_wait_for_the_interval(capsys: pytest.CaptureFixture[str]
     with ProgressReporter("hashing", 10, unit="bytes") as reporter:
         reporter.advance(5)
     assert capsys.readouterr().err == ""  # a quick stage prints nothing
+
+
+def test_missing_key_errors_name_the_flags(signed: Path) -> None:
+    done = mg("encrypt", "model", "--out", "m.enc", cwd=signed)
+    assert done.returncode == 2
+    assert "--recipient KEY.pub, --passphrase-env VAR or --key-file FILE" in done.stderr
+    assert (
+        mg(
+            "encrypt", "model", "--out", "m.enc", "--recipient", "keys/alice.pub", cwd=signed
+        ).returncode
+        == 0
+    )
+    done = mg("decrypt", "m.enc", "--out", "plain", cwd=signed)
+    assert done.returncode == 2
+    assert "--identity KEY.priv, --passphrase-env VAR or --key-file FILE" in done.stderr

@@ -153,6 +153,8 @@ def encrypt(
     """Encrypt a model file or directory, tensor by tensor, for one or more recipients."""
     from modelguard.encryption import encrypt_model, load_x25519_public_key, read_raw_key
 
+    if not recipient and passphrase_env is None and key_file is None:
+        raise BadInputError("give --recipient KEY.pub, --passphrase-env VAR or --key-file FILE")
     signer = None
     if sign_key is not None:
         signer = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
@@ -213,6 +215,10 @@ def decrypt(
     """Decrypt a container, checking every tensor against the signed digests inside it."""
     from modelguard.encryption import decrypt_model
 
+    if not identity and passphrase_env is None and key_file is None:
+        raise BadInputError(
+            "give --identity KEY.priv, --passphrase-env VAR or --key-file FILE to decrypt"
+        )
     names = [n.strip() for n in tensors.split(",") if n.strip()] if tensors is not None else None
     if names is not None and not names:
         raise BadInputError("--tensors needs at least one tensor name")
