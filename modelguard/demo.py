@@ -32,6 +32,7 @@ from modelguard.keys import (
 )
 from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
+from modelguard.policy import Policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.data import digits_split
 from modelguard.signing.model import sign_model, verify_model
 
@@ -61,6 +62,14 @@ class DemoContext:
     @property
     def ledger_url(self) -> str:
         return f"sqlite:///{self.path('ledger', 'ledger.db')}"
+
+    def gate_policy(self, public: Any) -> Policy:
+        """Trust ``public`` for signatures and the ledger's note key for its checkpoints."""
+        return with_ledger_trust(
+            policy_from_keys([public]),
+            [str(audit.note_public_key_path(self.ledger_url))],
+            self.path("ledger-state"),
+        )
 
 
 def stage_train(ctx: DemoContext) -> None:
@@ -150,7 +159,10 @@ def stage_sign(ctx: DemoContext) -> None:
         ctx.path("model"), key, name="digits-cnn", version="1", ledger_url=ctx.ledger_url
     )
     report = verify_model(
-        ctx.path("model"), keys=[public], ledger_url=ctx.ledger_url, require_ledger=True
+        ctx.path("model"),
+        policy=ctx.gate_policy(public),
+        ledger_url=ctx.ledger_url,
+        require_ledger=True,
     )
     tampered = ctx.path("tampered-model")
     shutil.copytree(ctx.path("model"), tampered)
@@ -172,6 +184,45 @@ def stage_sign(ctx: DemoContext) -> None:
     ctx.say(
         f"   flipped one byte of tensor {tensor!r} in a copy: verify -> "
         f"{'[red]FAILED[/]' if not bad.ok else 'ok (unexpected!)'}: {named}"
+    )
+
+
+def stage_bind(ctx: DemoContext) -> None:
+    """Issue 10: a signature covers only its target, and a run uses only the bytes it verified."""
+    import numpy as np
+
+    from modelguard.runtime import session_from_verified
+    from modelguard.signing.model import verify_and_hold
+
+    public, key = ctx.artifacts["public_key"], ctx.artifacts["signing_key"]
+    single = ctx.path("single", "model.onnx")
+    single.parent.mkdir()
+    shutil.copyfile(ctx.path("model", "model.onnx"), single)
+    sign_model(single, key, record=False)
+    sibling = ctx.path("single", "evil.onnx")  # unsigned, dropped next to the signed file
+    shutil.copyfile(single, sibling)
+    flip_one_weight_byte(sibling.parent, sibling.name)
+    refused = verify_model(sibling, keys=[public]).error()
+    x = digits_split(DEMO_SEED)[1].x[:8]
+    verified = verify_and_hold(ctx.path("model"), keys=[public])
+    moved = ctx.path("model-moved-away")
+    shutil.move(ctx.path("model"), moved)  # gone from disk between verification and loading
+    try:
+        session = session_from_verified(verified, providers="cpu").session
+        logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    finally:
+        shutil.move(moved, ctx.path("model"))
+    ctx.summary["bind"] = {
+        "sibling_refused": str(refused) if refused else "accepted (unexpected!)",
+        "run_after_removal_predictions": np.asarray(logits).argmax(axis=1).tolist(),
+    }
+    ctx.say(
+        f"{ctx.heading('Bind')}: an unsigned evil.onnx beside the signed model.onnx -> "
+        f"{'[red]refused[/]' if refused else 'accepted (unexpected!)'}: {refused}"
+    )
+    ctx.say(
+        "   model directory moved away after verification, session built from the verified "
+        f"buffers: predictions {ctx.summary['bind']['run_after_removal_predictions']}"
     )
 
 
@@ -231,7 +282,7 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
     x = digits_split(DEMO_SEED)[1].x[:8]
     verified = open_verified(
         container,
-        keys=[ctx.artifacts["public_key"]],
+        policy=ctx.gate_policy(ctx.artifacts["public_key"]),
         identity=identity,
         ledger_url=ctx.ledger_url,
         require_ledger=True,
@@ -426,6 +477,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("card", stage_card),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
+    ("bind", stage_bind),
     ("encrypt", stage_encrypt_run),
     ("evaluate", stage_evaluate),
     ("harden", stage_harden),

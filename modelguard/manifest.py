@@ -37,7 +37,7 @@ import rfc8785
 
 from ledger.merkle import root_hash
 from modelguard.errors import BadInputError, FormatError, UnsafeModelError
-from modelguard.formats import DTYPE_BITS, ParsedModel, TensorSlice, map_file, parse_model_file
+from modelguard.formats import DTYPE_BITS, ModelFiles, ParsedModel, TensorSlice, parse_model_file
 from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
 
 MANIFEST_VERSION = 1
@@ -297,6 +297,41 @@ def _ignored(rel: str, ignore: Sequence[str]) -> bool:
     return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in ignore)
 
 
+def _utf8_name(rel: str, full: Path) -> str:
+    """File names travel in signed JSON: refuse one that is not valid UTF-8 (exit 2)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(full).decode("utf-8", "backslashreplace")
+        raise BadInputError("file name is not valid UTF-8", path=shown) from None
+    return rel
+
+
+def open_model(
+    path: Path,
+    *,
+    allow_symlinks: bool = False,
+    ignore_paths: Sequence[str] = (),
+    private: bool = False,
+) -> ModelFiles:
+    """List the model's files once and return them as a :class:`ModelFiles` (opened on first use).
+
+    Everything that reads the model afterwards (manifest, layout check, ONNX Runtime) takes its
+    bytes from the result, so each file is read once, through one descriptor.
+    """
+    root, rels = list_model_files(
+        Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths
+    )
+    return ModelFiles(
+        root,
+        rels,
+        single=not Path(path).is_dir(),
+        ignore=ignore_paths,
+        private=private,
+        follow_symlinks=allow_symlinks,
+    )
+
+
 def list_model_files(
     path: Path, *, allow_symlinks: bool = False, ignore_paths: Sequence[str] = ()
 ) -> tuple[Path, list[str]]:
@@ -311,7 +346,7 @@ def list_model_files(
     if not path.is_dir():
         if not path.is_file():
             raise BadInputError("not a regular file or directory", path=str(path))
-        return path.parent, [path.name]
+        return path.parent, [_utf8_name(path.name, path)]
     found: list[str] = []
     seen_dirs = {os.path.realpath(path)}
     stack = [path]
@@ -325,7 +360,7 @@ def list_model_files(
             ) from error
         for entry in entries:
             full = Path(entry.path)
-            rel = full.relative_to(path).as_posix()
+            rel = _utf8_name(full.relative_to(path).as_posix(), full)
             if _ignored(rel, ignore):
                 continue
             if entry.is_symlink():
@@ -390,7 +425,6 @@ class _Job:
     key: tuple[str, ...]
     size: int
     view: Callable[[], memoryview]
-    path: Path | None = None  # whole files: blake3 can map and hash them natively
 
 
 @dataclass
@@ -401,14 +435,13 @@ class _Plan:
     jobs: list[_Job] = field(default_factory=list)
 
 
-def _plan(root: Path, rels: list[str]) -> _Plan:
+def _plan(files: ModelFiles) -> _Plan:
     plan = _Plan()
-    for rel in rels:
-        full = root / rel
-        parsed = parse_model_file(full, root=root)
-        size = full.stat().st_size
-        plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
-        plan.jobs.append(_Job(("file", rel), size, (lambda p: lambda: map_file(p))(full), full))
+    for rel in files.members:
+        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
+        view = files.view(rel)
+        plan.files[rel] = (view.nbytes, parsed.format if parsed else "raw", parsed)
+        plan.jobs.append(_Job(("file", rel), view.nbytes, (lambda v: lambda: v)(view)))
         if parsed is not None:
             for t in parsed.tensors:
                 plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
@@ -424,11 +457,13 @@ def build_manifest(
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
+    files: ModelFiles | None = None,
 ) -> Manifest:
     """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
 
     ``threads``: worker threads (default: CPU count). ``progress(n)`` is called from worker
     threads with the number of bytes just hashed (file bytes, then tensor bytes again).
+    ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
     """
     check_algorithm(hash_algorithm)
     if chunk_size <= 0:
@@ -436,10 +471,9 @@ def build_manifest(
     workers = threads if threads is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise BadInputError("threads must be at least 1")
-    root, rels = list_model_files(
-        Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths
-    )
-    plan = _plan(root, rels)
+    if files is None:
+        files = open_model(Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths)
+    plan = _plan(files)
     lock = threading.Lock()
 
     def advance(n: int) -> None:
@@ -448,17 +482,6 @@ def build_manifest(
                 progress(n)
 
     def run(job: _Job) -> tuple[tuple[str, ...], str]:
-        if (
-            job.path is not None
-            and hash_algorithm == "blake3"
-            and workers > 1
-            and job.size > chunk_size
-        ):
-            # blake3's Rust mmap + rayon path: same digest, no Python chunk loop
-            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            hasher.update_mmap(job.path)
-            advance(job.size)
-            return job.key, hasher.hexdigest()
         return job.key, hash_view(
             job.view(),
             hash_algorithm,

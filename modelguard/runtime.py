@@ -26,7 +26,6 @@ import contextlib
 import ctypes
 import importlib.util
 import io
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from modelguard.errors import BadInputError, FormatError, VerificationError
 from modelguard.hashing import new_hasher
 
 CPU = "CPUExecutionProvider"
+_ALIGNMENT = 64  # bytes; a tensor handed to ONNX Runtime in place starts on a cache line
 CUDA = "CUDAExecutionProvider"
 
 # canonical dtype -> numpy dtype; types numpy lacks: (same-width holder, ONNX element type)
@@ -141,27 +141,17 @@ class VerifiedSession:
         }
 
 
-def _onnx_target(path: Path, encrypted: bool) -> tuple[Path, str]:
-    """The file holding the ONNX graph (container or plaintext), and its model-relative path."""
+def _onnx_member(files: Any, path: Path, encrypted: bool) -> str:
+    """The verified file holding the ONNX graph (container or plaintext), by its relative path."""
     from modelguard.encryption.container import SUFFIX
 
-    if path.is_file():
-        return path, path.name.removesuffix(SUFFIX)
     suffix = ".onnx" + SUFFIX if encrypted else ".onnx"
-    found = sorted(p for p in path.rglob("*" + suffix) if p.is_file())
+    if files.single:
+        return str(files.members[0])
+    found = [rel for rel in files.members if rel.endswith(suffix)]
     if len(found) != 1:
         raise BadInputError(f"{path}: expected exactly one {suffix} file, found {len(found)}")
-    return found[0], found[0].relative_to(path).as_posix().removesuffix(SUFFIX)
-
-
-def _same_file(handle_stat: os.stat_result, path: Path) -> bool:
-    now = os.stat(path)
-    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
-        handle_stat.st_dev,
-        handle_stat.st_ino,
-        handle_stat.st_size,
-        handle_stat.st_mtime_ns,
-    )
+    return str(found[0])
 
 
 def _verify(
@@ -173,13 +163,14 @@ def _verify(
     require_ledger: bool,
     allow_rollback: bool,
 ) -> Any:
-    from modelguard.signing.model import verify_model
+    """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
+    from modelguard.signing.model import verify_and_hold
 
     if signature is None and policy is None and not keys:
         raise BadInputError(
             "open_session verifies first: give a signature and trusted keys or a policy"
         )
-    report = verify_model(
+    return verify_and_hold(
         path,
         Path(signature) if signature is not None else None,
         keys=keys,
@@ -188,8 +179,6 @@ def _verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
     )
-    report.raise_if_failed()
-    return report
 
 
 def _ort_value(array: np.ndarray, dtype: str) -> Any:
@@ -208,37 +197,57 @@ def _holder(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     raise FormatError(f"tensor dtype {dtype} cannot be handed to ONNX Runtime from memory")
 
 
+def in_memory_dtype(dtype: str) -> bool:
+    """True when ONNX Runtime can take a tensor of ``dtype`` from memory (an OrtValue)."""
+    return dtype in _NUMPY_DTYPES or dtype in _ONNX_ONLY
+
+
+def _verified_array(data: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor over its verified private bytes; copied (from them) only when misaligned."""
+    holder_dtype = _NUMPY_DTYPES.get(dtype) or _ONNX_ONLY[dtype][0]
+    array = np.frombuffer(data, dtype=holder_dtype).reshape(shape)
+    if array.ctypes.data % _ALIGNMENT == 0:
+        return array
+    copy = _holder(dtype, shape)
+    np.copyto(copy, array)
+    return copy
+
+
 def _open_encrypted(
     path: Path,
     identities: Sequence[Any],
-    verify: Any,
+    verified: Any,
     providers: list[str],
     threads: int | None,
+    started: float,
 ) -> VerifiedSession:
+    import onnx
     import onnxruntime as ort
 
-    from modelguard.encryption.container import ContainerReader, default_threads
-    from modelguard.encryption.model import TensorChecker, checked_manifest, container_files
+    from modelguard.encryption.container import SUFFIX, ContainerReader, default_threads
+    from modelguard.encryption.model import TensorChecker, checked_manifest
+    from modelguard.formats.onnx import MEMORY_LOCATION
 
-    target, onnx_rel = _onnx_target(path, encrypted=True)
-    containers = container_files(path) if path.is_dir() else [(onnx_rel, target)]
+    verified_at = time.perf_counter()
+    files = verified.files
+    target = _onnx_member(files, path, encrypted=True)
+    onnx_rel = target.removesuffix(SUFFIX)
+    containers = [rel for rel in files.members if files.single or rel.endswith(SUFFIX)]
     with contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(ContainerReader(c)) for _, c in containers]
-        pinned = [(r, r.stat) for r in readers]
-        started = time.perf_counter()
-        report = verify()  # (2) nothing is decrypted before this returns
-        verified_at = time.perf_counter()
-        for reader, opened in pinned:
-            if not _same_file(opened, reader.path):
-                raise VerificationError(
-                    "container changed while it was being verified", path=str(reader.path)
-                )
+        # (3) the containers' bytes are the verified private buffers: nothing is re-opened
+        readers = [
+            stack.enter_context(ContainerReader(files.root / rel, files.view(rel)))
+            for rel in containers
+        ]
         root: str | None = None
         graph = b""
         jobs = []
+        manifests = []
         for reader in readers:
             reader.unlock(identities)
-            manifest = checked_manifest(reader)
+            manifests.append(checked_manifest(reader))
+            if files.single:  # one container: the file it holds, whatever it is called now
+                onnx_rel = reader.index.path
             if root is not None and reader.layer_root != root:
                 raise VerificationError(
                     "containers of different models are mixed", path=str(reader.path)
@@ -246,13 +255,25 @@ def _open_encrypted(
             root = reader.layer_root
             if reader.index.path == onnx_rel:
                 graph = reader.read_stream("graph")
-            mine = [t for t in reader.index.tensors if t.record == onnx_rel]
-            if mine:
-                checker = TensorChecker(manifest, reader.index, str(reader.path))
-                jobs += [(reader, checker, t, _holder(t.dtype, t.shape)) for t in mine]
         if not graph:
             raise FormatError(
                 f"no ONNX graph for {onnx_rel!r} in the encrypted model", path=str(path)
+            )
+        wanted = {
+            t.name
+            for t in onnx.ModelProto.FromString(graph).graph.initializer
+            if any(e.key == "location" and e.value == MEMORY_LOCATION for e in t.external_data)
+        }
+        for reader, manifest in zip(readers, manifests, strict=True):
+            mine = [t for t in reader.index.tensors if t.record == onnx_rel and t.name in wanted]
+            if mine:
+                checker = TensorChecker(manifest, reader.index, str(reader.path))
+                jobs += [(reader, checker, t, _holder(t.dtype, t.shape)) for t in mine]
+        missing = wanted - {job[2].name for job in jobs}
+        if missing:
+            raise FormatError(
+                f"the graph expects tensor {sorted(missing)[0]!r}, which no container holds",
+                path=str(path),
             )
 
         def decrypt(job: tuple[Any, Any, Any, np.ndarray]) -> None:
@@ -279,7 +300,7 @@ def _open_encrypted(
         model=str(path),
         layer_root=root,
         tensors_verified=len(jobs),
-        verification=report,
+        verification=verified.report,
         timings={
             "verify_s": verified_at - started,
             "decrypt_and_check_s": decrypted_at - verified_at,
@@ -289,30 +310,43 @@ def _open_encrypted(
     )
 
 
-def _open_plaintext(path: Path, verify: Any, providers: list[str]) -> VerifiedSession:
+def _open_plaintext(
+    path: Path, verified: Any, providers: list[str], started: float
+) -> VerifiedSession:
+    """ONNX Runtime gets the graph as bytes and every tensor from the verified buffers."""
     import onnxruntime as ort
 
-    target, _ = _onnx_target(path, encrypted=False)
-    with open(target, "rb") as handle:
-        opened = os.fstat(handle.fileno())
-        report = verify()
-        if not _same_file(opened, target):
-            raise VerificationError("model changed while it was being verified", path=str(target))
-        data = handle.read()
+    from modelguard.formats.onnx import runtime_graph
+
+    verified_at = time.perf_counter()
+    files = verified.files
+    target = _onnx_member(files, path, encrypted=False)
+    graph, memory = runtime_graph(
+        files.root / target, root=files.root, files=files, keep=lambda t: in_memory_dtype(t.dtype)
+    )
+    arrays = [_verified_array(t.read(), t.dtype, t.shape) for t in memory]
     options = session_options()
-    if path.is_dir():  # external data resolves next to the model file
-        session = ort.InferenceSession(str(target), options, providers=providers)
-    else:
-        session = ort.InferenceSession(data, options, providers=providers)
-    manifest = getattr(report, "manifest", None)
+    values = [_ort_value(array, t.dtype) for array, t in zip(arrays, memory, strict=True)]
+    if memory:
+        options.add_external_initializers([t.name for t in memory], values)
+    loaded_at = time.perf_counter()
+    session = ort.InferenceSession(graph, options, providers=providers)
+    manifest = verified.manifest
     return VerifiedSession(
         session=session,
         provider=session.get_providers()[0],
         encrypted=False,
         model=str(path),
         layer_root=manifest.layer_root if manifest is not None else None,
-        tensors_verified=sum(len(f.tensors) for f in manifest.files) if manifest is not None else 0,
-        verification=report,
+        tensors_verified=manifest.tensor_count if manifest is not None else 0,
+        verification=verified.report,
+        timings={
+            "verify_s": verified_at - started,
+            "graph_s": loaded_at - verified_at,
+            "session_s": time.perf_counter() - loaded_at,
+        },
+        # the session reads its weights from these verified private buffers
+        _buffers=[values, arrays, files],
     )
 
 
@@ -338,14 +372,55 @@ def open_verified(
     if not model.exists():
         raise BadInputError(f"no such model file or directory: {model}")
     chosen = choose_providers(providers)
+    if is_encrypted(model):  # fail early, before verifying, when no identity was given
+        identities_from(identity, passphrase, key)
+    started = time.perf_counter()
+    # (2) every file is read once into private memory and verified there; nothing after this
+    # line opens a model path again
+    verified = _verify(model, signature, keys, policy, ledger_url, require_ledger, allow_rollback)
+    return session_from_verified(
+        verified,
+        identity=identity,
+        passphrase=passphrase,
+        key=key,
+        providers=chosen,
+        threads=threads,
+        started=started,
+    )
 
-    def verify() -> Any:
-        return _verify(model, signature, keys, policy, ledger_url, require_ledger, allow_rollback)
 
-    if is_encrypted(model):
+def holds_containers(files: Any) -> bool:
+    """True when the verified buffers are encrypted containers (decided from the bytes held)."""
+    from modelguard.encryption.container import MAGIC, SUFFIX
+
+    if files.single:
+        return bytes(files.view(files.members[0])[: len(MAGIC)]) == MAGIC
+    return any(rel.endswith(SUFFIX) for rel in files.members)
+
+
+def session_from_verified(
+    verified: Any,
+    *,
+    identity: Any = None,
+    passphrase: bytes | str | None = None,
+    key: bytes | None = None,
+    providers: str | Sequence[str] = "auto",
+    threads: int | None = None,
+    started: float | None = None,
+) -> VerifiedSession:
+    """An ONNX Runtime session built only from a :class:`~modelguard.signing.model.VerifiedModel`.
+
+    The model's files are not touched again: they may have been renamed, rewritten or removed
+    since verification, the session still runs exactly the bytes that verified.
+    """
+    from modelguard.encryption.model import identities_from
+
+    chosen = choose_providers(providers)
+    begun = time.perf_counter() if started is None else started
+    if holds_containers(verified.files):
         identities = identities_from(identity, passphrase, key)
-        return _open_encrypted(model, identities, verify, chosen, threads)
-    return _open_plaintext(model, verify, chosen)
+        return _open_encrypted(verified.path, identities, verified, chosen, threads, begun)
+    return _open_plaintext(verified.path, verified, chosen, begun)
 
 
 def open_session(

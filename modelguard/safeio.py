@@ -13,12 +13,13 @@ type check refuses it before any read.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from modelguard.errors import BadInputError
+from modelguard.errors import BadInputError, UnsafeModelError
 
 MAX_SIGNATURE_BYTES = 16 * 1024 * 1024
 MAX_POLICY_BYTES = 1024 * 1024
@@ -39,19 +40,40 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path | str, *, max_size: int | None = None, what: str = "file") -> BinaryIO:
+def open_regular(
+    path: Path | str,
+    *,
+    max_size: int | None = None,
+    what: str = "file",
+    dir_fd: int | None = None,
+    follow_symlinks: bool = True,
+    shown: str | None = None,
+) -> BinaryIO:
     """Open ``path`` for reading; refuse anything but a regular file no larger than ``max_size``.
 
-    Raises :class:`BadInputError` (exit 2) naming the file and the reason.
+    ``dir_fd``: open ``path`` relative to that directory descriptor; ``follow_symlinks=False``:
+    refuse a symbolic link as the last component (``O_NOFOLLOW``); ``shown``: the name used in
+    messages. Raises :class:`BadInputError` (exit 2) naming the file and the reason.
     """
-    name = str(path)
+    name = shown or str(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         raise BadInputError(f"no such {what}", path=name) from None
     except IsADirectoryError:
         raise BadInputError(f"{what} is a directory", path=name) from None
     except OSError as error:
+        if error.errno == errno.ELOOP and not follow_symlinks:
+            raise UnsafeModelError(f"{what} is a symbolic link", path=name) from None
+        try:  # a socket cannot be opened at all (ENXIO): name what it is
+            mode = os.stat(name).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{what} is {_kind(mode)}, not a regular file", path=name) from None
         raise BadInputError(f"cannot open {what}: {error.strerror}", path=name) from None
     try:
         info = os.fstat(fd)

@@ -159,7 +159,11 @@ def _expand(text: str, context: Mapping[str, str]) -> str:
 
 
 def _github_context(workdir: Path) -> dict[str, str]:
-    return {"secrets.MODELGUARD_LEDGER_URL": f"sqlite:///{workdir}/.modelguard/ledger.db"}
+    note_pub = workdir / ".modelguard" / "ledger.db.note.pub"
+    return {
+        "secrets.MODELGUARD_LEDGER_URL": f"sqlite:///{workdir}/.modelguard/ledger.db",
+        "vars.MODELGUARD_LEDGER_KEY": note_pub.read_text().strip() if note_pub.is_file() else "",
+    }
 
 
 def run_action(

@@ -110,14 +110,21 @@ def test_certificate_section_is_parsed_and_fails_closed_until_checked(
     seen: list[CertificateRequirement] = []
 
     def check(
-        requirement: CertificateRequirement, model_path: Path, signature: Path, trusted: object
+        requirement: CertificateRequirement,
+        model_path: Path,
+        signature: Path,
+        trusted: object,
+        *,
+        model_root: str | None = None,
     ) -> list[str]:
         seen.append(requirement)
         return []
 
     policy_module.set_certificate_check(check)
     assert verify_model(path, policy=policy).ok and seen == [policy.certificate]
-    policy_module.set_certificate_check(lambda r, m, s, k: ["robust accuracy 0.5 < 0.8 at eps 0.1"])
+    policy_module.set_certificate_check(
+        lambda r, m, s, k, **_: ["robust accuracy 0.5 < 0.8 at eps 0.1"]
+    )
     assert "0.5 < 0.8" in "\n".join(verify_model(path, policy=policy).failures)
 
 

@@ -23,18 +23,22 @@ MAX_REPORTED = 32  # predictions listed in the output document
 
 def load_inputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Feeds from ``.npy`` (the first graph input) or ``.npz`` (arrays named like the inputs)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise BadInputError(f"cannot read input array: {error}", path=str(path)) from None
+    from modelguard.safeio import open_regular
+
+    with open_regular(path, what="input array") as handle:  # a FIFO or device is refused
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.ndarray):
+                with loaded:
+                    arrays = {k: loaded[k] for k in loaded.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise BadInputError(f"cannot read input array: {error}", path=str(path)) from None
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:
             raise BadInputError(
                 f"the model takes {len(names)} inputs {names}: give an .npz", path=str(path)
             )
         return {names[0]: loaded}
-    with loaded:
-        arrays = {k: loaded[k] for k in loaded.files}
     if len(arrays) == 1 and len(names) == 1:
         return {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]
@@ -43,6 +47,32 @@ def load_inputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
             f"input {missing[0]!r} is not in the .npz (has {sorted(arrays)})", path=str(path)
         )
     return {n: arrays[n] for n in names}
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+}  # fmt: skip
+
+
+def check_feeds(inputs: list[Any], feeds: dict[str, np.ndarray], source: Path) -> None:
+    """Refuse (exit 2, one line naming the expected shape) an input of the wrong rank, size or type."""
+    for spec in inputs:
+        array = feeds[spec.name]
+        expected = [d if isinstance(d, int) else (d or "?") for d in spec.shape]
+        shown = "[" + ", ".join(str(d) for d in expected) + "]"
+        want = _ORT_TYPES.get(spec.type)
+        fits = len(array.shape) == len(expected) and all(
+            not isinstance(d, int) or d == n for d, n in zip(expected, array.shape, strict=True)
+        )
+        if not fits or (want is not None and array.dtype != np.dtype(want)):
+            raise BadInputError(
+                f"input {spec.name!r} is {array.dtype}{list(array.shape)}, the model expects "
+                f"{want or spec.type}{shown}",
+                path=str(source),
+            )
 
 
 def save_outputs(path: Path, names: list[str], outputs: list[Any]) -> None:
@@ -106,6 +136,8 @@ def run(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
     identity_passphrase_file: Path | None,
@@ -120,7 +152,7 @@ def run(
     import importlib
 
     from modelguard.keys import load_public_key
-    from modelguard.policy import load_policy
+    from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
     from modelguard.runtime import open_verified
 
     importlib.import_module("onnxruntime")  # the [runtime] extra: say so before anything else
@@ -135,8 +167,13 @@ def run(
     verified = open_verified(
         path,
         signature=signature_path,
-        keys=[load_public_key(p) for p in key_paths],
-        policy=load_policy(policy_path) if policy_path else None,
+        policy=with_ledger_trust(
+            load_policy(policy_path)
+            if policy_path
+            else policy_from_keys([load_public_key(p) for p in key_paths]),
+            ledger_keys,
+            ledger_state,
+        ),
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
@@ -145,6 +182,7 @@ def run(
     )
     session = verified.session
     feeds = load_inputs(input_path, [i.name for i in session.get_inputs()])
+    check_feeds(list(session.get_inputs()), feeds, input_path)
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, feeds)
     if output_path is not None:

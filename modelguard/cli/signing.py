@@ -18,8 +18,9 @@ from rich.table import Table
 from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
 from modelguard.cli.output import emit, heartbeat, json_option
 from modelguard.keys import load_public_key
-from modelguard.policy import load_policy
+from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +32,7 @@ Examples:
   modelguard sign model_dir --sign-key keys/modelguard.priv --sign-passphrase-env MG_PASS
   modelguard sign model.onnx --sign-key k.priv --sign-passphrase-file pass.txt --name digits --version 1.2
   modelguard sign model_dir --sign-key second.priv --no-ledger   # adds model.sig.d/<keyid>.sig
+  modelguard sign model_dir --sign-key k.priv --serialization shards --shard-size 1000000000
 """
 )
 @click.argument("path", type=_PATH)
@@ -52,6 +54,26 @@ Examples:
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
+@click.option(
+    "--serialization",
+    type=click.Choice(METHODS),
+    default="files",
+    show_default=True,
+    help="OMS resources: whole files, or fixed-size byte ranges (path:start:end).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    help=f"Bytes per shard with --serialization shards (default {DEFAULT_SHARD_SIZE}).",
+)
+@click.option(
+    "--hash",
+    "hash_type",
+    type=click.Choice(OMS_HASHES),
+    default="sha256",
+    show_default=True,
+    help="OMS resource digest (the model_signing CLI verifies sha256 files only).",
+)
 @json_option
 @heartbeat("sign")
 def sign(
@@ -65,11 +87,18 @@ def sign(
     parent: str | None,
     ledger_url: str | None,
     no_ledger: bool,
+    serialization: str,
+    shard_size: int | None,
+    hash_type: str,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
     if no_ledger and ledger_url:
         raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if shard_size is not None and serialization != "shards":
+        raise click.UsageError("--shard-size needs --serialization shards")
+    if serialization == "shards" and shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
     key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
     result = sign_model(
         path,
@@ -80,6 +109,7 @@ def sign(
         parent=parent,
         ledger_url=ledger_url,
         record=not no_ledger,
+        serialization=Serialization(serialization, hash_type, shard_size),
     )
     document = result.to_dict()
 
@@ -123,6 +153,19 @@ _VERIFICATION_OPTIONS = [
         is_flag=True,
         help="Accept a version older than the newest in the ledger.",
     ),
+    click.option(
+        "--ledger-key",
+        "ledger_keys",
+        multiple=True,
+        help="The ledger's checkpoint public key (file or one-line key) that --require-ledger"
+        " trusts; else the policy's [ledger] key, else $MODELGUARD_LEDGER_KEY.",
+    ),
+    click.option(
+        "--ledger-state",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Directory of the ledger gate's trust state (default: $MODELGUARD_LEDGER_STATE,"
+        " else ~/.config/modelguard/ledger-state).",
+    ),
 ]
 
 
@@ -146,6 +189,11 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @click.argument("path", type=_PATH)
 @verification_options
+@click.option(
+    "--ignore-unsigned-files",
+    is_flag=True,
+    help="Skip files no signature lists (default: they fail, OMS spec 8.5).",
+)
 @json_option
 @click.pass_context
 @heartbeat("verify")
@@ -158,6 +206,9 @@ def verify(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    ignore_unsigned_files: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
@@ -165,16 +216,21 @@ def verify(
         raise click.UsageError(
             "give trusted keys with --trust-key, or a --policy file (one of the two)"
         )
-    policy = load_policy(policy_path) if policy_path else None
     keys = [load_public_key(p) for p in key_paths]
+    policy = with_ledger_trust(
+        load_policy(policy_path) if policy_path else policy_from_keys(keys),
+        ledger_keys,
+        ledger_state,
+    )
     report = verify_model(
         path,
         signature_path,
-        keys=keys,
+        keys=(),
         policy=policy,
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        ignore_unsigned_files=ignore_unsigned_files,
     )
     error = report.error()
 

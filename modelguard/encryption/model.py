@@ -156,50 +156,24 @@ def identities_from(
 # ---------------------------------------------------------------------------- plans
 
 
-def _onnx_runtime_graph(path: Path, located: set[str]) -> bytes:
-    """The ONNX model without raw weight bytes; located initializers marked external.
-
-    ONNX Runtime replaces external initializers by OrtValues we hand it from memory
-    (``SessionOptions.add_external_initializers``), so no weight byte is parsed twice.
-    """
-    import onnx
-
-    from modelguard.formats import map_file
-    from modelguard.formats.onnx import strip_raw_data
-
-    stripped, _ = strip_raw_data(map_file(path))
-    model = onnx.ModelProto()
-    model.ParseFromString(stripped)
-    for tensor in model.graph.initializer:
-        if tensor.name in located:
-            tensor.ClearField("raw_data")
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", "modelguard-memory"
-    return bytes(model.SerializeToString(deterministic=True))
-
-
-def _model_root(path: Path) -> Path:
-    return path if path.is_dir() else path.parent
-
-
 def plan_model(
     path: Path, *, hash_algorithm: str = "sha256", chunk_size: int = DEFAULT_CHUNK
 ) -> tuple[list[FilePlan], Any]:
     """One :class:`FilePlan` per file of the model, and the plaintext manifest."""
     from modelguard.formats import parse_model_file
-    from modelguard.manifest import build_manifest
+    from modelguard.formats.onnx import runtime_graph
+    from modelguard.manifest import build_manifest, open_model
+    from modelguard.runtime import in_memory_dtype
 
-    manifest = build_manifest(path, hash_algorithm=hash_algorithm)
-    root = _model_root(path)
+    files = open_model(path)  # each file read once: manifest, tensor plan and graph share it
+    manifest = build_manifest(path, hash_algorithm=hash_algorithm, files=files)
+    root = files.root
     manifest_doc = manifest.to_dict()
     by_file: dict[str, dict[int, TensorEntry]] = {}
-    onnx_located: dict[str, set[str]] = {}
     for record in manifest.files:
         if record.format not in ("onnx", "safetensors", "pytorch"):
             continue
-        parsed = parse_model_file(root / record.path, root=root)
+        parsed = parse_model_file(root / record.path, root=root, files=files)
         if parsed is None:
             continue
         for tensor in parsed.tensors:
@@ -214,8 +188,6 @@ def plan_model(
             entries[offset] = TensorEntry(
                 tensor.name, tensor.dtype, tensor.shape, offset, length, record.path
             )
-            if record.format == "onnx":
-                onnx_located.setdefault(record.path, set()).add(tensor.name)
     outside = sorted(set(by_file) - {record.path for record in manifest.files})
     if outside:
         raise BadInputError(
@@ -226,7 +198,13 @@ def plan_model(
     for record in manifest.files:
         graph = b""
         if record.format == "onnx":
-            graph = _onnx_runtime_graph(root / record.path, onnx_located.get(record.path, set()))
+            # the graph ONNX Runtime will get: no file reference left, weights from memory
+            graph, _ = runtime_graph(
+                root / record.path,
+                root=root,
+                files=files,
+                keep=lambda t: in_memory_dtype(t.dtype),
+            )
         plans.append(
             FilePlan(
                 source=root / record.path,

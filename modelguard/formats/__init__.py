@@ -20,14 +20,18 @@ escape the model directory raises :class:`~modelguard.errors.UnsafeModelError`. 
 
 from __future__ import annotations
 
+import errno
+import io
 import mmap
 import os
-import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from modelguard.errors import FormatError
+from modelguard.errors import BadInputError, FormatError, UnsafeModelError
+from modelguard.safeio import open_regular
 
 FORMATS: tuple[str, ...] = ("onnx", "safetensors", "pytorch")
 
@@ -106,41 +110,181 @@ class ParsedModel:
 
 def map_file(path: Path) -> memoryview:
     """A read-only memoryview over the whole file (mmap; empty files give an empty view)."""
+    with open_regular(path, what="file") as handle:
+        return _map_handle(handle, str(path))
+
+
+def _map_handle(handle: BinaryIO, where: str) -> memoryview:
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                return memoryview(b"")
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return memoryview(b"")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as error:
-        raise FormatError(f"cannot read file: {error.strerror or error}", path=str(path)) from error
+        raise FormatError(f"cannot read file: {error.strerror or error}", path=where) from error
     return memoryview(mapped)
+
+
+def _read_handle(handle: BinaryIO, where: str) -> memoryview:
+    """The whole file copied into private memory through the open descriptor (size from fstat)."""
+    size = os.fstat(handle.fileno()).st_size
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = handle.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise FormatError("file shrank while it was being read", path=where)
+        got += n
+    if handle.read(1):
+        raise FormatError("file grew while it was being read", path=where)
+    return view
+
+
+# Names that are never tensor data: signatures, keys, policies (refused as external data).
+_NEVER_DATA_SUFFIXES = (".sig", ".sig.d", ".pub", ".priv", ".pem", ".key", ".toml")
+
+
+def _under(rel: str, pattern: str) -> bool:
+    prefix = [p for p in pattern.strip("/").split("/") if p]
+    return bool(prefix) and rel.split("/")[: len(prefix)] == prefix
+
+
+class ModelFiles:
+    """The files of one model, each opened once (:mod:`modelguard.safeio`) and held as a buffer.
+
+    Every reader of a model -- manifest, signature check, layout check, ONNX Runtime loader --
+    takes its bytes from here, so what was hashed is what gets used: a file is never re-opened
+    by path once read. ``members`` is the model's file set (posix paths relative to ``root``);
+    ONNX external data must name one of them (for a single-file model, ``members`` is that
+    file and external data may name any other confined file). ``private=True`` copies each file
+    into process memory (nothing another process writes afterwards can reach it); otherwise a
+    read-only mmap of the descriptor is kept.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        members: Iterable[str],
+        *,
+        single: bool = False,
+        ignore: Sequence[str] = (),
+        private: bool = False,
+        follow_symlinks: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.members = tuple(members)
+        self.single = single
+        self.ignore = tuple(ignore)
+        self.private = private
+        self.follow_symlinks = follow_symlinks
+        self._views: dict[str, memoryview] = {}
+        self._links: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def refusal(self, rel: str) -> str | None:
+        """Why ``rel`` may not hold tensor data of this model (None when it may)."""
+        for pattern in self.ignore:
+            if _under(rel, pattern):
+                return f"lies under {pattern!r}, which signatures leave out (unsigned)"
+        for part in rel.split("/"):
+            if part.lower().endswith(_NEVER_DATA_SUFFIXES):
+                return "is a signature, key or policy file, never tensor data"
+        if not self.single and rel not in self.members:
+            return "is not one of the model's files (not in the signed set)"
+        return None
+
+    def view(self, rel: str) -> memoryview:
+        """The bytes of ``rel`` (opened and read on first use, then always the same buffer)."""
+        with self._lock:
+            cached = self._views.get(rel)
+            if cached is not None:
+                return cached
+            view, links = self._open(rel)
+            self._views[rel] = view
+            self._links[rel] = links
+            return view
+
+    def link_count(self, rel: str) -> int:
+        self.view(rel)
+        return self._links[rel]
+
+    def size(self, rel: str) -> int:
+        return self.view(rel).nbytes
+
+    def _open(self, rel: str) -> tuple[memoryview, int]:
+        shown = str(self.root / rel)
+        parts = rel.split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts):
+            raise FormatError(f"{rel!r} is not a normalized relative path", path=shown)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+        nofollow = 0 if self.follow_symlinks else os.O_NOFOLLOW
+        try:
+            directory = os.open(self.root, flags)
+        except OSError as error:
+            raise BadInputError(
+                f"cannot open model directory: {error.strerror}", path=str(self.root)
+            ) from None
+        try:
+            for part in parts[:-1]:
+                try:
+                    inner = os.open(part, flags | nofollow, dir_fd=directory)
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafeModelError(
+                            f"{part!r} is a symbolic link or not a directory", path=shown
+                        ) from None
+                    raise BadInputError(f"cannot open: {error.strerror}", path=shown) from None
+                os.close(directory)
+                directory = inner
+            with open_regular(
+                parts[-1],
+                dir_fd=directory,
+                follow_symlinks=self.follow_symlinks,
+                what="model file",
+                shown=shown,
+            ) as handle:
+                links = os.fstat(handle.fileno()).st_nlink
+                view = _read_handle(handle, shown) if self.private else _map_handle(handle, shown)
+        finally:
+            os.close(directory)
+        return view, links
+
+    def close(self) -> None:
+        """Drop every buffer (an mmap is unmapped once nothing else holds a view of it)."""
+        with self._lock:
+            self._views.clear()
+
+
+def view_files(path: Path, root: Path) -> ModelFiles:
+    """A :class:`ModelFiles` for parsing one file on its own (membership: that file's directory)."""
+    return ModelFiles(root, [relative_posix(path, root)], single=True, follow_symlinks=True)
 
 
 def view_reader(view: memoryview, offset: int, length: int) -> Callable[[], memoryview]:
     return lambda: view[offset : offset + length]
 
 
-def _is_pytorch_archive(path: Path, head: bytes) -> bool:
-    if head.startswith(LEGACY_TORCH_MAGIC):
+def _is_pytorch_archive(head: memoryview) -> bool:
+    if bytes(head[: len(LEGACY_TORCH_MAGIC)]) == LEGACY_TORCH_MAGIC:
         return True
-    if not head.startswith(ZIP_MAGIC):
+    if bytes(head[: len(ZIP_MAGIC)]) != ZIP_MAGIC:
         return False
     import zipfile
 
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(head)) as archive:
             return any(name.endswith("data.pkl") for name in archive.namelist())
     except Exception:  # a corrupt zip is simply not a torch archive here
         return False
 
 
-def detect_format(path: Path) -> str | None:
+def detect_format(path: Path, data: memoryview | None = None) -> str | None:
     """``"onnx"``, ``"safetensors"``, ``"pytorch"`` or None (hash the file whole).
 
     By suffix: ``.onnx``, ``.safetensors``, ``.pt``/``.pth``/``.ckpt``; a ``.bin`` file counts
     as PyTorch only when it is a torch zip archive or a legacy torch pickle (ONNX external data
-    is often called ``*.bin`` too).
+    is often called ``*.bin`` too). ``data``: the file's bytes when already read.
     """
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -150,14 +294,7 @@ def detect_format(path: Path) -> str | None:
     if suffix in _PYTORCH_SUFFIXES:
         return "pytorch"
     if suffix == ".bin":
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(len(LEGACY_TORCH_MAGIC))
-        except OSError as error:
-            raise FormatError(
-                f"cannot read file: {error.strerror or error}", path=str(path)
-            ) from error
-        return "pytorch" if _is_pytorch_archive(path, head) else None
+        return "pytorch" if _is_pytorch_archive(map_file(path) if data is None else data) else None
     return None
 
 
@@ -168,27 +305,29 @@ def relative_posix(path: Path, root: Path) -> str:
         raise FormatError(f"{path} is not inside the model root {root}") from error
 
 
-def parse_model_file(path: Path, *, root: Path) -> ParsedModel | None:
+def parse_model_file(
+    path: Path, *, root: Path, files: ModelFiles | None = None
+) -> ParsedModel | None:
     """Parse one file; None when it is not a model file (it is then hashed whole).
 
-    ``root`` is the model root: tensor locations are given relative to it.
-    Raises FormatError / UnsafeModelError (exit code 2) on malformed or unsafe input.
+    ``root`` is the model root: tensor locations are given relative to it. ``files``: where the
+    bytes come from (the model's :class:`ModelFiles`, so each file is read once); by default
+    the file is opened here. Raises FormatError / UnsafeModelError (exit code 2) on malformed
+    or unsafe input.
     """
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError as error:
-        raise FormatError(f"cannot read file: {error.strerror or error}", path=str(path)) from error
-    if not stat.S_ISREG(os.stat(path).st_mode if stat.S_ISLNK(mode) else mode):
-        raise FormatError("not a regular file", path=str(path))
-    kind = detect_format(path)
+    if files is None:
+        files = view_files(path, root)
+    rel = relative_posix(path, root)
+    data = files.view(rel)
+    kind = detect_format(path, data)
     if kind == "onnx":
         from modelguard.formats.onnx import parse_onnx
 
-        return parse_onnx(path, root=root)
+        return parse_onnx(path, root=root, files=files)
     if kind == "safetensors":
         from modelguard.formats.safetensors import parse_safetensors
 
-        return parse_safetensors(path, root=root)
+        return parse_safetensors(path, root=root, view=data)
     if kind == "pytorch":
         from modelguard.formats.pytorch import parse_pytorch
 
@@ -208,6 +347,7 @@ def sorted_unique(tensors: list[TensorSlice], path: Path) -> tuple[TensorSlice, 
 __all__ = [
     "DTYPE_BITS",
     "FORMATS",
+    "ModelFiles",
     "ParsedModel",
     "TensorSlice",
     "detect_format",

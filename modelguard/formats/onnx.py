@@ -38,12 +38,13 @@ import numpy as np
 
 from modelguard.errors import FormatError, UnsafeModelError
 from modelguard.formats import (
+    ModelFiles,
     ParsedModel,
     TensorSlice,
     expected_nbytes,
-    map_file,
     relative_posix,
     sorted_unique,
+    view_files,
     view_reader,
 )
 
@@ -232,11 +233,11 @@ def _external_int(entries: dict[str, str], key: str, name: str, where: str) -> i
         value = int(entries[key])
     except ValueError as error:
         raise FormatError(
-            f"initializer {name!r}: external data {key} {entries[key]!r} is not an integer",
+            f"tensor {name!r}: external data {key} {entries[key]!r} is not an integer",
             path=where,
         ) from error
     if value < 0:
-        raise FormatError(f"initializer {name!r}: negative external data {key}", path=where)
+        raise FormatError(f"tensor {name!r}: negative external data {key}", path=where)
     return value
 
 
@@ -266,107 +267,242 @@ def _constant_reader(data: memoryview) -> Callable[[], memoryview]:
     return lambda: data
 
 
-def parse_onnx(path: Path, *, root: Path) -> ParsedModel:
-    import onnx
-    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+def _node_tensors(node: Any, scope: str) -> Iterator[tuple[str, Any]]:
+    for attribute in node.attribute:
+        yield from _attribute_tensors(attribute, f"{scope}:{attribute.name}")
 
-    where = str(path)
-    rel = relative_posix(path, root)
-    rel_dir = PurePosixPath(rel).parent
-    view = map_file(path)
-    try:
-        stripped, raws = strip_raw_data(view)
-    except FormatError as error:
-        raise FormatError(error.message, path=where) from error
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(stripped)
-    except DecodeError as error:
-        raise FormatError(f"not a valid ONNX protobuf: {error}", path=where) from error
-    if model.ir_version <= 0 or not model.HasField("graph"):
-        raise FormatError("not an ONNX model (no ir_version or no graph)", path=where)
-    initializers = model.graph.initializer
-    if len(initializers) != len(raws):
-        raise FormatError("initializer count changed between wire walk and parse", path=where)
 
-    external_views: dict[Path, memoryview] = {}
-    tensors: list[TensorSlice] = []
-    for tensor, raw in zip(initializers, raws, strict=True):
-        name = tensor.name
-        if not isinstance(name, str):  # protobuf hands back bytes for invalid UTF-8 (proto2)
-            raise FormatError(f"initializer name {name!r} is not valid UTF-8", path=where)
+def _attribute_tensors(attribute: Any, base: str) -> Iterator[tuple[str, Any]]:
+    if attribute.HasField("t"):
+        yield base, attribute.t
+    for k, tensor in enumerate(attribute.tensors):
+        yield f"{base}[{k}]", tensor
+    if attribute.HasField("sparse_tensor"):
+        yield f"{base}.values", attribute.sparse_tensor.values
+        yield f"{base}.indices", attribute.sparse_tensor.indices
+    for k, sparse in enumerate(attribute.sparse_tensors):
+        yield f"{base}[{k}].values", sparse.values
+        yield f"{base}[{k}].indices", sparse.indices
+    if attribute.HasField("g"):
+        yield from _graph_tensors(attribute.g, f"{base}/", main=False)
+    for k, graph in enumerate(attribute.graphs):
+        yield from _graph_tensors(graph, f"{base}[{k}]/", main=False)
+
+
+def _graph_tensors(graph: Any, scope: str, *, main: bool) -> Iterator[tuple[str, Any]]:
+    if not main:
+        for k, tensor in enumerate(graph.initializer):
+            yield f"{scope}initializer[{k}]", tensor
+    for k, sparse in enumerate(graph.sparse_initializer):
+        yield f"{scope}sparse_initializer[{k}].values", sparse.values
+        yield f"{scope}sparse_initializer[{k}].indices", sparse.indices
+    for i, node in enumerate(graph.node):
+        yield from _node_tensors(node, f"{scope}node[{i}]")
+
+
+def nested_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """(label, TensorProto) for every tensor of the model that is not a main-graph initializer.
+
+    Sparse initializers, node attributes (Constant values, tensor lists, sparse tensors), the
+    initializers and nodes of subgraphs at any depth (If/Loop/Scan bodies), functions (their
+    nodes and attribute defaults) and training graphs. Labels name where the tensor sits, e.g.
+    ``node[3]:then_branch/initializer[0]``; they are the tensor names the manifest records.
+    """
+    yield from _graph_tensors(model.graph, "", main=True)
+    for function in model.functions:
+        scope = f"function[{function.domain}:{function.name}]/"
+        for i, node in enumerate(function.node):
+            yield from _node_tensors(node, f"{scope}node[{i}]")
+        for attribute in function.attribute_proto:
+            yield from _attribute_tensors(attribute, f"{scope}attribute:{attribute.name}")
+    for k, info in enumerate(model.training_info):
+        yield from _graph_tensors(
+            info.initialization, f"training_info[{k}].initialization/", main=False
+        )
+        yield from _graph_tensors(info.algorithm, f"training_info[{k}].algorithm/", main=False)
+
+
+class _Walk:
+    """One ONNX file walked: the stripped model, and a TensorSlice per tensor with bytes of its own."""
+
+    def __init__(self, path: Path, root: Path, files: ModelFiles) -> None:
+        import onnx
+        from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+        self.path, self.root, self.files = path, root, files
+        self.where = where = str(path)
+        self.rel = relative_posix(path, root)
+        self.rel_dir = PurePosixPath(self.rel).parent
+        view = files.view(self.rel)
+        try:
+            stripped, raws = strip_raw_data(view)
+        except FormatError as error:
+            raise FormatError(error.message, path=where) from error
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(stripped)
+        except (DecodeError, RecursionError) as error:
+            raise FormatError(f"not a valid ONNX protobuf: {error}", path=where) from error
+        if model.ir_version <= 0 or not model.HasField("graph"):
+            raise FormatError("not an ONNX model (no ir_version or no graph)", path=where)
+        initializers = model.graph.initializer
+        if len(initializers) != len(raws):
+            raise FormatError("initializer count changed between wire walk and parse", path=where)
+        self.model = model
+        # (label, proto, main-graph initializer?, the TensorSlice or None when it has no bytes)
+        self.found: list[tuple[str, Any, bool, TensorSlice | None]] = []
+        for tensor, raw in zip(initializers, raws, strict=True):
+            name = tensor.name
+            if not isinstance(name, str):  # protobuf hands back bytes for invalid UTF-8 (proto2)
+                raise FormatError(f"initializer name {name!r} is not valid UTF-8", path=where)
+            self.found.append((name, tensor, True, self._slice(name, tensor, raw, view)))
+        for label, tensor in nested_tensors(model):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                self.found.append((label, tensor, False, self._slice(label, tensor, None, view)))
+
+    @property
+    def tensors(self) -> list[TensorSlice]:
+        return [t for _, _, _, t in self.found if t is not None]
+
+    def _external(
+        self, name: str, tensor: Any, nbytes: int, dtype: str, shape: tuple[int, ...]
+    ) -> tuple[tuple[str, int, int], Callable[[], memoryview]]:
+        where = self.where
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if not all(isinstance(x, str) for pair in entries.items() for x in pair):
+            raise FormatError(
+                f"tensor {name!r}: external data entries are not valid UTF-8", path=where
+            )
+        location = entries.get("location", "")
+        _, inside = check_external_path(location, self.path.parent, where)
+        rel = (self.rel_dir / inside).as_posix()
+        refused = self.files.refusal(rel)
+        if refused is not None:
+            raise UnsafeModelError(
+                f"tensor {name!r}: external data {location!r} {refused}", path=where
+            )
+        data = self.files.view(rel)
+        links = self.files.link_count(rel)
+        if links > 1:
+            raise UnsafeModelError(
+                f"external data file {location!r} is a hardlink (link count {links})", path=where
+            )
+        offset = _external_int(entries, "offset", name, where) or 0
+        length = _external_int(entries, "length", name, where)
+        size = data.nbytes
+        if length is None:
+            length = max(size - offset, 0)
+        if offset + length > size:
+            raise FormatError(
+                f"tensor {name!r}: external data offset {offset} + length {length} is past the end of "
+                f"{inside.as_posix()!r} ({size} bytes)",
+                path=where,
+            )
+        if length != nbytes:
+            raise FormatError(
+                f"tensor {name!r}: external length {length}, {dtype}{list(shape)} needs {nbytes}",
+                path=where,
+            )
+        return (rel, offset, length), view_reader(data, offset, length)
+
+    def _slice(
+        self, name: str, tensor: Any, raw: tuple[int, int] | None, view: memoryview
+    ) -> TensorSlice | None:
+        import onnx
+
+        where = self.where
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
         if tensor.data_type == _STRING:
-            continue  # string tensors have no fixed-size bytes: they stay in the structure
+            if external:
+                raise FormatError(f"tensor {name!r}: external string data", path=where)
+            return None  # string tensors have no fixed-size bytes: they stay in the structure
         dtype = ONNX_DTYPES.get(tensor.data_type)
         if dtype is None:
             raise FormatError(
-                f"initializer {name!r}: unsupported data type {tensor.data_type}", path=where
+                f"tensor {name!r}: unsupported data type {tensor.data_type}", path=where
             )
         if tensor.HasField("segment"):
-            raise FormatError(
-                f"initializer {name!r}: segmented tensors are not supported", path=where
-            )
+            raise FormatError(f"tensor {name!r}: segmented tensors are not supported", path=where)
         shape = tuple(int(d) for d in tensor.dims)
         nbytes = expected_nbytes(dtype, shape)
         reader: Callable[[], memoryview]
         location: tuple[str, int, int] | None
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if external:
             if raw is not None:
-                raise FormatError(
-                    f"initializer {name!r}: both raw_data and external data", path=where
-                )
-            entries = {entry.key: entry.value for entry in tensor.external_data}
-            if not all(isinstance(x, str) for pair in entries.items() for x in pair):
-                raise FormatError(
-                    f"initializer {name!r}: external data entries are not valid UTF-8", path=where
-                )
-            target, inside = check_external_path(entries.get("location", ""), path.parent, where)
-            offset = _external_int(entries, "offset", name, where) or 0
-            length = _external_int(entries, "length", name, where)
-            size = os.stat(target).st_size
-            if length is None:
-                length = size - offset
-            if offset + length > size:
-                raise FormatError(
-                    f"initializer {name!r}: external data offset {offset} + length {length} is past the end of "
-                    f"{inside.as_posix()!r} ({size} bytes)",
-                    path=where,
-                )
-            if length != nbytes:
-                raise FormatError(
-                    f"initializer {name!r}: external length {length}, {dtype}{list(shape)} needs {nbytes}",
-                    path=where,
-                )
-            if target not in external_views:
-                external_views[target] = map_file(target)
-            location = ((rel_dir / inside).as_posix(), offset, length)
-            reader = view_reader(external_views[target], offset, length)
+                raise FormatError(f"tensor {name!r}: both raw_data and external data", path=where)
+            location, reader = self._external(name, tensor, nbytes, dtype, shape)
         elif raw is not None:
             offset, length = raw
             if length != nbytes:
                 raise FormatError(
-                    f"initializer {name!r}: raw_data has {length} bytes, {dtype}{list(shape)} needs {nbytes}",
+                    f"tensor {name!r}: raw_data has {length} bytes, {dtype}{list(shape)} needs {nbytes}",
                     path=where,
                 )
-            location = (rel, offset, length)
+            location = (self.rel, offset, length)
             reader = view_reader(view, offset, length)
         else:
             data = _canonical_from_typed(tensor, dtype, name, where)
             if data.nbytes != nbytes:
                 raise FormatError(
-                    f"initializer {name!r}: typed data has {data.nbytes} bytes, needs {nbytes}",
+                    f"tensor {name!r}: typed data has {data.nbytes} bytes, needs {nbytes}",
                     path=where,
                 )
             location = None
             reader = _constant_reader(data)
-        for field in _DATA_FIELDS:
-            tensor.ClearField(field)
-        tensor.ClearField("external_data")
-        tensor.ClearField("data_location")
-        tensors.append(TensorSlice(name, dtype, shape, nbytes, location, reader))
+        return TensorSlice(name, dtype, shape, nbytes, location, reader)
 
-    structure = model.SerializeToString(deterministic=True)
-    return ParsedModel("onnx", structure, sorted_unique(tensors, path))
+
+def parse_onnx(path: Path, *, root: Path, files: ModelFiles | None = None) -> ParsedModel:
+    walk = _Walk(path, root, files if files is not None else view_files(path, root))
+    for _, tensor, main, _ in walk.found:
+        if main:
+            for field in _DATA_FIELDS:
+                tensor.ClearField(field)
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+    structure = walk.model.SerializeToString(deterministic=True)
+    return ParsedModel("onnx", structure, sorted_unique(walk.tensors, path))
+
+
+MEMORY_LOCATION = "modelguard-memory"
+
+
+def runtime_graph(
+    path: Path, *, root: Path, files: ModelFiles, keep: Callable[[TensorSlice], bool] | None = None
+) -> tuple[bytes, list[TensorSlice]]:
+    """The model for ONNX Runtime with no file reference left, and the tensors it takes from memory.
+
+    Main-graph initializers with bytes of their own become external initializers at
+    :data:`MEMORY_LOCATION`, to be handed over as OrtValues (``add_external_initializers``);
+    every other external tensor (Constant values, subgraph initializers, sparse parts,
+    functions) is written inline from ``files``. ``keep(tensor)``: False leaves a main-graph
+    initializer's bytes inline as well. Nothing in the result names a file.
+    """
+    import onnx
+
+    walk = _Walk(path, root, files)
+    memory: list[TensorSlice] = []
+    for _, tensor, main, found in walk.found:
+        if found is None:
+            continue
+        if main and found.location is not None and found.nbytes and (keep is None or keep(found)):
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", MEMORY_LOCATION
+            memory.append(found)
+        elif found.location is not None:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = bytes(found.read())
+    try:
+        graph = walk.model.SerializeToString()
+    except ValueError as error:  # protobuf's 2 GiB message limit
+        raise FormatError(
+            f"model too large to hand to ONNX Runtime: {error}", path=str(path)
+        ) from None
+    return graph, memory
 
 
 # --- explaining a structure change -----------------------------------------------------------

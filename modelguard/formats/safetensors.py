@@ -101,10 +101,10 @@ def read_header(view: memoryview, where: str) -> tuple[int, dict[str, Any]]:
     return 8 + header_len, header
 
 
-def parse_safetensors(path: Path, *, root: Path) -> ParsedModel:
+def parse_safetensors(path: Path, *, root: Path, view: memoryview | None = None) -> ParsedModel:
     where = str(path)
     rel = relative_posix(path, root)
-    view = map_file(path)
+    view = map_file(path) if view is None else view
     data_start, header = read_header(view, where)
     data_len = view.nbytes - data_start
 

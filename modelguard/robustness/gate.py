@@ -52,8 +52,15 @@ def certificate_gate(
     model: Path,
     signature: Path,
     trusted: Sequence[PublicKey],
+    /,
+    *,
+    model_root: str | None = None,
 ) -> list[str]:
-    """Reasons the model's certificate does not satisfy ``requirement`` (empty = satisfied)."""
+    """Reasons the model's certificate does not satisfy ``requirement`` (empty = satisfied).
+
+    ``model_root``: the verified bytes' layer root (given by ``verify``, so the model is not
+    read a second time); without it the model is hashed here.
+    """
     from modelguard.robustness.evaluate import model_identity
 
     path = certificate_path_for(model)
@@ -63,7 +70,7 @@ def certificate_gate(
         certificate = load_certificate(path, trusted)
     except (VerificationError, BadInputError) as error:
         return [f"robustness certificate not accepted: {error}"]
-    root = model_identity(Path(model))["manifest_root"]
+    root = model_root if model_root is not None else model_identity(Path(model))["manifest_root"]
     if certificate.manifest_root != root:
         return [
             f"robustness certificate {path} is bound to model root "

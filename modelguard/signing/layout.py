@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelguard.errors import FormatError
-from modelguard.formats import map_file, parse_model_file
-from modelguard.manifest import Manifest, model_root
+from modelguard.errors import BadInputError, FormatError
+from modelguard.formats import ModelFiles, parse_model_file
+from modelguard.manifest import Manifest, open_model
 
 GAP_SEGMENT = 64 * 1024 * 1024
 _CHUNK = 32 * 1024 * 1024
@@ -59,19 +59,25 @@ def _sha256(view: memoryview) -> str:
     return hasher.hexdigest()
 
 
-def build_layouts(model: Path, manifest: Manifest) -> dict[str, list[Segment]] | None:
+def _files(model: Path | ModelFiles) -> ModelFiles:
+    return model if isinstance(model, ModelFiles) else open_model(Path(model))
+
+
+def build_layouts(model: Path | ModelFiles, manifest: Manifest) -> dict[str, list[Segment]] | None:
     """Layouts of every file that holds tensors, or None when a tensor is not stored verbatim.
 
-    Tensor digests come from ``manifest`` (sha256); only the gaps are hashed here.
+    Tensor digests come from ``manifest`` (sha256); only the gaps are hashed here. ``model``:
+    a path, or the :class:`ModelFiles` the manifest was built from (nothing is read twice).
     """
     if manifest.hash_algorithm != "sha256":
         return None
-    root = model_root(model)
+    files = _files(model)
+    root = files.root
     placed: dict[str, list[tuple[int, int, str, str]]] = {}
     for record in manifest.files:
         if record.format == "raw":
             continue
-        parsed = parse_model_file(root / record.path, root=root)
+        parsed = parse_model_file(root / record.path, root=root, files=files)
         if parsed is None:
             return None
         for tensor in parsed.tensors:
@@ -86,20 +92,17 @@ def build_layouts(model: Path, manifest: Manifest) -> dict[str, list[Segment]] |
         if path not in sizes:
             return None
         segments: list[Segment] = []
-        view = map_file(root / path)
-        try:
-            if view.nbytes != sizes[path]:
-                raise FormatError("file changed while it was being signed", path=path)
-            cursor = 0
-            for offset, length, name, digest in sorted(tensors):
-                if offset < cursor or offset + length > view.nbytes:
-                    return None  # overlapping or out-of-range tensors: no tiling
-                segments.extend(_gaps(view, cursor, offset))
-                segments.append(Segment(offset, length, name, digest))
-                cursor = offset + length
-            segments.extend(_gaps(view, cursor, view.nbytes))
-        finally:
-            view.release()
+        view = files.view(path)
+        if view.nbytes != sizes[path]:
+            raise FormatError("file changed while it was being signed", path=path)
+        cursor = 0
+        for offset, length, name, digest in sorted(tensors):
+            if offset < cursor or offset + length > view.nbytes:
+                return None  # overlapping or out-of-range tensors: no tiling
+            segments.extend(_gaps(view, cursor, offset))
+            segments.append(Segment(offset, length, name, digest))
+            cursor = offset + length
+        segments.extend(_gaps(view, cursor, view.nbytes))
         layouts[path] = segments
     return layouts
 
@@ -161,7 +164,7 @@ def layouts_from_dict(data: object, manifest: Manifest) -> dict[str, list[Segmen
 
 
 def check_layouts(
-    model: Path,
+    model: Path | ModelFiles,
     layouts: Mapping[str, Sequence[Segment]],
     whole_files: Mapping[str, str] | None = None,
     *,
@@ -170,16 +173,17 @@ def check_layouts(
     """Hash every segment (and every ``whole_files`` path -> sha256) in parallel.
 
     Returns the paths (and tensor or gap names) that differ; empty when every byte matches.
+    ``model``: a path, or the model's :class:`ModelFiles` (the buffers then used are these).
     """
-    root = model_root(model)
+    files = _files(model)
     views: dict[str, memoryview] = {}
     problems: list[str] = []
     jobs: list[tuple[str, str, memoryview, str]] = []
     try:
         for path in sorted({*layouts, *(whole_files or {})}):
             try:
-                views[path] = map_file(root / path)
-            except (FormatError, OSError):
+                views[path] = files.view(path)
+            except BadInputError:
                 problems.append(f"{path}: unreadable")
         for path, segments in layouts.items():
             view = views.get(path)
@@ -197,7 +201,7 @@ def check_layouts(
                 jobs.append((path, label, view[s.offset : s.offset + s.length], s.digest))
         for path, digest in (whole_files or {}).items():
             if path in views:
-                jobs.append((path, "file", views[path], digest))
+                jobs.append((path, "file", views[path][:], digest))
         jobs.sort(key=lambda job: -job[2].nbytes)  # largest first keeps every core busy
         workers = threads or os.cpu_count() or 1
         with ThreadPoolExecutor(
@@ -212,6 +216,4 @@ def check_layouts(
         return problems
     finally:
         for _, _, view, _ in jobs:
-            view.release()
-        for view in views.values():
             view.release()

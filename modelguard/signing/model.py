@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,13 +40,14 @@ from modelguard.errors import (
     UnsafeModelError,
     VerificationError,
 )
+from modelguard.formats import ModelFiles, parse_model_file
 from modelguard.keys import PrivateKey, PublicKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
     Manifest,
     ManifestDiff,
     build_manifest,
     compare_manifests,
-    list_model_files,
+    open_model,
 )
 from modelguard.policy import Policy, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
@@ -57,10 +57,17 @@ from modelguard.signing.layout import (
     layouts_from_dict,
     layouts_to_dict,
 )
+from modelguard.signing.shards import (
+    Serialization,
+    describe_resource,
+    resources_from_views,
+    unsigned_files,
+)
 from modelguard.signing.statement import (
     DEFAULT_IGNORE_PATHS,
     ParsedStatement,
     model_statement,
+    parse_oms_bundle,
     parse_statement,
 )
 from modelguard.signing.verify import sign_statement, verify_bundle
@@ -115,35 +122,15 @@ def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
     return False
 
 
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def file_digests(model: Path, ignore: Sequence[str]) -> dict[str, str]:
-    """OMS-style file digests (no parsing): ``{"." : d}`` for a file, else ``{rel: d}``."""
-    if model.is_symlink():
-        raise UnsafeModelError("model path is a symbolic link", path=str(model))
-    if model.is_file():
-        return {".": _sha256_file(model)}
+def file_digests(files: ModelFiles) -> dict[str, str]:
+    """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``."""
     digests: dict[str, str] = {}
-    for directory, subdirs, names in os.walk(model, followlinks=False):
-        base = Path(directory)
-        for name in sorted(subdirs):
-            if (base / name).is_symlink():
-                raise UnsafeModelError("symbolic link in model directory", path=str(base / name))
-        for name in names:
-            full = base / name
-            rel = full.relative_to(model).as_posix()
-            if is_ignored(rel, ignore):
-                continue
-            if full.is_symlink():
-                raise UnsafeModelError("symbolic link in model directory", path=str(full))
-            if full.is_file():
-                digests[rel] = _sha256_file(full)
+    for rel in files.members:
+        hasher = hashlib.sha256()
+        view = files.view(rel)
+        for start in range(0, view.nbytes, _HASH_CHUNK):
+            hasher.update(view[start : start + _HASH_CHUNK])
+        digests["." if files.single else rel] = hasher.hexdigest()
     return digests
 
 
@@ -195,8 +182,8 @@ class SignResult:
         }
 
 
-def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]]:
-    """Names the existing bundle gives its signer, and its (unverified) resources."""
+def _existing_signer(data: bytes, source: str) -> tuple[set[str], ParsedStatement]:
+    """Names the existing bundle gives its signer, and its (unverified) statement."""
     document = load_bundle_bytes(data, source=source)
     parsed = parse_bundle(document)
     try:
@@ -208,7 +195,7 @@ def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]
     names = {s.keyid for s in parsed.envelope.signatures if s.keyid}
     if parsed.hint:
         names.add(parsed.hint)
-    return names, {r.name: r.digest for r in statement.resources}
+    return names, statement
 
 
 def sign_model(
@@ -222,12 +209,14 @@ def sign_model(
     ledger_url: str | None = None,
     record: bool = True,
     threads: int | None = None,
+    serialization: Serialization | None = None,
 ) -> SignResult:
     """Hash ``path`` (files, tensors, structures), sign the OMS statement, write the bundle.
 
     A model already signed by another key gets a co-signature in ``model.sig.d/``; the
     files must still match what the first signer signed. With ``record`` the signature lands
-    in the ledger as a ``sign`` entry.
+    in the ledger as a ``sign`` entry. ``serialization`` picks the OMS resources (default:
+    whole files, SHA-256; or shards and/or blake2b, blake3: modelguard.signing.shards).
     """
     path = Path(path)
     if not path.exists():
@@ -236,15 +225,29 @@ def sign_model(
         raise BadInputError(f"--parent {parent!r} is not a sha256 digest (64 hex digits)")
     sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     ignore = signing_ignore_paths(path, sig_path)
-    manifest = build_manifest(path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads)
-    resources = manifest_resources(path, manifest)
+    files = open_model(path, ignore_paths=ignore)
+    manifest = build_manifest(
+        path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads, files=files
+    )
+    spec = serialization or Serialization()
+    resources = (
+        manifest_resources(path, manifest)
+        if spec.is_default
+        else _view_resources(files, spec, threads, for_signing=True)
+    )
     public = key.public_key()
     kid = key_id(public)
     target, cosigned = sig_path, False
     if sig_path.exists():
-        names, signed = _existing_signer(read_bundle_file(sig_path), str(sig_path))
+        names, existing = _existing_signer(read_bundle_file(sig_path), str(sig_path))
         if not names & {kid, oms_hint(public)}:
-            if signed != resources:
+            signed = {r.name: r.digest for r in existing.resources}
+            now = (
+                resources
+                if existing.serialization_spec == spec
+                else _view_resources(files, existing.serialization_spec, threads)
+            )
+            if signed != now:
                 raise BadInputError(
                     "the model changed since it was signed; remove the old signature(s) "
                     "to sign the new content",
@@ -263,11 +266,15 @@ def sign_model(
         "signer_key_id": kid,
         "manifest": manifest.to_dict(),
     }
-    layouts = build_layouts(path, manifest)
+    layouts = build_layouts(files, manifest)
     if layouts is not None:
         predicate["layout"] = layouts_to_dict(layouts)
     statement = model_statement(
-        model_name, sorted(resources.items()), ignore_paths=ignore, modelguard=predicate
+        model_name,
+        sorted(resources.items()),
+        ignore_paths=ignore,
+        modelguard=predicate,
+        serialization=spec,
     )
     data = dump_bundle(sign_statement(statement, key))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +422,24 @@ class _Actual:
     parse_error: str | None
 
 
+@dataclass
+class VerifiedModel:
+    """A model that verified, holding the buffers that were checked: the only bytes to use.
+
+    ``files`` are the model's files as read once for verification (private copies when asked
+    for): ONNX Runtime, the decryptor and the certificate gate take their bytes from here and
+    never re-open a path.
+    """
+
+    path: Path
+    report: VerificationReport
+    files: ModelFiles
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.report.manifest
+
+
 def _signer_label(signer: SignerResult) -> str:
     who = signer.name or (signer.key_id[:16] if signer.key_id else "unknown")
     return f"signer {who}"
@@ -457,6 +482,10 @@ def _read_signatures(
             verified = verify_bundle(document, trusted)
         except SignatureError as error:
             if error.details.get("reason") == "untrusted":
+                try:  # not ours to trust, but a malformed statement is bad input (exit 2)
+                    parse_oms_bundle(document)
+                except FormatError as malformed:
+                    raise FormatError(malformed.message, path=str(file)) from None
                 signer.status, signer.reason = "untrusted", error.message
                 signer.key_id = parsed.envelope.signatures[0].keyid or parsed.hint
                 continue
@@ -496,26 +525,94 @@ def _read_signatures(
     return signed
 
 
-def _actual_state(
-    model: Path, ignore: tuple[str, ...], want_layers: bool, threads: int | None
-) -> _Actual:
+def _actual_state(files: ModelFiles, want_layers: bool, threads: int | None) -> _Actual:
     if want_layers:
         try:
             manifest = build_manifest(
-                model, hash_algorithm="sha256", ignore_paths=ignore, threads=threads
+                files.root, hash_algorithm="sha256", threads=threads, files=files
             )
-            return _Actual(manifest_resources(model, manifest), manifest, None)
+            return _Actual(_resources(files, manifest), manifest, None)
         except (FormatError, UnsafeModelError) as error:
-            return _Actual(file_digests(model, ignore), None, str(error))
-    return _Actual(file_digests(model, ignore), None, None)
+            return _Actual(file_digests(files), None, str(error))
+    return _Actual(file_digests(files), None, None)
+
+
+def _view_resources(
+    files: ModelFiles, spec: Serialization, threads: int | None, *, for_signing: bool = False
+) -> dict[str, str]:
+    """OMS resources (shards, blake2b, blake3) hashed from the buffers already read."""
+    views = {rel: files.view(rel) for rel in files.members}
+    return resources_from_views(
+        views, spec, single=files.single, threads=threads, for_signing=for_signing
+    )
+
+
+def _resources(files: ModelFiles, manifest: Manifest) -> dict[str, str]:
+    if files.single:
+        return {".": manifest.files[0].digest} if len(manifest.files) == 1 else {}
+    return {f.path: f.digest for f in manifest.files}
+
+
+def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bool:
+    """The signature names this target: a single file by its name, a directory by its file set.
+
+    A single-file signature never covers a sibling: its manifest records the file's name, which
+    must be the name given. Signed resources and signed manifest must agree on every file.
+    """
+    who = _signer_label(item.signer)
+    names = list(item.statement.paths)
+    given = model.name
+    if model.is_dir() and "." in names:
+        report.check(
+            "target",
+            False,
+            f"{who}: signs a single file, but {given!r} is a directory",
+            "signature",
+        )
+        return False
+    if not model.is_dir() and names != ["."]:
+        report.check(
+            "target",
+            False,
+            f"{who}: signs a directory ({len(names)} file(s)), but {given!r} is a single file",
+            "signature",
+        )
+        return False
+    if item.manifest is None:
+        return True
+    signed = [f.path for f in item.manifest.files]
+    if not model.is_dir() and signed != [given]:
+        report.check(
+            "target",
+            False,
+            f"{who}: signature is for {', '.join(map(repr, signed)) or 'nothing'}, "
+            f"not for {given!r}",
+            "signature",
+        )
+        return False
+    resources = {r.name: r.digest for r in item.statement.resources}
+    if (
+        item.statement.serialization_spec.is_default
+        and item.manifest.hash_algorithm == "sha256"
+        and manifest_resources(model, item.manifest) != resources
+    ):
+        report.check(
+            "statement", False, f"{who}: signed manifest and signed resources disagree", "signature"
+        )
+        return False
+    return True
 
 
 def _compare_files(
-    report: VerificationReport, who: str, signed: Mapping[str, str], actual: Mapping[str, str]
+    report: VerificationReport,
+    who: str,
+    signed: Mapping[str, str],
+    actual: Mapping[str, str],
+    method: str = "files",
 ) -> bool:
     ok = True
     for name in sorted(set(signed) | set(actual)):
-        label = "the model file" if name == "." else f"file {name!r}"
+        label = describe_resource(name, method)
         if name not in actual:
             report.check("files", False, f"{who}: {label} is missing", "digest")
         elif name not in signed:
@@ -524,7 +621,7 @@ def _compare_files(
             report.check(
                 "files",
                 False,
-                f"{who}: {label} differs (sha256 {actual[name][:16]}…, signed {signed[name][:16]}…)",
+                f"{who}: {label} differs (digest {actual[name][:16]}…, signed {signed[name][:16]}…)",
                 "digest",
             )
         else:
@@ -549,32 +646,36 @@ def _describe_diff(diff: ManifestDiff) -> list[str]:
 
 def _fast_check(
     report: VerificationReport,
-    model: Path,
+    files: ModelFiles,
     item: _Signed,
-    ignore: tuple[str, ...],
     threads: int | None,
     done: dict[str, bool],
 ) -> bool:
     """Every byte through the signed layout's tensor and gap digests, hashed in parallel.
 
     True when everything matched (checks added); False sends the caller to the full path,
-    which re-parses and re-hashes the model to name what differs.
+    which re-parses and re-hashes the model to name what differs. The bytes hashed are the
+    buffers of ``files`` (one read per file), and every ONNX file is walked so that each
+    external tensor reference is confined to the signed set.
     """
     extra = item.statement.modelguard or {}
     if item.manifest is None or "layout" not in extra:
         return False
+    if not item.statement.serialization_spec.is_default:
+        return False  # the OMS resources (shards, blake2b, blake3) must be recomputed too
     try:
         layouts = layouts_from_dict(extra["layout"], item.manifest)
-        _, rels = list_model_files(model, ignore_paths=ignore)
     except (FormatError, UnsafeModelError, BadInputError):
         return False
     resources = {r.name: r.digest for r in item.statement.resources}
-    if ({"."} if model.is_file() else set(rels)) != set(resources):
+    if ({"."} if files.single else set(files.members)) != set(resources):
         return False
     whole = {f.path: f.digest for f in item.manifest.files if f.path not in layouts}
-    key = json.dumps([extra["layout"], sorted(whole.items()), ignore], sort_keys=True)
+    key = json.dumps([extra["layout"], sorted(whole.items()), files.ignore], sort_keys=True)
     if key not in done:
-        done[key] = not check_layouts(model, layouts, whole, threads=threads)
+        done[key] = not check_layouts(files, layouts, whole, threads=threads) and _references_ok(
+            files, item.manifest
+        )
     if not done[key]:
         return False
     who = _signer_label(item.signer)
@@ -598,50 +699,91 @@ def _fast_check(
     return True
 
 
+def _references_ok(files: ModelFiles, manifest: Manifest) -> bool:
+    """Every tensor reference of every ONNX file resolves inside the signed set (walk only)."""
+    return _reference_problem(files, [f.path for f in manifest.files if f.format == "onnx"]) is None
+
+
+def _reference_problem(files: ModelFiles, onnx_files: Sequence[str] | None = None) -> str | None:
+    """Why an ONNX file's tensor data is not confined to the signed set (None when it is).
+
+    Run even for plain OpenSSF Model Signing bundles (no modelguard manifest): their file
+    digests say nothing about where a graph's external data points.
+    """
+    names = onnx_files if onnx_files is not None else files.members
+    for rel in names:
+        if not rel.lower().endswith(".onnx"):
+            continue
+        try:
+            parse_model_file(files.root / rel, root=files.root, files=files)
+        except (FormatError, UnsafeModelError, BadInputError) as error:
+            return f"cannot use the model's tensors: {error}"
+    return None
+
+
 def _check_content(
     report: VerificationReport,
     model: Path,
     signed: list[_Signed],
     sig_ignore: list[str],
     threads: int | None,
-) -> None:
+    private: bool,
+    ignore_unsigned_files: bool = False,
+) -> ModelFiles | None:
+    """Check every signer's files, tensors and structures; the opened model that verified."""
+    opened: dict[tuple[str, ...], ModelFiles] = {}
     cache: dict[tuple[tuple[str, ...], bool], _Actual] = {}
     fast: dict[str, bool] = {}
+    first: ModelFiles | None = None
     for item in signed:
         who = _signer_label(item.signer)
+        if not _check_binding(report, model, item):
+            continue
         ignore = tuple(
             dict.fromkeys([*item.statement.ignore_paths, *DEFAULT_IGNORE_PATHS[:4], *sig_ignore])
         )
-        if _fast_check(report, model, item, ignore, threads, fast):
+        if ignore_unsigned_files:
+            skipped = unsigned_files(model, set(item.statement.paths), ignore)
+            if skipped:
+                ignore = (*ignore, *skipped)
+                report.check(
+                    "files",
+                    True,
+                    f"{who}: ignoring {len(skipped)} unsigned file(s) as asked: {', '.join(skipped)}",
+                    "digest",
+                )
+        if ignore not in opened:
+            opened[ignore] = open_model(model, ignore_paths=ignore, private=private)
+        files = opened[ignore]
+        first = first or files
+        if _fast_check(report, files, item, threads, fast):
             continue
         want_layers = item.manifest is not None
         cache_key = (ignore, want_layers)
         if cache_key not in cache:
-            cache[cache_key] = _actual_state(model, ignore, want_layers, threads)
+            cache[cache_key] = _actual_state(files, want_layers, threads)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
-        files_ok = _compare_files(report, who, resources, actual.files)
+        spec = item.statement.serialization_spec
+        on_disk = actual.files if spec.is_default else _view_resources(files, spec, threads)
+        files_ok = _compare_files(report, who, resources, on_disk, spec.method)
         if files_ok:
             report.check(
-                "files", True, f"{who}: all {len(resources)} file digest(s) match", "digest"
-            )
-        if item.manifest is None:
-            report.check(
-                "layers",
+                "files",
                 True,
-                f"{who}: no layer detail available (signature made without modelguard)",
+                f"{who}: all {len(resources)} {'shard' if spec.method == 'shards' else 'file'} "
+                f"digest(s) match",
                 "digest",
             )
-            continue
-        if (
-            item.manifest.hash_algorithm == "sha256"
-            and manifest_resources(model, item.manifest) != resources
-        ):
+        if item.manifest is None:
+            refused = _reference_problem(files)
             report.check(
-                "statement",
-                False,
-                f"{who}: signed manifest and signed resources disagree",
-                "signature",
+                "layers",
+                refused is None,
+                f"{who}: {refused}"
+                if refused
+                else f"{who}: no layer detail available (signature made without modelguard)",
+                "digest",
             )
             continue
         if actual.manifest is None:
@@ -663,6 +805,7 @@ def _check_content(
             report.check(
                 "layers", True, f"{who}: all {tensors} tensor and structure digests match", "digest"
             )
+    return first
 
 
 def _check_policy(
@@ -741,7 +884,15 @@ def _check_policy(
         )
 
 
-def _check_certificate(report: VerificationReport, policy: Policy, model: Path, sig: Path) -> None:
+def _check_certificate(
+    report: VerificationReport,
+    policy: Policy,
+    model: Path,
+    sig: Path,
+    files: ModelFiles | None,
+    threads: int | None,
+) -> None:
+    """The certificate must be bound to the layer root of the bytes that verified (not re-read)."""
     if policy.certificate is None:
         return
     check = certificate_check()
@@ -754,7 +905,10 @@ def _check_certificate(report: VerificationReport, policy: Policy, model: Path, 
                 "policy",
             )
         return
-    reasons = check(policy.certificate, model, sig, policy.trusted_keys)
+    root = report.manifest.layer_root if report.manifest is not None else None
+    if root is None and files is not None:  # a plain OMS signature: the manifest of what verified
+        root = build_manifest(files.root, threads=threads, files=files).layer_root
+    reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
@@ -772,13 +926,84 @@ def verify_model(
     allow_rollback: bool = False,
     now: datetime | None = None,
     threads: int | None = None,
+    ignore_unsigned_files: bool = False,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
 
+    Files of the model that no signature lists fail verification (OMS spec 8.5) unless
+    ``ignore_unsigned_files`` (like ``model_signing verify --ignore_unsigned_files``).
+
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
+    Each file is read once, through one descriptor (see :func:`verify_and_hold`).
     """
-    path = Path(path)
+    report, _ = _verify(
+        Path(path),
+        signature_path,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
+        now=now,
+        threads=threads,
+        private=False,
+        ignore_unsigned_files=ignore_unsigned_files,
+    )
+    return report
+
+
+def verify_and_hold(
+    path: Path,
+    signature_path: Path | None = None,
+    *,
+    keys: Sequence[PublicKey] = (),
+    policy: Policy | None = None,
+    ledger_url: str | None = None,
+    require_ledger: bool = False,
+    allow_rollback: bool = False,
+    now: datetime | None = None,
+    threads: int | None = None,
+) -> VerifiedModel:
+    """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
+
+    Every file of the model is copied once into private memory through one open descriptor,
+    then hashed; the returned :class:`VerifiedModel` holds exactly those buffers, so whatever
+    happens to the files on disk afterwards (renamed, replaced, rewritten in place, removed)
+    cannot reach what the caller loads.
+    """
+    report, files = _verify(
+        Path(path),
+        signature_path,
+        keys=keys,
+        policy=policy,
+        ledger_url=ledger_url,
+        require_ledger=require_ledger,
+        allow_rollback=allow_rollback,
+        now=now,
+        threads=threads,
+        private=True,
+    )
+    report.raise_if_failed()
+    if files is None:
+        raise SignatureError("nothing was verified", path=str(path))
+    return VerifiedModel(Path(path), report, files)
+
+
+def _verify(
+    path: Path,
+    signature_path: Path | None,
+    *,
+    keys: Sequence[PublicKey],
+    policy: Policy | None,
+    ledger_url: str | None,
+    require_ledger: bool,
+    allow_rollback: bool,
+    now: datetime | None,
+    threads: int | None,
+    private: bool,
+    ignore_unsigned_files: bool = False,
+) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
     if policy is not None and keys:
@@ -791,8 +1016,9 @@ def verify_model(
     report = VerificationReport(model=str(path), signature=str(sig_path))
     if not sig_path.is_file():
         report.check("signature", False, f"no signature file at {sig_path}")
-        return report
+        return report, None
     signed = _read_signatures(report, signature_files(sig_path), policy, policy.trusted_keys)
+    files: ModelFiles | None = None
     if signed:
         report.subject_digest = signed[0].statement.subject_digest
         sig_ignore = (
@@ -804,9 +1030,11 @@ def verify_model(
             if path.is_dir()
             else []
         )
-        _check_content(report, path, signed, sig_ignore, threads)
+        files = _check_content(
+            report, path, signed, sig_ignore, threads, private, ignore_unsigned_files
+        )
     _check_policy(report, policy, signed, now or _now())
-    _check_certificate(report, policy, path, sig_path)
+    _check_certificate(report, policy, path, sig_path, files, threads)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 
@@ -815,5 +1043,6 @@ def verify_model(
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],
             ledger_url=ledger_url,
             allow_rollback=allow_rollback,
+            policy=policy,
         )
-    return report
+    return report, files

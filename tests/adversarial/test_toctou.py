@@ -1,0 +1,293 @@
+"""Class 2, verify-then-load (TOCTOU): what ONNX Runtime runs is exactly what was verified.
+
+The adversary can rename, replace, rewrite or delete the model's files at any moment. Two
+kinds of attack: a swap staged exactly between verification and session creation (the
+window the old loader left open), and a real second process swapping files in a loop while
+the loader verifies and loads over and over. Zero wins allowed: every session either computes
+the signed model's outputs or was refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from gatebind_models import X, external_mlp, plain_mlp
+
+import modelguard.signing.model as signing_model
+from modelguard.encryption import encrypt_model
+from modelguard.errors import BadInputError, VerificationError
+from modelguard.formats.onnx import MEMORY_LOCATION, nested_tensors
+from modelguard.keys import generate_key
+from modelguard.runtime import open_session
+from modelguard.signing.model import sign_model
+
+GOOD = np.eye(4, dtype=np.float32)
+EVIL = np.full((4, 4), 9.0, dtype=np.float32)
+ITERATIONS = 60  # per concurrent attack: a few seconds on a busy 2-core machine
+
+SWAPPER = r"""
+import os, sys
+target, good, evil, spare, mode, stop = sys.argv[1:7]
+blobs = [open(evil, "rb").read(), open(good, "rb").read()]
+while not os.path.exists(stop):
+    for data in blobs:
+        if mode == "rename":
+            with open(spare, "wb") as handle:
+                handle.write(data)
+            os.replace(spare, target)
+        else:  # rewrite the same inode in place
+            with open(target, "r+b") as handle:
+                handle.write(data)
+"""
+
+
+def _session_output(path: Path, **kwargs: object) -> np.ndarray:
+    session = open_session(path, providers="cpu", **kwargs)  # type: ignore[arg-type]
+    return np.asarray(session.run(None, {"x": X})[0])
+
+
+@pytest.fixture
+def swapper(tmp_path: Path) -> Iterator[Callable[[Path, Path, Path, str], None]]:
+    """Start a process that swaps ``target`` between evil and good bytes until the test ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = tmp_path / "stop-swapping"
+
+    def start(target: Path, good: Path, evil: Path, mode: str) -> None:
+        spare = tmp_path / f"spare-{len(procs)}"  # outside the model directory
+        args = [str(target), str(good), str(evil), str(spare), mode, str(stop)]
+        procs.append(subprocess.Popen([sys.executable, "-c", SWAPPER, *args]))
+
+    yield start
+    stop.touch()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _race(load: Callable[[], np.ndarray], good_output: np.ndarray) -> tuple[int, int, int]:
+    """(accepted with the signed outputs, refused, wins for the adversary)."""
+    accepted = refused = wins = 0
+    for _ in range(ITERATIONS):
+        try:
+            output = load()
+        except (VerificationError, BadInputError):
+            refused += 1
+            continue
+        if np.array_equal(output, good_output):
+            accepted += 1
+        else:
+            wins += 1
+    return accepted, refused, wins
+
+
+# ---- the window between verification and session creation, staged exactly -----------------
+
+
+def _after_verification(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None]) -> None:
+    real = signing_model.verify_and_hold
+
+    def verify_then_attack(*args: object, **kwargs: object) -> signing_model.VerifiedModel:
+        verified = real(*args, **kwargs)  # type: ignore[arg-type]
+        attack()
+        return verified
+
+    monkeypatch.setattr(signing_model, "verify_and_hold", verify_then_attack)
+
+
+def test_directory_external_data_swapped_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    sign_model(model, key, record=False)
+    poison = tmp_path / "poison.bin"
+    poison.write_bytes(EVIL.tobytes())
+    _after_verification(monkeypatch, lambda: os.replace(poison, model / "w.bin"))
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+    assert (model / "w.bin").read_bytes() == EVIL.tobytes()  # the swap did happen
+
+
+def test_directory_rewritten_in_place_and_removed_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    sign_model(model, key, record=False)
+
+    def attack() -> None:
+        with open(model / "w.bin", "r+b") as handle:  # same inode: an mmap would see this
+            handle.write(EVIL.tobytes())
+        shutil.copyfile(model / "w.bin", tmp_path / "evil-w.bin")
+        (model / "model.onnx").unlink()
+
+    _after_verification(monkeypatch, attack)
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+
+
+def test_single_file_replaced_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = generate_key()
+    model = plain_mlp(tmp_path / "X" / "model.onnx", GOOD)
+    sign_model(model, key, record=False)
+    evil = plain_mlp(tmp_path / "evil.onnx", EVIL)
+    _after_verification(monkeypatch, lambda: os.replace(evil, model))
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+
+
+def test_container_replaced_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, identity = generate_key(), X25519PrivateKey.generate()
+    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
+    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
+    (tmp_path / "X").mkdir()
+    container = tmp_path / "X" / "model.onnx.mgenc"
+    encrypt_model(
+        tmp_path / "src" / "model.onnx",
+        container,
+        recipients=[identity.public_key()],
+        sign_key=key,
+        record=False,
+    )
+    evil = tmp_path / "evil.onnx.mgenc"
+    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
+    _after_verification(monkeypatch, lambda: os.replace(evil, container))
+    got = _session_output(container, keys=[key.public_key()], identity=identity)
+    assert np.array_equal(got, X @ GOOD)
+
+
+def test_onnx_runtime_never_gets_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph goes to ONNX Runtime as bytes and names no file: every tensor is in memory."""
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    sign_model(model, key, record=False)
+    given: list[object] = []
+    real = ort.InferenceSession
+
+    def spy(model_arg: object, *args: object, **kwargs: object) -> ort.InferenceSession:
+        given.append(model_arg)
+        return real(model_arg, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+    assert len(given) == 1 and isinstance(given[0], bytes)
+    graph = onnx.ModelProto.FromString(given[0])
+    locations = [
+        entry.value
+        for tensor in [*graph.graph.initializer, *(t for _, t in nested_tensors(graph))]
+        for entry in tensor.external_data
+        if entry.key == "location"
+    ]
+    assert locations == [MEMORY_LOCATION]
+
+
+# ---- a real second process swapping files while the loader runs ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["rename", "inplace"])
+def test_concurrent_swapper_on_directory_external_data(
+    tmp_path: Path, swapper: Callable[[Path, Path, Path, str], None], mode: str
+) -> None:
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    sign_model(model, key, record=False)
+    good, evil = tmp_path / "good.bin", tmp_path / "evil.bin"
+    good.write_bytes(GOOD.tobytes())
+    evil.write_bytes(EVIL.tobytes())
+    swapper(model / "w.bin", good, evil, mode)
+    accepted, refused, wins = _race(
+        lambda: _session_output(model, keys=[key.public_key()]), X @ GOOD
+    )
+    assert wins == 0, f"{wins} wins ({accepted} accepted, {refused} refused)"
+    assert refused > 0  # the swapper was really racing the loader
+
+
+@pytest.mark.parametrize("mode", ["rename", "inplace"])
+def test_concurrent_swapper_on_single_file(
+    tmp_path: Path, swapper: Callable[[Path, Path, Path, str], None], mode: str
+) -> None:
+    key = generate_key()
+    model = plain_mlp(tmp_path / "X" / "model.onnx", GOOD)
+    sign_model(model, key, record=False)
+    good = tmp_path / "good.onnx"
+    shutil.copyfile(model, good)
+    evil = plain_mlp(tmp_path / "evil.onnx", EVIL)
+    assert evil.stat().st_size == good.stat().st_size
+    swapper(model, good, evil, mode)
+    accepted, refused, wins = _race(
+        lambda: _session_output(model, keys=[key.public_key()]), X @ GOOD
+    )
+    assert wins == 0, f"{wins} wins ({accepted} accepted, {refused} refused)"
+    assert refused > 0
+
+
+def test_concurrent_swapper_on_encrypted_container(
+    tmp_path: Path, swapper: Callable[[Path, Path, Path, str], None]
+) -> None:
+    key, identity = generate_key(), X25519PrivateKey.generate()
+    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
+    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
+    (tmp_path / "X").mkdir()
+    container = tmp_path / "X" / "model.onnx.mgenc"
+    encrypt_model(
+        tmp_path / "src" / "model.onnx",
+        container,
+        recipients=[identity.public_key()],
+        sign_key=key,
+        record=False,
+    )
+    good = tmp_path / "good.mgenc"
+    shutil.copyfile(container, good)
+    evil = tmp_path / "evil.mgenc"
+    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
+    swapper(container, good, evil, "rename")
+    accepted, refused, wins = _race(
+        lambda: _session_output(container, keys=[key.public_key()], identity=identity),
+        X @ GOOD,
+    )
+    assert wins == 0, f"{wins} wins ({accepted} accepted, {refused} refused)"
+    assert refused > 0
+
+
+def test_certificate_gate_binds_to_the_verified_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate check gets the root of the bytes that verified; it never re-reads the
+    model (a re-read could hash a swapped-in, certified other model)."""
+    import modelguard.policy as policy_module
+    from modelguard.keys import write_keypair
+    from modelguard.policy import load_policy
+    from modelguard.signing.model import verify_model
+
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD)
+    signed = sign_model(model, key, record=False)
+    _, pub = write_keypair(tmp_path, "alice", key, None)
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        f'threshold = 1\n[[signers]]\nname = "alice"\npublic_key = "{pub}"\n'
+        "[certificate]\nmin_robust_accuracy = 0.5\nepsilon = 0.1\n"
+    )
+    seen: list[str | None] = []
+
+    def check(*args: object, model_root: str | None = None) -> list[str]:
+        seen.append(model_root)
+        return []
+
+    monkeypatch.setattr(policy_module, "_certificate_check", check)
+    assert verify_model(model, policy=load_policy(policy_file)).ok
+    assert seen == [signed.manifest.layer_root]
