@@ -181,3 +181,25 @@ def test_run_without_runtime_extra_names_it(slim_venv: Path, tmp_path: Path) -> 
     )
     assert done.returncode == 2
     assert "pip install 'modelguard[runtime]'" in done.stderr
+
+
+def test_certificate_policy_on_the_base_install_names_the_extra(
+    slim_venv: Path, tmp_path: Path
+) -> None:
+    """The [certificate] check loads the evaluation module (torch): it must say so, not crash."""
+    model = model_dir(tmp_path / "model")
+    env = {"MG_PASS": "pw"}
+    for step in (
+        ["keygen", "--out", "keys", "--passphrase-env", "MG_PASS"],
+        ["sign", str(model), "--sign-key", "keys/modelguard.priv", "--sign-passphrase-env",
+         "MG_PASS", "--no-ledger"],
+    ):  # fmt: skip
+        assert _modelguard(slim_venv, *step, cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "policy.toml").write_text(
+        '[[signers]]\nname = "ci"\npublic_key = "keys/modelguard.pub"\n\n'
+        "[certificate]\nmin_robust_accuracy = 0.5\nepsilon = 0.1\n"
+    )
+    done = _modelguard(slim_venv, "verify", str(model), "--policy", "policy.toml", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'modelguard[robustness]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
