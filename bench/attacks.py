@@ -1,8 +1,21 @@
-"""Attack throughput and agreement: modelguard's FGSM, PGD-40 and C&W vs torchattacks, side by side.
+"""Attack throughput and agreement with torchattacks, side by side in one run.
 
     $ .venv/bin/pip install --no-deps torchattacks==3.5.1     # bench-only; not a modelguard dependency
     $ .venv/bin/python bench/attacks.py                       # both models, 3 interleaved repeats
     $ .venv/bin/python bench/attacks.py --models digits_cnn --repeats 1
+    $ .venv/bin/python bench/attacks.py --suite autoattack    # `--attacks standard` vs AutoAttack
+
+``--suite autoattack``: on the digits test split at eps 0.1 (Linf), five models (undefended,
+PGD-AT, defensive distillation, bit-depth squeezing, a 3-member ensemble; trained here,
+seeded) are each evaluated by ``modelguard eval --attacks standard`` (the full pipeline:
+exported model directory, ONNX parity, Square on ONNX Runtime, cascade over unbroken
+examples) and by torchattacks' ``AutoAttack(version="standard")`` on the PyTorch model. Both
+count an example robust only if it is classified correctly clean and after the attacks. Our
+robust accuracy must not exceed the reference's by more than 0.5 points on any model
+(``MISSED`` otherwise); times are wall seconds and their ratio (ours / theirs). Note that
+torchattacks' AutoAttack runs APGD with its class default of 10 steps, not the paper's 100.
+
+``--suite throughput`` (the default): modelguard's FGSM, PGD-40 and C&W vs torchattacks.
 
 Trains the demo CNN (``zoo.digits_cnn``) and ``zoo.digits_cnn_large`` on the digits train split
 for a few epochs (seeded), then on the 360-example test split runs each attack from both
@@ -22,17 +35,24 @@ shared machine).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+# bench/ledger.py would shadow the ledger package when this file runs as a script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from modelguard import zoo
-from modelguard.modelcard import accuracy, train_classifier
-from modelguard.robustness.attacks import build_attack
-from modelguard.robustness.data import digits_split
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from modelguard import zoo  # noqa: E402
+from modelguard.modelcard import accuracy, train_classifier  # noqa: E402
+from modelguard.robustness.attacks import build_attack  # noqa: E402
+from modelguard.robustness.data import digits_split  # noqa: E402
 
 EPS = 0.1
 PGD_STEPS = 40
@@ -89,17 +109,100 @@ def robust(model: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor) -> float:
         return float((clean_ok & (model(x_adv).argmax(1) == y)).float().mean())
 
 
+AUTOATTACK_EPS = 0.1
+AGREEMENT_POINTS = 0.5
+CLASSES = [str(i) for i in range(10)]
+DEFENSES: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "undefended": None,
+    "pgd-at": ("pgd-at", {"eps": 0.1, "epochs": 8, "steps": 5}),
+    "distilled": ("distill", {"temperature": 50, "epochs": 8}),
+    "squeeze": ("squeeze", {"bits": 3}),
+    "ensemble": ("ensemble", {"members": 2, "epochs": 8}),
+}
+
+
+def autoattack_suite(args: argparse.Namespace) -> None:
+    """``--attacks standard`` beside torchattacks' AutoAttack on five (defended) models."""
+    import tempfile
+
+    import torchattacks
+
+    from modelguard.modelcard import ModelCard, export_model_dir
+    from modelguard.robustness.defenses import apply_defense
+    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+
+    train, test = digits_split()
+    test = test.subset(args.limit)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+    print(
+        f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, threads "
+        f"{args.threads}, {len(x)} examples, eps {AUTOATTACK_EPS} (Linf); load average "
+        f"{os.getloadavg()[0]:.2f} at start"
+    )
+    print(
+        f"{'model':<11} {'clean':>6} {'ours':>7} {'AutoAttack':>10} {'diff pts':>8} "
+        f"{'ours s':>7} {'theirs s':>8} {'ratio':>6}  verdict"
+    )
+    card = ModelCard("modelguard.zoo:digits_cnn", {}, [1, 8, 8], CLASSES)
+    base = train_classifier(zoo.digits_cnn(), train, epochs=args.epochs, seed=0)
+    worst_gap = -1.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, defense in DEFENSES.items():
+            if defense is None:
+                model, factory, kwargs = base, "digits_cnn", {}
+            else:
+                defended = apply_defense(defense[0], base, card, train, defense[1])
+                model, factory, kwargs = defended.model, defended.factory, defended.kwargs
+            model.eval()
+            directory = Path(tmp) / label
+            export_model_dir(
+                model, directory, factory=factory, kwargs=kwargs, input_shape=[1, 8, 8],
+                classes=CLASSES, name=label, version="1",
+            )  # fmt: skip
+            config = EvalConfig(
+                attacks=["standard"], eps=[AUTOATTACK_EPS], limit=args.limit, soundness=False
+            )
+            started = time.perf_counter()
+            result = evaluate_model_dir(directory, config)
+            ours_seconds = time.perf_counter() - started
+            ours = result.worst_case_accuracy(AUTOATTACK_EPS)
+            reference = torchattacks.AutoAttack(
+                model, norm="Linf", eps=AUTOATTACK_EPS, version="standard", n_classes=10, seed=0
+            )
+            started = time.perf_counter()
+            _, x_adv = run(reference, x, y, args.batch)
+            theirs_seconds = time.perf_counter() - started
+            theirs = robust(model, x_adv, x, y)
+            gap = (ours - theirs) * 100
+            worst_gap = max(worst_gap, gap)
+            verdict = "ok" if gap <= AGREEMENT_POINTS else f"MISSED: > {AGREEMENT_POINTS} points"
+            print(
+                f"{label:<11} {result.clean_accuracy:>6.3f} {ours:>7.3f} {theirs:>10.3f} "
+                f"{gap:>+8.2f} {ours_seconds:>7.1f} {theirs_seconds:>8.1f} "
+                f"{ours_seconds / theirs_seconds:>6.2f}  {verdict}"
+            )
+    print(
+        f"largest (ours - AutoAttack): {worst_gap:+.2f} points; load average "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--suite", choices=["throughput", "autoattack"], default="throughput")
     parser.add_argument("--models", default="digits_cnn,digits_cnn_large")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="test examples (default 360)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.suite == "autoattack":
+        autoattack_suite(args)
+        return
     import torchattacks
 
     train, test = digits_split()

@@ -61,7 +61,7 @@ _TOP_KEYS = {
 }
 _LEDGER_KEYS = {"key", "state"}
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
-_CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required"}
+_CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required", "estimate"}
 _AGE = re.compile(r"(\d+)\s*([smhd]?)")
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -82,6 +82,9 @@ class CertificateRequirement:
     epsilon: float
     norm: str = "linf"
     required: bool = True
+    # "lower_bound": the 95% Clopper-Pearson lower bound must clear the threshold; "point": the
+    # measured fraction must.
+    estimate: str = "lower_bound"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class CertificateRequirement:
             "epsilon": self.epsilon,
             "norm": self.norm,
             "required": self.required,
+            "estimate": self.estimate,
         }
 
 
@@ -251,7 +255,10 @@ def _certificate(table: object, source: str) -> CertificateRequirement:
     required = table.get("required", True)
     if not isinstance(required, bool):
         raise _fail("[certificate] required must be true or false", source)
-    return CertificateRequirement(float(accuracy), float(epsilon), norm, required)
+    estimate = table.get("estimate", "lower_bound")
+    if estimate not in ("lower_bound", "point"):
+        raise _fail("[certificate] estimate must be 'lower_bound' or 'point'", source)
+    return CertificateRequirement(float(accuracy), float(epsilon), norm, required, estimate)
 
 
 def _resolve(value: str, base: Path | None) -> str:

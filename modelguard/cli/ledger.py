@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from modelguard import audit
+from modelguard.cli import ledger_proofs, ledger_tiles, ledger_witness
 from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
@@ -158,6 +159,16 @@ def show(
 @click.option(
     "--checkpoint", type=_EXISTING, help="With --file: a signed checkpoint the file must match."
 )
+@click.option(
+    "--tiles",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Audit a C2SP tile tree (from `export-tiles`) offline against --key.",
+)
+@click.option(
+    "--old-checkpoint",
+    type=_EXISTING,
+    help="With --tiles: a kept checkpoint the tiles must extend.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -167,9 +178,14 @@ def verify(
     public_keys: tuple[Path, ...],
     jsonl: Path | None,
     checkpoint: Path | None,
+    tiles: Path | None,
+    old_checkpoint: Path | None,
     as_json: bool,
 ) -> None:
     """Recompute chain and tree; on tampering name the first bad index (exit 1)."""
+    if tiles is not None:
+        ledger_tiles.verify_tiles_command(ctx, tiles, public_keys, old_checkpoint, as_json)
+        return
     report = audit.verify_ledger(
         ledger_url,
         jsonl=jsonl,
@@ -201,14 +217,27 @@ def verify(
 @ledger_option
 @note_key_option
 @click.option("-o", "--output", type=_FILE, help="Write the proof document here.")
+@click.option(
+    "--tlog-proof",
+    type=_FILE,
+    help="Instead write a C2SP tlog-proof (checkpoint, cosignatures, inclusion proof) here.",
+)
 @json_option
 def prove(
-    index: int, ledger_url: str | None, note_key: Path | None, output: Path | None, as_json: bool
+    index: int,
+    ledger_url: str | None,
+    note_key: Path | None,
+    output: Path | None,
+    tlog_proof: Path | None,
+    as_json: bool,
 ) -> None:
     """Inclusion proof of entry INDEX, with a freshly signed checkpoint it checks against.
 
     Check it offline with `modelguard ledger check-proof FILE --ledger-key <db>.note.pub`.
     """
+    if tlog_proof is not None:
+        ledger_proofs.prove_command(index, tlog_proof, ledger_url, note_key, as_json)
+        return
     document = audit.prove_with_checkpoint(index, ledger_url, note_key)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     _write(output, text)
@@ -390,3 +419,9 @@ def lineage(model_or_name: str, ledger_url: str | None, as_json: bool) -> None:
         as_json,
         human,
     )
+
+
+ledger.add_command(ledger_tiles.export_tiles)
+ledger.add_command(ledger_witness.witness)
+ledger.add_command(ledger_witness.cosign)
+ledger.add_command(ledger_proofs.check_tlog_proof)

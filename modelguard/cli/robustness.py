@@ -70,14 +70,15 @@ def _render(run: EvaluationRun, console: Console) -> None:
     table.add_column("eps", justify="right")
     for name in result.config.attacks:
         table.add_column(name, justify="right")
-    table.add_column("worst case", justify="right", style="bold")
+    table.add_column(f"worst case [95% CI, n={result.n}]", justify="right", style="bold")
     rows = result.robust_table()
-    for eps in result.config.eps:
+    for eps, worst in zip(result.config.eps, result.worst_case, strict=True):
         row = rows[str(eps)]
+        low, high = worst["robust"]["ci95"]
         table.add_row(
             str(eps),
             *[percent(row[a]) for a in result.config.attacks],
-            percent(row["worst_case"]),
+            f"{percent(row['worst_case'])} [{percent(low)}, {percent(high)}]",
         )
     console.print(table)
     for check in result.soundness:
@@ -104,6 +105,7 @@ Examples:
   modelguard eval build/demo/model --eps 0.05,0.1,0.2 --sign-key keys/demo.priv \\
       --sign-passphrase-env MG_PASS
   modelguard eval model_dir --attacks fgsm,pgd,pgd-margin --param pgd.steps=40 --limit 200
+  modelguard eval model_dir --attacks standard --eps 0.1 --key keys/mg.priv
   modelguard eval model.onnx --attacks square,transfer --surrogate other_model_dir --json
   modelguard eval --arch pkg.mod:fn --weights w.safetensors --data test.npz --no-ledger
 """,
@@ -116,7 +118,9 @@ Examples:
     "--attacks",
     default=",".join(DEFAULT_ATTACKS),
     show_default=True,
-    help="Comma-separated portfolio (fgsm, pgd, pgd-l2, pgd-margin, bim, mifgsm, deepfool, cw, square, transfer).",
+    help="A profile (standard = AutoAttack: apgd-ce, apgd-t, fab-t, square as a cascade; quick; "
+    "rand = EOT for randomized defenses) or a comma-separated portfolio (fgsm, pgd, pgd-l2, "
+    "pgd-margin, bim, mifgsm, deepfool, cw, square, transfer, apgd-ce, apgd-dlr, apgd-t, fab-t).",
 )
 @click.option(
     "--eps",

@@ -7,6 +7,7 @@ $ modelguard verify build/model --policy policy.toml --require-ledger --json
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from modelguard.keys import load_public_key
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
+from modelguard.transparency import check_signature_proof, write_entry_proof
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +76,11 @@ Examples:
     show_default=True,
     help="OMS resource digest (the model_signing CLI verifies sha256 files only).",
 )
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
+)
 @json_option
 @heartbeat("sign")
 def sign(
@@ -90,11 +97,12 @@ def sign(
     serialization: str,
     shard_size: int | None,
     hash_type: str,
+    ledger_proof: Path | None,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
-    if no_ledger and ledger_url:
-        raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if no_ledger and (ledger_url or ledger_proof):
+        raise click.UsageError("--ledger/--ledger-proof and --no-ledger contradict each other")
     if shard_size is not None and serialization != "shards":
         raise click.UsageError("--shard-size needs --serialization shards")
     if serialization == "shards" and shard_size is None:
@@ -112,6 +120,9 @@ def sign(
         serialization=Serialization(serialization, hash_type, shard_size),
     )
     document = result.to_dict()
+    if ledger_proof is not None and result.ledger_entry:
+        index = int(result.ledger_entry["index"])
+        document["ledger_proof"] = write_entry_proof(index, ledger_proof, ledger_url)
 
     def human(console: Console) -> None:
         what = "co-signature" if result.cosigned else "signature"
@@ -194,6 +205,12 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
     is_flag=True,
     help="Skip files no signature lists (default: they fail, OMS spec 8.5).",
 )
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
+    " ledgered; checked against --ledger-key, no ledger access needed.",
+)
 @json_option
 @click.pass_context
 @heartbeat("verify")
@@ -207,6 +224,7 @@ def verify(
     require_ledger: bool,
     allow_rollback: bool,
     ignore_unsigned_files: bool,
+    ledger_proof: Path | None,
     ledger_keys: tuple[str, ...],
     ledger_state: Path | None,
     as_json: bool,
@@ -232,6 +250,11 @@ def verify(
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
     )
+    if ledger_proof is not None:
+        proof_keys = policy.ledger.keys if policy.ledger else ()
+        if not proof_keys and os.environ.get("MODELGUARD_LEDGER_KEY", "").strip():
+            proof_keys = (os.environ["MODELGUARD_LEDGER_KEY"].strip(),)
+        check_signature_proof(report, ledger_proof, proof_keys)
     error = report.error()
 
     def human(console: Console) -> None:

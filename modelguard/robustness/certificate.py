@@ -36,7 +36,8 @@ from modelguard.errors import (
     VerificationError,
 )
 from modelguard.keys import PrivateKey, PublicKey, key_id
-from modelguard.robustness.evaluate import EvalConfig, EvalResult
+from modelguard.robustness.evaluate import EvalConfig, EvalResult, proportion
+from modelguard.robustness.stats import Proportion
 
 PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
 ROOT_DIGEST_NAME = "modelguard-manifest-root-sha256"
@@ -76,10 +77,18 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
         "results": result.results_dict(),
         "summary": {
             "norm": result.config.norm,
+            "n": result.n,
             "clean_accuracy": result.clean_accuracy,
+            "clean": proportion(result.clean_accuracy, result.n),
             "onnx_clean_accuracy": result.onnx_clean_accuracy,
             "worst_case": [
-                {"eps": w["eps"], "robust_accuracy": w["robust_accuracy"]}
+                {
+                    "eps": w["eps"],
+                    "robust_accuracy": w["robust_accuracy"],
+                    "n": w["robust"]["n"],
+                    "correct": w["robust"]["correct"],
+                    "ci95": w["robust"]["ci95"],
+                }
                 for w in result.worst_case
             ],
             "parity_ok": result.parity_ok,
@@ -209,11 +218,25 @@ def certify(
             "a certificate is bound to a signed model directory, not to a weights file: write "
             "its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
         )
-    statement = build_certificate(result)
+    return issue_certificate(
+        build_certificate(result), key, out_dir, name=name, ledger_url=ledger_url, record=record
+    )
+
+
+def issue_certificate(
+    statement: Mapping[str, Any],
+    key: PrivateKey,
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str = CERTIFICATE_NAME,
+    ledger_url: str | None = None,
+    record: bool = True,
+) -> IssuedCertificate:
+    """Sign and write an already built statement; append the ``evaluate`` ledger entry."""
     path = write_signed_certificate(statement, key, Path(out_dir) / name)
     signer = key_id(key.public_key())
     entry = record_certificate(statement, path, signer, ledger_url=ledger_url) if record else None
-    return IssuedCertificate(path, statement, payload_digest(path), signer, entry)
+    return IssuedCertificate(path, dict(statement), payload_digest(path), signer, entry)
 
 
 @dataclass
@@ -260,12 +283,27 @@ class Certificate:
 
     def robust_accuracy_at_least(self, eps: float) -> float | None:
         """Worst case at the smallest evaluated eps >= ``eps`` (a bound for ``eps`` by monotonicity)."""
+        row = self._row_at_least(eps)
+        return None if row is None else float(row["robust_accuracy"])
+
+    def robust_proportion_at_least(self, eps: float) -> Proportion | None:
+        """Like :meth:`robust_accuracy_at_least`, with n and the 95% Clopper-Pearson interval.
+
+        The interval is recomputed from the signed count and n (a certificate without them,
+        issued before intervals were recorded, uses the data set's size as n).
+        """
+        row = self._row_at_least(eps)
+        if row is None:
+            return None
+        n = int(row.get("n", self.predicate["data"]["count"]))
+        correct = int(row.get("correct", round(float(row["robust_accuracy"]) * n)))
+        return Proportion.of(correct=correct, n=n)
+
+    def _row_at_least(self, eps: float) -> dict[str, Any] | None:
         rows = [
             r for r in self.predicate["summary"]["worst_case"] if float(r["eps"]) >= eps - 1e-12
         ]
-        if not rows:
-            return None
-        return float(min(rows, key=lambda r: float(r["eps"]))["robust_accuracy"])
+        return dict(min(rows, key=lambda r: float(r["eps"]))) if rows else None
 
 
 def parse_certificate_statement(statement: Mapping[str, Any], *, source: str) -> None:
@@ -391,23 +429,45 @@ def require_rerun_matches(certificate: Certificate, rerun: EvalResult) -> None:
         )
 
 
+ESTIMATES = ("lower_bound", "point")
+
+
 def check_requirement(
-    certificate: Certificate, *, min_robust_accuracy: float, epsilon: float, norm: str = "linf"
+    certificate: Certificate,
+    *,
+    min_robust_accuracy: float,
+    epsilon: float,
+    norm: str = "linf",
+    estimate: str = "lower_bound",
 ) -> list[str]:
-    """Policy gate: reasons the certificate falls short (empty = satisfied)."""
+    """Policy gate: reasons the certificate falls short (empty = satisfied).
+
+    ``estimate="lower_bound"`` (the default) compares the threshold with the lower end of the
+    95% Clopper-Pearson interval of the worst-case robust accuracy: the gate passes only when
+    the evaluation shows, with 95% confidence, that the model meets the threshold on the data
+    distribution it was drawn from. ``"point"`` compares the measured fraction itself.
+    """
+    if estimate not in ESTIMATES:
+        raise ValueError(f"unknown estimate {estimate!r} (expected one of {ESTIMATES})")
     reasons = []
     if certificate.norm != norm:
         reasons.append(
             f"certificate is for the {certificate.norm} threat model, policy asks {norm}"
         )
         return reasons
-    accuracy = certificate.robust_accuracy_at_least(epsilon)
-    if accuracy is None:
+    measured = certificate.robust_proportion_at_least(epsilon)
+    if measured is None:
         reasons.append(f"certificate has no worst-case result at eps >= {epsilon}")
-    elif accuracy < min_robust_accuracy:
+    elif estimate == "point" and measured.value < min_robust_accuracy:
         reasons.append(
-            f"worst-case robust accuracy {accuracy:.3f} at eps={epsilon} is below the required "
-            f"{min_robust_accuracy:.3f}"
+            f"worst-case robust accuracy {measured.value:.3f} at eps={epsilon} is below the "
+            f"required {min_robust_accuracy:.3f}"
+        )
+    elif estimate == "lower_bound" and measured.lower < min_robust_accuracy:
+        reasons.append(
+            f"worst-case robust accuracy {measured.value:.3f} at eps={epsilon} (n={measured.n}, "
+            f"95% CI {measured.ci95[0]:.3f}-{measured.ci95[1]:.3f}): its lower bound is below "
+            f"the required {min_robust_accuracy:.3f}"
         )
     if not certificate.predicate["summary"].get("parity_ok", False):
         reasons.append("certificate records a PyTorch/ONNX parity failure")
@@ -456,9 +516,11 @@ def evaluate_and_certify(
     Outputs are written even when ONNX parity fails (the report says FAILED); then no
     certificate is issued and :class:`VerificationError` (exit 1) is raised.
     """
+    from modelguard.robustness import distributed
     from modelguard.robustness.evaluate import evaluate
     from modelguard.robustness.report import write_outputs
 
+    distributed.init_from_env(device)  # under torchrun: share the attacks across ranks
     result = evaluate(
         target,
         config,
@@ -468,6 +530,7 @@ def evaluate_and_certify(
         progress=progress,
         device=device,
     )
+    distributed.leave()  # ranks > 0 exit here; rank 0 writes, signs and records
     outputs = write_outputs(result, out_dir)
     result.require_parity()
     issued = None

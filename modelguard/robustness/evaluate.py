@@ -15,8 +15,10 @@ What is measured (docs/certificate.md gives the exact definitions):
 - per eps, the worst case over the whole portfolio: an example counts as robust only if it
   is classified correctly clean and after every attack, by the model that attack targeted
   and by the ONNX graph when the PyTorch-crafted example is replayed on it;
-- parity: PyTorch and ONNX Runtime logits on clean and adversarial inputs must agree within
-  ``parity_atol + parity_rtol * |logit|``, else the evaluation fails (exit 1);
+- parity: PyTorch and ONNX Runtime logits on the clean inputs must agree within
+  ``parity_atol + parity_rtol * max|logit|`` (per example), else the evaluation fails (exit 1);
+  on adversarial inputs, which sit on decision boundaries, disagreements are only recorded,
+  and an example counts as broken when either model misclassifies it;
 - the Carlini et al. 2019 soundness checks (:mod:`modelguard.robustness.soundness`).
 
 Gradient attacks run on the PyTorch model; score-based attacks (Square, transfer) run on the
@@ -45,10 +47,13 @@ from torch import nn
 
 from modelguard import __version__
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError, VerificationError
+from modelguard.robustness import distributed
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.onnx_model import OnnxClassifier
+from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
+from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "pgd-margin", "cw", "deepfool", "square")
@@ -66,6 +71,11 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw": {"binary_search_steps": 4, "steps": 30, "lr": 0.1, "initial_const": 1.0},
     "square": {"n_queries": 300, "p_init": 0.3},
     "transfer": {"base": "pgd-margin", "base_params": {"steps": 20}},
+    # The papers' budgets (Croce & Hein 2020), as in the "standard" profile.
+    "apgd-ce": {"steps": 100, "restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
+    "apgd-dlr": {"steps": 100, "restarts": 1, "loss": "dlr", "rho": 0.75, "eot_iter": 1},
+    "apgd-t": {"steps": 100, "restarts": 1, "n_targets": 9, "rho": 0.75, "eot_iter": 1},
+    "fab-t": {"steps": 100, "n_targets": 9, "eta": 1.05, "beta": 0.9, "alpha_max": 0.1},
 }
 NORMS = ("linf", "l2")
 SAMPLE_COUNT = 8
@@ -74,6 +84,12 @@ ProgressHook = Callable[[str, int, int], None]  # (label, done, total)
 
 def _jsonable_eps(value: float) -> float:
     return float(value)
+
+
+def proportion(accuracy: float, n: int) -> dict[str, Any]:
+    """``accuracy`` (a mean over ``n`` examples, so ``accuracy * n`` is a count) with its
+    sample size and 95% Clopper-Pearson interval (:mod:`modelguard.robustness.stats`)."""
+    return Proportion.of(correct=round(accuracy * n), n=n).to_dict()
 
 
 @dataclass
@@ -94,9 +110,34 @@ class EvalConfig:
     soundness: bool = True
     data_digest: str | None = None
     version: int = EVAL_VERSION
+    profile: str | None = None  # the named profile the portfolio came from (profiles.py)
+    cascade: bool = False  # each attack runs only on the examples no earlier one broke
 
     def resolved(self) -> EvalConfig:
-        """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``."""
+        """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``.
+
+        A portfolio that is one profile name (``standard``, ``quick``, ``rand``) expands to
+        the profile's attacks and parameters, run as a cascade.
+        """
+        if len(self.attacks) == 1 and self.attacks[0] in PROFILES:
+            profile = PROFILES[self.attacks[0]]
+            params: dict[str, dict[str, Any]] = {}
+            for name in profile.attacks:
+                params[name] = dict(profile.params.get(name, {}))
+                if name in THREAT_NORM_ATTACKS:
+                    params[name]["norm"] = self.norm
+            for name, values in self.attack_params.items():
+                params.setdefault(name, {}).update(values)
+            expanded = EvalConfig.from_dict(
+                {
+                    **self.to_dict(),
+                    "attacks": list(profile.attacks),
+                    "attack_params": params,
+                    "profile": profile.name,
+                    "cascade": True,
+                }
+            )
+            return expanded.resolved()
         if not self.attacks:
             raise BadInputError("no attack given")
         for name in self.attacks:
@@ -125,7 +166,11 @@ class EvalConfig:
                 f"parameters given for attacks not in the portfolio: {sorted(unknown)}"
             )
         params = {
-            name: {**EVAL_DEFAULTS.get(name, {}), **dict(self.attack_params.get(name, {}))}
+            name: {
+                **EVAL_DEFAULTS.get(name, {}),
+                **({"norm": self.norm} if name in THREAT_NORM_ATTACKS else {}),
+                **dict(self.attack_params.get(name, {})),
+            }
             for name in self.attacks
         }
         for name, values in params.items():
@@ -147,6 +192,8 @@ class EvalConfig:
             soundness=bool(self.soundness),
             data_digest=self.data_digest,
             version=self.version,
+            profile=self.profile,
+            cascade=bool(self.cascade),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +212,8 @@ class EvalConfig:
             "parity_rtol": self.parity_rtol,
             "recertify_tolerance": self.recertify_tolerance,
             "soundness": self.soundness,
+            "profile": self.profile,
+            "cascade": self.cascade,
         }
 
     @classmethod
@@ -187,6 +236,8 @@ class EvalConfig:
                 recertify_tolerance=float(data.get("recertify_tolerance", 0.01)),
                 soundness=bool(data.get("soundness", True)),
                 data_digest=data.get("data_digest"),
+                profile=None if data.get("profile") is None else str(data["profile"]),
+                cascade=bool(data.get("cascade", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise FormatError(
@@ -208,6 +259,7 @@ class AttackResult:
     mean_queries: float
     onnx_robust_accuracy: float | None = None
     seconds: float = 0.0
+    n: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +268,7 @@ class AttackResult:
             "target": self.target,
             "config": self.config,
             "robust_accuracy": self.robust_accuracy,
+            "robust": proportion(self.robust_accuracy, self.n),
             "success_rate": self.success_rate,
             "median_l2": self.median_l2,
             "median_linf": self.median_linf,
@@ -254,6 +307,11 @@ class EvalResult:
     samples: Samples | None = None
 
     @property
+    def n(self) -> int:
+        """How many examples every accuracy here was measured on."""
+        return int(self.data["count"])
+
+    @property
     def parity_ok(self) -> bool:
         return bool(self.parity.get("ok", True))
 
@@ -283,6 +341,8 @@ class EvalResult:
             "clean_accuracy": self.clean_accuracy,
             "onnx_clean_accuracy": self.onnx_clean_accuracy,
             "worst_case": {str(r["eps"]): r["robust_accuracy"] for r in self.worst_case},
+            "worst_case_ci95": {str(r["eps"]): r["robust"]["ci95"] for r in self.worst_case},
+            "n": self.n,
             "parity_ok": self.parity_ok,
             "soundness_warnings": self.soundness_warnings,
         }
@@ -290,8 +350,13 @@ class EvalResult:
     def results_dict(self) -> dict[str, Any]:
         """The deterministic results (no timings, no environment): what recertify compares."""
         return {
+            "n": self.n,
             "clean_accuracy": self.clean_accuracy,
+            "clean": proportion(self.clean_accuracy, self.n),
             "onnx_clean_accuracy": self.onnx_clean_accuracy,
+            "onnx_clean": None
+            if self.onnx_clean_accuracy is None
+            else proportion(self.onnx_clean_accuracy, self.n),
             "clean_confusion": self.clean_confusion,
             "attacks": [a.to_dict() for a in self.attacks],
             "worst_case": self.worst_case,
@@ -315,9 +380,10 @@ class EvalResult:
         """Raise (exit 1) when the deployed ONNX graph does not match the evaluated model."""
         if not self.parity_ok:
             raise VerificationError(
-                f"PyTorch/ONNX parity failed: max |logit difference| "
+                f"PyTorch/ONNX parity failed on clean inputs: max |logit difference| "
                 f"{self.parity['max_abs_diff']:.3g} exceeds atol {self.config.parity_atol} + "
-                f"rtol {self.config.parity_rtol}; the certificate would not describe the deployed model",
+                f"rtol {self.config.parity_rtol} * max|logit|; the certificate would not "
+                f"describe the deployed model",
                 details=self.parity,
             )
 
@@ -418,20 +484,47 @@ def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
 
 
 class _Parity:
+    """PyTorch vs ONNX Runtime logits: the deployed graph must compute the evaluated function.
+
+    The check runs on the clean inputs, with a tolerance relative to each example's logit
+    scale: ``|torch - onnx| <= atol + rtol * max_j |onnx_j|`` for every logit. Adversarial
+    inputs sit on decision boundaries by construction, where float noise between two correct
+    implementations flips predictions; they are compared too, but only recorded (a tie there
+    is never a parity failure), and the worst case counts an example as broken when either
+    model misclassifies it.
+    """
+
     def __init__(self, atol: float, rtol: float) -> None:
         self.atol, self.rtol = atol, rtol
         self.max_abs_diff = 0.0
+        self.max_relative_diff = 0.0
         self.worst_excess = -math.inf
         self.checked = 0
         self.disagreements = 0
+        self.adversarial_checked = 0
+        self.adversarial_disagreements = 0
+        self.adversarial_max_abs_diff = 0.0
 
-    def add(self, torch_logits: np.ndarray, onnx_logits: np.ndarray) -> None:
+    def add_clean(self, torch_logits: np.ndarray, onnx_logits: np.ndarray) -> None:
         diff = np.abs(torch_logits - onnx_logits)
-        bound = self.atol + self.rtol * np.abs(onnx_logits)
+        scale = np.abs(onnx_logits).max(axis=1, keepdims=True) if onnx_logits.size else onnx_logits
+        bound = self.atol + self.rtol * scale
         self.max_abs_diff = max(self.max_abs_diff, float(diff.max(initial=0.0)))
+        relative = diff / np.maximum(scale, np.finfo(np.float32).tiny)
+        self.max_relative_diff = max(self.max_relative_diff, float(relative.max(initial=0.0)))
         self.worst_excess = max(self.worst_excess, float((diff - bound).max(initial=-math.inf)))
         self.checked += int(torch_logits.shape[0])
         self.disagreements += int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum())
+
+    def add_adversarial(self, torch_logits: np.ndarray, onnx_logits: np.ndarray) -> None:
+        diff = np.abs(torch_logits - onnx_logits)
+        self.adversarial_max_abs_diff = max(
+            self.adversarial_max_abs_diff, float(diff.max(initial=0.0))
+        )
+        self.adversarial_checked += int(torch_logits.shape[0])
+        self.adversarial_disagreements += int(
+            (torch_logits.argmax(1) != onnx_logits.argmax(1)).sum()
+        )
 
     def to_dict(self, checked_onnx: bool) -> dict[str, Any]:
         if not checked_onnx:
@@ -439,11 +532,16 @@ class _Parity:
         return {
             "ok": self.worst_excess <= 0,
             "checked": True,
+            "tolerance": "atol + rtol * max|logit| per example, clean inputs",
             "max_abs_diff": self.max_abs_diff,
+            "max_relative_diff": self.max_relative_diff,
             "atol": self.atol,
             "rtol": self.rtol,
             "inputs_compared": self.checked,
             "prediction_disagreements": self.disagreements,
+            "adversarial_inputs_compared": self.adversarial_checked,
+            "adversarial_prediction_disagreements": self.adversarial_disagreements,
+            "adversarial_max_abs_diff": self.adversarial_max_abs_diff,
         }
 
 
@@ -496,12 +594,17 @@ class _Evaluator:
         assert self.target.onnx is not None
         return self.target.onnx.predict(x)
 
-    def predict_both(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def predict_both(
+        self, x: np.ndarray, *, clean: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Predictions of PyTorch and ONNX (each None when absent); feeds the parity check."""
         t = self.logits_torch(x) if self.target.torch_model is not None else None
         o = self.logits_onnx(x) if self.target.onnx is not None else None
         if t is not None and o is not None:
-            self.parity.add(t, o)
+            if clean:
+                self.parity.add_clean(t, o)
+            else:
+                self.parity.add_adversarial(t, o)
         return (
             t.argmax(1) if t is not None else None,
             o.argmax(1) if o is not None else None,
@@ -528,16 +631,18 @@ class _Evaluator:
         attack_eps = math.inf if cls.minimum_norm else eps
         return build_attack(name, model, eps=attack_eps, seed=self.config.seed, **kwargs), where
 
-    def craft(self, attack: Attack) -> np.ndarray:
-        x = torch.from_numpy(self.data.x)
-        y = torch.from_numpy(self.data.y)
-        chunks = [
-            attack(x[s : s + self.config.batch_size], y[s : s + self.config.batch_size])
-            .cpu()
-            .numpy()
-            for s in range(0, x.shape[0], self.config.batch_size)
-        ]
-        return np.concatenate(chunks, axis=0).astype(np.float32)
+    def craft(self, attack: Attack, only: np.ndarray | None = None) -> np.ndarray:
+        """Adversarial examples for every example, or only for the indices ``only`` (the
+        others are returned clean). Batches are shared out across torchrun ranks (one
+        process: all of them), each seeded from its index, so the result does not depend on
+        the number of processes."""
+        if only is None:
+            return distributed.craft(attack, self.data.x, self.data.y, self.config.batch_size)
+        out = self.data.x.copy()
+        out[only] = distributed.craft(
+            attack, self.data.x[only], self.data.y[only], self.config.batch_size
+        )
+        return out.astype(np.float32)
 
     def robust_accuracy(self, name: str, eps: float, **overrides: Any) -> float:
         """Robust accuracy of one PyTorch-side attack (cached): used by the soundness checks."""
@@ -570,7 +675,7 @@ class _Evaluator:
         y = data.y
         k = self.num_classes
         t0 = time.perf_counter()
-        torch_pred, onnx_pred = self.predict_both(data.x)
+        torch_pred, onnx_pred = self.predict_both(data.x, clean=True)
         primary_pred = torch_pred if torch_pred is not None else onnx_pred
         assert primary_pred is not None
         self.clean_correct = primary_pred == y
@@ -595,17 +700,25 @@ class _Evaluator:
             for eps in config.eps:
                 started = time.perf_counter()
                 attack, where = self.build(name, eps, params)
+                attacked = np.ones(len(y), dtype=bool)
+                if config.cascade:  # only the examples no earlier attack broke
+                    attacked = (
+                        np.logical_or.reduce([~broken[e] for e in config.eps])
+                        if ATTACKS[name].minimum_norm
+                        else ~broken[eps]
+                    )
+                only = None if not config.cascade else np.nonzero(attacked)[0]
                 if ATTACKS[name].minimum_norm:
                     if unbounded is None:
-                        unbounded = self.craft(attack)
+                        unbounded = self.craft(attack, only)
                     x_raw = unbounded
                 else:
-                    x_raw = self.craft(attack)
+                    x_raw = self.craft(attack, only)
                 x_adv = self.within_threat(x_raw, eps)
                 t_pred, o_pred = self.predict_both(x_adv)
                 target_pred = o_pred if where == "onnx" else t_pred
                 assert target_pred is not None
-                fooled = self.clean_correct & (target_pred != y)
+                fooled = self.clean_correct & attacked & (target_pred != y)
                 robust = self.clean_correct & (target_pred == y)
                 newly = fooled & ~broken[eps]
                 worst_pred[eps][newly] = target_pred[newly]
@@ -616,18 +729,24 @@ class _Evaluator:
                 broken[eps] |= fooled
                 onnx_acc = None
                 if o_pred is not None and where == "pytorch":
-                    onnx_fooled = self.clean_correct & (o_pred != y)
+                    onnx_fooled = self.clean_correct & attacked & (o_pred != y)
                     onnx_new = onnx_fooled & ~broken[eps]
                     worst_pred[eps][onnx_new] = o_pred[onnx_new]
                     broken[eps] |= onnx_fooled
-                    onnx_acc = float(np.mean(self.clean_correct & (o_pred == y)))
+                    onnx_acc = float(np.mean(self.clean_correct & attacked & (o_pred == y)))
                 broken_by[eps][name] = int(fooled.sum())
-                if where == "pytorch":
+                if config.cascade:
+                    # In a cascade an attack sees only the survivors: its row reports the
+                    # cascade's robust accuracy so far (this attack and every earlier one).
+                    robust = ~broken[eps]
+                    if onnx_acc is not None:
+                        onnx_acc = float(robust.mean())
+                elif where == "pytorch":
                     self.cache[self.cache_key(name, eps, params)] = float(robust.mean())
                 delta = (x_adv - data.x).reshape(len(y), -1)
                 l2 = np.linalg.norm(delta, axis=1)[fooled]
                 linf = np.abs(delta).max(axis=1)[fooled]
-                correct_count = int(self.clean_correct.sum())
+                correct_count = int((self.clean_correct & attacked).sum())
                 queries = int(attack.queries)
                 rows.append(
                     AttackResult(
@@ -643,6 +762,7 @@ class _Evaluator:
                         mean_queries=queries / len(y),
                         onnx_robust_accuracy=onnx_acc,
                         seconds=time.perf_counter() - started,
+                        n=len(y),
                     )
                 )
                 self.timing[f"{name}@{eps}"] = rows[-1].seconds
@@ -653,6 +773,7 @@ class _Evaluator:
                 {
                     "eps": eps,
                     "robust_accuracy": float(np.mean(~broken[eps])),
+                    "robust": Proportion.of(correct=int((~broken[eps]).sum()), n=len(y)).to_dict(),
                     "broken_by": broken_by[eps],
                     "confusion": confusion(y, worst_pred[eps], k),
                 }
@@ -748,9 +869,9 @@ def run_evaluation(
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        return distributed.local_device(device)  # cuda:LOCAL_RANK in a NCCL job
     except RuntimeError as error:
         raise BadInputError(f"unknown device {device!r}") from error
 

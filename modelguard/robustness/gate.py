@@ -14,6 +14,8 @@ passes only when that certificate
 - is bound to the model's manifest root (the model has not changed since it was certified),
 - shows worst-case robust accuracy >= ``min_robust_accuracy`` at ``epsilon`` (or at the
   smallest evaluated eps above it) in the policy's norm, with PyTorch/ONNX parity intact.
+  By default the lower end of the accuracy's 95% Clopper-Pearson interval must clear the
+  threshold; ``estimate = "point"`` in the policy compares the measured fraction instead.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def certificate_gate(
         min_robust_accuracy=requirement.min_robust_accuracy,
         epsilon=requirement.epsilon,
         norm=requirement.norm,
+        estimate=requirement.estimate,
     )
 
 

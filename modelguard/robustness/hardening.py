@@ -16,10 +16,13 @@ True
 1. verifies the parent (signature, policy, ledger) and refuses (exit 1) before any training;
 2. trains the defense (:func:`modelguard.robustness.defenses.apply_defense`) on the training
    split of ``data`` and exports ONNX + safetensors + model card into ``out_dir``;
-3. signs the child with its parent's manifest root recorded (a ``sign`` ledger entry with
-   ``subject.parent``), runs the full evaluation on the child with the parent certificate's
-   evaluation config (or the default portfolio), and writes the child's signed certificate;
-4. appends a ``harden`` ledger entry: subject ``{name, version, root, parent}``, payload the
+3. runs the full evaluation on the exported, still unsigned child with the parent
+   certificate's evaluation config (or the default portfolio) and builds its certificate;
+   if that fails (parity, a non-finite number, any error) the child is removed and nothing
+   is signed or ledgered: a failed harden never leaves a signed child that looks hardened;
+4. signs the child with its parent's manifest root recorded (a ``sign`` ledger entry with
+   ``subject.parent``) and writes the child's signed certificate;
+5. appends a ``harden`` ledger entry: subject ``{name, version, root, parent}``, payload the
    certificate digest, details method, hyperparameters, training-data digest, certificate
    digest, parent, training time; ``modelguard ledger lineage`` walks ``subject.parent``.
 
@@ -40,11 +43,23 @@ from pathlib import Path
 from typing import Any
 
 from modelguard.audit import record_event
-from modelguard.errors import BadInputError, DigestMismatchError, VerificationError
+from modelguard.errors import (
+    BadInputError,
+    DigestMismatchError,
+    ModelGuardError,
+    VerificationError,
+)
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.modelcard import export_model_dir, load_model_dir
 from modelguard.policy import Policy
-from modelguard.robustness.certificate import Certificate, certify, check_rerun, load_certificate
+from modelguard.robustness import distributed
+from modelguard.robustness.certificate import (
+    Certificate,
+    build_certificate,
+    check_rerun,
+    issue_certificate,
+    load_certificate,
+)
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.defenses import apply_defense
 from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
@@ -215,6 +230,7 @@ def harden_model(
 ) -> HardenResult:
     """Verify the parent, defend it, export, sign with lineage, certify and record (see module doc)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    distributed.init_from_env()  # under torchrun: train with DDP across the ranks
     trust = Trust(keys, policy, ledger_url, require_ledger)
     parent_report = verify_or_refuse(model_dir, trust, what="parent", signature_path=signature_path)
     assert parent_report.manifest is not None
@@ -238,6 +254,7 @@ def harden_model(
     parent_model, card = load_model_dir(model_dir)
     train = load_dataset(training_data_spec(data))
     defended = apply_defense(method, parent_model, card, train, options, members=member_models)
+    distributed.leave()  # ranks > 0 exit here; rank 0 alone exports, signs, certifies, records
     child_name = name or f"{card.name}-{method}"
     child_version = version or card.version
     hardening = {
@@ -257,6 +274,29 @@ def harden_model(
         version=child_version,
         extra={"hardening": hardening},
     )
+    report_dir = robustness_dir_for(out_dir)
+    if report_dir.exists():
+        shutil.rmtree(report_dir)  # never leave an older run's certificate beside the child
+    config = eval_config or parent_config or EvalConfig()
+    config = EvalConfig.from_dict({**config.to_dict(), "data_digest": None})
+    # Transactional: the exported child is evaluated, and its certificate built, before it is
+    # signed or ledgered. If either fails the unsigned child is removed, so a failed harden
+    # never leaves a signed model that looks hardened (the report, if any, stays for triage).
+    try:
+        result = evaluate_model_dir(out_dir, config)
+        if not result.parity_ok:
+            write_outputs(result, report_dir)
+        statement = build_certificate(result)
+    except BaseException as error:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if isinstance(error, ModelGuardError):
+            raise type(error)(
+                f"harden: evaluating the exported child failed, so it was not signed and was "
+                f"removed: {error.message}",
+                path=error.path,
+                details=error.details,
+            ) from error
+        raise
     signed = sign_model(
         out_dir,
         key,
@@ -266,11 +306,6 @@ def harden_model(
         ledger_url=ledger_url,
     )
     child_root = signed.manifest.layer_root
-
-    config = eval_config or parent_config or EvalConfig()
-    config = EvalConfig.from_dict({**config.to_dict(), "data_digest": None})
-    result = evaluate_model_dir(out_dir, config)
-    result.require_parity()
     if result.model.get("manifest_root") != child_root:
         raise DigestMismatchError(
             "the evaluated model is not the signed one (manifest roots differ)", path=str(out_dir)
@@ -280,9 +315,8 @@ def harden_model(
         parent_source = "parent certificate has another evaluation config: parent re-evaluated"
     if parent_results is None:
         parent_results = evaluate_model_dir(model_dir, config).results_dict()
-    report_dir = robustness_dir_for(out_dir)
     write_outputs(result, report_dir)
-    issued = certify(result, key, report_dir, ledger_url=ledger_url)
+    issued = issue_certificate(statement, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
     comparison = compare(parent_results, result)
     if isinstance(defended.model, SqueezeDetector):

@@ -46,6 +46,9 @@ class OnnxClassifier:
                 raise BadInputError("ONNX model file not found", path=str(path))
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            # Attacks query small batches thousands of times: follow torch's thread setting
+            # rather than one thread per core, which only adds contention on small models.
+            options.intra_op_num_threads = max(1, torch.get_num_threads())
             try:
                 self.session = ort.InferenceSession(
                     str(path), sess_options=options, providers=list(providers)

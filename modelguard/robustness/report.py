@@ -47,6 +47,15 @@ def curve_png(result: EvalResult) -> bytes:
         accs = [r.robust_accuracy for r in result.attacks if r.attack == name]
         ax.plot(eps, [result.clean_accuracy, *accs], marker="o", linewidth=1.2, label=name)
     worst = [r["robust_accuracy"] for r in result.worst_case]
+    clean_ci = result.results_dict()["clean"]["ci95"]
+    ax.fill_between(
+        eps,
+        [clean_ci[0], *[r["robust"]["ci95"][0] for r in result.worst_case]],
+        [clean_ci[1], *[r["robust"]["ci95"][1] for r in result.worst_case]],
+        color="black",
+        alpha=0.12,
+        label="worst case, 95% CI",
+    )
     ax.plot(
         eps,
         [result.clean_accuracy, *worst],
@@ -120,24 +129,38 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _ci(stat: dict[str, Any] | None) -> str:
+    """``[lo, hi]`` of an accuracy's 95% Clopper-Pearson interval, as text."""
+    if stat is None:
+        return "-"
+    return f"[{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
+
+
 def render_html(result: EvalResult, curve: bytes, grid: bytes | None) -> str:
     summary = result.summary()
+    results = result.results_dict()
     attack_rows = [
         [
             r.attack,
             r.eps,
             r.target,
             r.robust_accuracy,
+            _ci(row["robust"]),
             r.onnx_robust_accuracy,
             r.success_rate,
             r.median_l2,
             r.median_linf,
             r.queries,
         ]
-        for r in result.attacks
+        for r, row in zip(result.attacks, results["attacks"], strict=True)
     ]
     worst_rows = [
-        [w["eps"], w["robust_accuracy"], ", ".join(f"{k}: {v}" for k, v in w["broken_by"].items())]
+        [
+            w["eps"],
+            w["robust_accuracy"],
+            _ci(w["robust"]),
+            ", ".join(f"{k}: {v}" for k, v in w["broken_by"].items()),
+        ]
         for w in result.worst_case
     ]
     checks = [[c["name"], c["status"], c["detail"]] for c in result.soundness]
@@ -176,15 +199,17 @@ text-align:right;font-size:0.9em}}th{{background:#f3f3f3}}td:first-child{{text-a
 Model manifest root <code>{html.escape(str(result.model.get("manifest_root")))}</code>;
 data <code>{html.escape(result.data["name"])}</code> ({result.data["count"]} examples, sha256
 <code>{html.escape(result.data["digest"])}</code>); threat model {result.config.norm}.</p>
-{_table(["metric", "value"], [["clean accuracy (PyTorch)", result.clean_accuracy], ["clean accuracy (ONNX)", result.onnx_clean_accuracy], ["parity", "ok" if result.parity_ok else "FAILED"], ["parity max |logit diff|", parity.get("max_abs_diff")]])}
+<p>Every accuracy is measured on n = {result.n} examples and shown with its 95% Clopper-Pearson
+interval: the true accuracy on the data's distribution lies in it with 95% confidence.</p>
+{_table(["metric", "value", "95% CI"], [["clean accuracy (PyTorch)", result.clean_accuracy, _ci(results["clean"])], ["clean accuracy (ONNX)", result.onnx_clean_accuracy, _ci(results["onnx_clean"])], ["parity", "ok" if result.parity_ok else "FAILED", ""], ["parity max |logit diff|", parity.get("max_abs_diff"), ""]])}
 <h2>Robustness curve</h2>
 <img alt="robustness curve" src="data:image/png;base64,{base64.b64encode(curve).decode()}">
 <h2>Worst case over the portfolio</h2>
 <p>An example counts as robust only if every attack failed on it (on the model it targeted and
 on the ONNX graph).</p>
-{_table(["eps", "robust accuracy", "examples broken per attack"], worst_rows)}
+{_table(["eps", "robust accuracy", "95% CI", "examples broken per attack"], worst_rows)}
 <h2>Per attack</h2>
-{_table(["attack", "eps", "target", "robust acc", "ONNX robust acc", "success rate", "median L2", "median Linf", "queries"], attack_rows)}
+{_table(["attack", "eps", "target", "robust acc", "95% CI", "ONNX robust acc", "success rate", "median L2", "median Linf", "queries"], attack_rows)}
 <h2>Soundness checks (Carlini et al. 2019)</h2>
 {_table(["check", "status", "detail"], checks)}
 {grid_html}

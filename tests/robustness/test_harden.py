@@ -188,16 +188,81 @@ def test_policy_certificate_gate(world: dict) -> None:
     child = world["tmp"] / "child"
     worst = result.comparison["worst_case"][0]["child_worst_case"]
 
-    def policy(minimum: float) -> object:
-        path = world["tmp"] / f"policy-{minimum}.toml"
+    lower = json.loads((certificate_path_for(child).parent / "report.json").read_text())["results"][
+        "worst_case"
+    ][0]["robust"]["ci95"][0]
+    assert lower < worst  # 40 examples: a wide interval
+
+    def policy(minimum: float, estimate: str = "lower_bound") -> object:
+        path = world["tmp"] / f"policy-{minimum}-{estimate}.toml"
         path.write_text(
             f'[[signers]]\nname = "mg"\npublic_key = "{world["pub"]}"\n'
             f"[certificate]\nmin_robust_accuracy = {minimum}\nepsilon = 0.1\n"
+            f'estimate = "{estimate}"\n'
         )
         return load_policy(path)
 
-    assert verify_model(child, policy=policy(worst)).ok
-    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0)))
+    # By default the gate compares the threshold with the 95% lower bound, not the point.
+    assert verify_model(child, policy=policy(lower)).ok
+    refused = verify_model(child, policy=policy(worst))
+    assert not refused.ok and "lower bound is below the required" in "\n".join(refused.failures)
+    assert verify_model(child, policy=policy(worst, "point")).ok
+    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0), "point"))
     assert not refused.ok and "below the required" in "\n".join(refused.failures)
     no_cert = verify_model(world["parent"], policy=policy(0.0))
     assert not no_cert.ok and "no robustness certificate" in "\n".join(no_cert.failures)
+
+
+def test_a_harden_whose_evaluation_fails_leaves_no_signed_child(
+    world: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelguard.robustness.hardening as hardening
+
+    real = hardening.evaluate_model_dir
+
+    def broken_parity(model_dir: Path, config: EvalConfig) -> object:
+        result = real(model_dir, config)
+        result.parity = {**result.parity, "ok": False}  # as if ONNX disagreed on clean inputs
+        return result
+
+    monkeypatch.setattr(hardening, "evaluate_model_dir", broken_parity)
+    with pytest.raises(VerificationError, match="not signed and was removed.*parity"):
+        harden(world)
+    child = world["tmp"] / "child"
+    assert not child.exists()
+    assert not certificate_path_for(child).exists()
+    kinds = [(e.kind, e.subject.get("name")) for e in list_entries(world["url"])[1]]
+    assert kinds == [("sign", "digits")]  # only the parent's signature: no child was signed
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_harden_distill_passes_five_runs_in_a_row(
+    world: dict, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that failed before: a distilled student's huge logits and boundary examples."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    train = load_dataset("digits:train").subset(300)  # a small training split: a fast test
+    np.savez(world["tmp"] / "train.npz", x=train.x, y=train.y)
+    try:
+        config = EvalConfig(
+            attacks=["fgsm", "pgd-margin"],
+            eps=[0.1, 0.3],
+            limit=40,
+            soundness=False,
+            attack_params={"pgd-margin": {"steps": 10}},
+        )
+        for run in range(5):
+            result = harden(
+                world,
+                out=f"distilled-{threads}-{run}",
+                method="distill",
+                data=str(world["tmp"] / "train.npz"),
+                options={"temperature": 50, "epochs": 2},
+                eval_config=config,
+            )
+            assert result.evaluation["parity_ok"]
+    finally:
+        torch.set_num_threads(before)

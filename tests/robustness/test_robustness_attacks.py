@@ -171,6 +171,6 @@ def test_every_registered_attack_reports_its_hyperparameters() -> None:
             assert config["base_config"]["name"] == "pgd-margin"
             continue
         kwargs = {k: v for k, v in config.items() if k not in ("name", "norm")}
-        if name.startswith("pgd") or name == "bim":
+        if name.startswith(("pgd", "apgd", "fab")) or name == "bim":
             kwargs["norm"] = config["norm"]
         assert cls(model, **kwargs).config() == config  # config() is enough to rebuild it

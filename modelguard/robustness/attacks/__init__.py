@@ -1,8 +1,8 @@
 """Adversarial attacks, one file each, behind one interface (:class:`Attack`).
 
 >>> from modelguard.robustness.attacks import ATTACKS, build_attack
->>> sorted(ATTACKS)[:3]
-['bim', 'fgsm', 'pgd']
+>>> sorted(ATTACKS)[:4]
+['apgd-ce', 'apgd-dlr', 'apgd-t', 'bim']
 
 A new attack is a new file plus one line in ``ATTACKS``.
 """
@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from modelguard.errors import BadInputError
+from modelguard.robustness.attacks.apgd import APGD, APGDDLR
+from modelguard.robustness.attacks.apgdt import APGDT
 from modelguard.robustness.attacks.base import Attack, Classifier
 from modelguard.robustness.attacks.cw import CarliniWagnerL2
 from modelguard.robustness.attacks.deepfool import DeepFool
+from modelguard.robustness.attacks.fab import FABT
 from modelguard.robustness.attacks.fgsm import FGSM
 from modelguard.robustness.attacks.mifgsm import MIFGSM
 from modelguard.robustness.attacks.pgd import BIM, PGD, PGDL2, PGDMargin
@@ -32,6 +35,10 @@ ATTACKS: dict[str, type[Attack]] = {
     CarliniWagnerL2.name: CarliniWagnerL2,
     SquareAttack.name: SquareAttack,
     TransferAttack.name: TransferAttack,
+    APGD.name: APGD,
+    APGDDLR.name: APGDDLR,
+    APGDT.name: APGDT,
+    FABT.name: FABT,
 }
 
 
