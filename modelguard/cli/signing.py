@@ -17,6 +17,7 @@ from rich.table import Table
 
 from modelguard.cli.keys import passphrase_options
 from modelguard.cli.output import emit, json_option
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import load_private_key, load_public_key, read_passphrase
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
@@ -253,6 +254,7 @@ def verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
+        checks=STANDARD_CHECKS,
     )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
         check_signature_proof(report, ledger_proof, policy)

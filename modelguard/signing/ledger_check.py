@@ -64,11 +64,11 @@ from modelguard.errors import BadInputError
 from modelguard.keys import atomic_write
 from modelguard.manifest import Manifest
 from modelguard.safeio import read_regular
+from modelguard.signing.gate import Report, SignerFacts
 from modelguard.transparency import policy_witness_reasons
 
 if TYPE_CHECKING:
     from modelguard.policy import Policy
-    from modelguard.signing.model import SignerResult, VerificationReport
 
 ENV_LEDGER_STATE = "MODELGUARD_LEDGER_STATE"
 STATE_FORMAT = 1
@@ -368,8 +368,8 @@ def _newer_live_version(proven: _Proven, name: str, version: str) -> str | None:
 
 
 def check_ledger(
-    report: VerificationReport,
-    signed: Sequence[tuple[str, SignerResult, str, Manifest | None]],
+    report: Report,
+    signed: Sequence[tuple[str, SignerFacts, str, Manifest | None]],
     *,
     ledger_url: str | None,
     allow_rollback: bool,
@@ -409,10 +409,10 @@ def check_ledger(
 
 
 def _check_signer(
-    report: VerificationReport,
+    report: Report,
     proven: _Proven,
     payload_digest: str,
-    signer: SignerResult,
+    signer: SignerFacts,
     subject_digest: str,
     manifest: Manifest | None,
     allow_rollback: bool,
