@@ -52,6 +52,7 @@ from modelguard.manifest import (
 )
 from modelguard.policy import NO_CHECKS, Policy, PolicyChecks, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
+from modelguard.signing.bundle import payload_digest as bundle_payload_digest
 from modelguard.signing.gate import check_audits, check_certificate, check_policy
 from modelguard.signing.gate import signer_label as _signer_label
 from modelguard.signing.layout import (
@@ -289,7 +290,7 @@ def sign_model(
     data = dump_bundle(sign_statement(statement, key))
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, data)
-    payload_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    payload_digest = bundle_payload_digest(data)
     subject = statement["subject"][0]["digest"]["sha256"]
     entry: dict[str, Any] | None = None
     if record:
@@ -470,7 +471,7 @@ def _read_signatures(
             | {oms_hint(k) for k in revoked_keys}
             | {key_id(k) for k in revoked_keys}
         )
-        payload_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        payload_digest = bundle_payload_digest(data)
         signer = SignerResult(signature=str(file), status="invalid", payload_digest=payload_digest)
         report.signers.append(signer)
         if revoked_claim:
