@@ -104,7 +104,7 @@ def resolve_ledger_url(value: str | None) -> str:
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
+def mapped_errors() -> Iterator[None]:
     """Ledger library errors -> modelguard's typed errors (exit 2 / exit 1)."""
     try:
         yield
@@ -122,7 +122,7 @@ def _exists(url: str) -> bool:
 def open_audit_ledger(ledger_url: str | None = None, *, create: bool = True) -> Ledger:
     """Open the resolved ledger (creating it unless ``create=False``); errors mapped."""
     url = resolve_ledger_url(ledger_url)
-    with _mapped_errors():
+    with mapped_errors():
         return open_ledger(url, create=create)
 
 
@@ -141,7 +141,7 @@ def record_event(
 
 def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
     """Append several events in one durable transaction, then sign a checkpoint over them."""
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
+    with open_audit_ledger(ledger_url) as log, mapped_errors():
         entries = log.append_many(events)
     url = resolve_ledger_url(ledger_url)
     key = note_key_path(url)
@@ -161,7 +161,7 @@ def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
     url = resolve_ledger_url(ledger_url)
     if not _exists(url):
         return []
-    with open_audit_ledger(url, create=False) as log, _mapped_errors():
+    with open_audit_ledger(url, create=False) as log, mapped_errors():
         return log.entries(**filters)
 
 
@@ -262,13 +262,13 @@ def list_entries(
     limit: int | None = None,
 ) -> tuple[int, list[Entry]]:
     """(ledger size, matching entries in index order; ``limit`` keeps the newest)."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
         return log.size(), log.entries(kind=kind, subject=subject, limit=limit)
 
 
 def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
     """Write the ledger as JSONL (one canonical entry per line); return the entry count."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
         try:
             return log.export_jsonl(Path(path))
         except OSError as error:
@@ -317,7 +317,7 @@ def load_note_signer(
     if not path.exists():
         if not create:
             raise KeyFileError("no ledger note key (sign a checkpoint first)", path=str(path))
-        with open_audit_ledger(ledger_url) as log, _mapped_errors():
+        with open_audit_ledger(ledger_url) as log, mapped_errors():
             origin = log.origin
         signer = NoteSigner.generate(origin)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +381,7 @@ def init_ledger(
 ) -> dict[str, Any]:
     """Create the ledger and its note key if missing; describe them."""
     url = resolve_ledger_url(ledger_url)
-    with _mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
+    with mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
         size, log_origin = log.size(), log.origin
     signer = load_note_signer(url, key_path)
     return {
@@ -396,7 +396,7 @@ def init_ledger(
 def sign_checkpoint(ledger_url: str | None = None, key_path: str | Path | None = None) -> str:
     """Sign the current tree head with the ledger's note key; return the C2SP note."""
     signer = load_note_signer(ledger_url, key_path)
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
+    with open_audit_ledger(ledger_url) as log, mapped_errors():
         return log.checkpoint(signer)
 
 
@@ -404,7 +404,7 @@ def prove_entry(
     index: int, ledger_url: str | None = None, tree_size: int | None = None
 ) -> InclusionProof:
     """Inclusion proof of entry ``index`` (it carries the entry); checked before returning."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
         proof = log.inclusion_proof(index, tree_size)
         proof.verify()
         return proof
@@ -419,7 +419,7 @@ def prove_with_checkpoint(
     checks offline with nothing but the log's public key (:func:`check_proof`).
     """
     note = sign_checkpoint(ledger_url, key_path)
-    with _mapped_errors():
+    with mapped_errors():
         checkpoint = Checkpoint.from_text(split_note(note)[0])
         with open_audit_ledger(ledger_url, create=False) as log:
             proof = log.inclusion_proof(index, checkpoint.size)
@@ -440,7 +440,7 @@ def check_inclusion(
         raise BadInputError("checking inclusion needs the ledger's public note key (--key)")
     trusted = [load_note_verifier(p) for p in public_keys]
     with (
-        _mapped_errors(),
+        mapped_errors(),
         open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log,
     ):
         _, checkpoint = newest_trusted_checkpoint(log, trusted)
@@ -474,7 +474,7 @@ def check_proof(
     note = checkpoint_note or document.get("checkpoint")
     if not isinstance(proof_doc, Mapping) or not isinstance(note, str):
         raise BadInputError("need an inclusion proof and a signed checkpoint (--checkpoint)")
-    with _mapped_errors():
+    with mapped_errors():
         checkpoint = open_checkpoint(note, [load_note_verifier(p) for p in public_keys])
         proof = InclusionProof.from_dict(proof_doc)
         proof.verify(checkpoint)
@@ -508,7 +508,7 @@ def check_consistency(
     if not public_keys:
         raise BadInputError("checking consistency needs the ledger's public note key (--key)")
     trusted = [load_note_verifier(p) for p in public_keys]
-    with _mapped_errors():
+    with mapped_errors():
         old = open_checkpoint(old_checkpoint_note, trusted)
         with open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log:
             new_note, new = newest_trusted_checkpoint(log, trusted)
@@ -530,7 +530,7 @@ def verify_ledger(
 ) -> VerifyReport:
     """Recompute the ledger (or an exported JSONL file) and report the first bad index."""
     trusted = _trusted(ledger_url, key_path, public_keys) if jsonl is None or public_keys else []
-    with _mapped_errors():
+    with mapped_errors():
         if jsonl is not None:
             if checkpoint_note and not trusted:
                 raise LedgerInputError("checking a checkpoint needs the log's public key (--key)")
