@@ -73,6 +73,7 @@ __all__ = [
     "is_verifier_key_string",
     "lineage",
     "list_entries",
+    "ledger_session",
     "load_note_signer",
     "load_note_verifier",
     "newest_version",
@@ -126,6 +127,20 @@ def open_audit_ledger(ledger_url: str | None = None, *, create: bool = True) -> 
         return open_ledger(url, create=create)
 
 
+@contextmanager
+def ledger_session(ledger_url: str | None = None, *, create: bool = True) -> Iterator[Ledger]:
+    """The one open ledger of an operation (each function here opens it once), errors mapped.
+
+    >>> import os, tempfile
+    >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "ledger.db")
+    >>> with ledger_session(url) as log:
+    ...     log.size()
+    0
+    """
+    with open_audit_ledger(ledger_url, create=create) as log, mapped_errors():
+        yield log
+
+
 def record_event(
     kind: str,
     *,
@@ -140,15 +155,16 @@ def record_event(
 
 
 def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
-    """Append several events in one durable transaction, then sign a checkpoint over them."""
-    with open_audit_ledger(ledger_url) as log, mapped_errors():
-        entries = log.append_many(events)
+    """Append several events in one durable transaction, then sign a checkpoint over them
+    (one ledger session for both)."""
     url = resolve_ledger_url(ledger_url)
     key = note_key_path(url)
-    if key.exists() and not _holds_private_key(key):
-        return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
-    if _sqlite_path(url) is not None or key.exists():
-        sign_checkpoint(url)
+    with ledger_session(url) as log:
+        entries = log.append_many(events)
+        if key.exists() and not _holds_private_key(key):
+            return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
+        if _sqlite_path(url) is not None or key.exists():
+            log.checkpoint(load_note_signer(url, origin=log.origin))
     return entries
 
 
@@ -156,24 +172,25 @@ def _holds_private_key(path: Path) -> bool:
     return _read_key_text(path).startswith("PRIVATE+KEY+")
 
 
-def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
-    """Entries matching ``filters``; an absent SQLite ledger has none (and is not created)."""
+def _query(ledger_url: str | None, *queries: Mapping[str, Any]) -> list[list[Entry]]:
+    """Entries matching each of ``queries`` (filters for ``Ledger.entries``), read in one
+    session; an absent SQLite ledger has none (and is not created)."""
     url = resolve_ledger_url(ledger_url)
     if not _exists(url):
-        return []
-    with open_audit_ledger(url, create=False) as log, mapped_errors():
-        return log.entries(**filters)
+        return [[] for _ in queries]
+    with ledger_session(url, create=False) as log:
+        return [log.entries(**filters) for filters in queries]
 
 
 def find_sign_entry(payload_digest: str, ledger_url: str | None = None) -> Entry | None:
     """The newest ``sign`` entry for this signature bundle digest ("sha256:<hex>")."""
-    found = _query(ledger_url, kind="sign", payload_digest=payload_digest)
+    [found] = _query(ledger_url, {"kind": "sign", "payload_digest": payload_digest})
     return found[-1] if found else None
 
 
 def signed_name(root: str, ledger_url: str | None = None) -> str | None:
     """The name the newest ``sign`` entry for this layer root gives the model, if any."""
-    found = _query(ledger_url, kind="sign", subject={"root": normalize_digest(root)})
+    [found] = _query(ledger_url, {"kind": "sign", "subject": {"root": normalize_digest(root)}})
     return found[-1].subject.get("name") if found else None
 
 
@@ -185,7 +202,8 @@ def normalize_digest(value: str) -> str:
 def revocation_for(digest_or_key_id: str, ledger_url: str | None = None) -> Entry | None:
     """The first ``revoke`` entry naming this digest or key id (prefix-insensitive)."""
     wanted = normalize_digest(digest_or_key_id)
-    for entry in _query(ledger_url, kind="revoke"):
+    [revocations] = _query(ledger_url, {"kind": "revoke"})
+    for entry in revocations:
         if normalize_digest(entry.subject.get("revoked", "")) == wanted:
             return entry
     return None
@@ -232,13 +250,16 @@ def newest_version(model_name: str, ledger_url: str | None = None) -> str | None
     model digest, its root, or its signing key): revoking v2 makes v1 the newest again. This
     reads rows as stored (a display helper); the gate applies the same rule to proven entries.
     """
+    revocations, signs = _query(
+        ledger_url, {"kind": "revoke"}, {"kind": "sign", "subject": {"name": model_name}}
+    )
     revoked = {
         normalize_digest(e.subject["revoked"])
-        for e in _query(ledger_url, kind="revoke")
+        for e in revocations
         if e.subject.get("revoked", "").strip()
     }
     live: list[str] = []
-    for entry in _query(ledger_url, kind="sign", subject={"name": model_name}):
+    for entry in signs:
         targets = {entry.payload_digest, entry.subject.get("root", ""), entry.actor}
         model_digest = entry.details.get("model_digest")
         if isinstance(model_digest, str):
@@ -262,13 +283,13 @@ def list_entries(
     limit: int | None = None,
 ) -> tuple[int, list[Entry]]:
     """(ledger size, matching entries in index order; ``limit`` keeps the newest)."""
-    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         return log.size(), log.entries(kind=kind, subject=subject, limit=limit)
 
 
 def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
     """Write the ledger as JSONL (one canonical entry per line); return the entry count."""
-    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         try:
             return log.export_jsonl(Path(path))
         except OSError as error:
@@ -310,15 +331,24 @@ def note_public_key_path(ledger_url: str | None = None, key_path: str | Path | N
 
 
 def load_note_signer(
-    ledger_url: str | None = None, key_path: str | Path | None = None, *, create: bool = True
+    ledger_url: str | None = None,
+    key_path: str | Path | None = None,
+    *,
+    create: bool = True,
+    origin: str | None = None,
 ) -> NoteSigner:
-    """The note signing key, created (mode 0600, named after the log's origin) if missing."""
+    """The note signing key, created (mode 0600, named after the log's origin) if missing.
+
+    ``origin``: the log's origin when the caller holds the ledger open (else it is opened
+    to read it, only when the key has to be created).
+    """
     path = note_key_path(ledger_url, key_path)
     if not path.exists():
         if not create:
             raise KeyFileError("no ledger note key (sign a checkpoint first)", path=str(path))
-        with open_audit_ledger(ledger_url) as log, mapped_errors():
-            origin = log.origin
+        if origin is None:
+            with ledger_session(ledger_url) as log:
+                origin = log.origin
         signer = NoteSigner.generate(origin)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write a private temp file, then link it into place: a concurrent creator loses
@@ -383,7 +413,7 @@ def init_ledger(
     url = resolve_ledger_url(ledger_url)
     with mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
         size, log_origin = log.size(), log.origin
-    signer = load_note_signer(url, key_path)
+        signer = load_note_signer(url, key_path, origin=log_origin)
     return {
         "url": url,
         "origin": log_origin,
@@ -395,16 +425,15 @@ def init_ledger(
 
 def sign_checkpoint(ledger_url: str | None = None, key_path: str | Path | None = None) -> str:
     """Sign the current tree head with the ledger's note key; return the C2SP note."""
-    signer = load_note_signer(ledger_url, key_path)
-    with open_audit_ledger(ledger_url) as log, mapped_errors():
-        return log.checkpoint(signer)
+    with ledger_session(ledger_url) as log:
+        return log.checkpoint(load_note_signer(ledger_url, key_path, origin=log.origin))
 
 
 def prove_entry(
     index: int, ledger_url: str | None = None, tree_size: int | None = None
 ) -> InclusionProof:
     """Inclusion proof of entry ``index`` (it carries the entry); checked before returning."""
-    with open_audit_ledger(ledger_url, create=False) as log, mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         proof = log.inclusion_proof(index, tree_size)
         proof.verify()
         return proof
@@ -418,11 +447,10 @@ def prove_with_checkpoint(
     The checkpoint is freshly signed, and the proof is for exactly its tree size, so the pair
     checks offline with nothing but the log's public key (:func:`check_proof`).
     """
-    note = sign_checkpoint(ledger_url, key_path)
-    with mapped_errors():
+    with ledger_session(ledger_url) as log:
+        note = log.checkpoint(load_note_signer(ledger_url, key_path, origin=log.origin))
         checkpoint = Checkpoint.from_text(split_note(note)[0])
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.inclusion_proof(index, checkpoint.size)
+        proof = log.inclusion_proof(index, checkpoint.size)
         proof.verify(checkpoint)
     return {"proof": proof.to_dict(), "checkpoint": note}
 
@@ -602,7 +630,7 @@ def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageN
     (oldest ancestor at the top) that contain a match. Empty when nothing matches. A display
     of the rows as stored; the deployment gate proves what it relies on.
     """
-    everything = _query(ledger_url)
+    [everything] = _query(ledger_url, {})
     revoked: dict[str, Entry] = {}
     for entry in everything:
         if entry.kind == "revoke" and entry.subject.get("revoked"):
