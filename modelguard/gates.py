@@ -13,40 +13,26 @@ imports torch (the slim gate path).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
 
-from modelguard.keys import PublicKey
-from modelguard.policy import AuditRequirement, CertificateRequirement, PolicyChecks
-
-
-def certificate_check(
-    requirement: CertificateRequirement,
-    model: Path,
-    signature: Path,
-    trusted: Sequence[PublicKey],
-    /,
-    *,
-    model_root: str | None = None,
-) -> list[str]:
-    """:func:`modelguard.robustness.gate.certificate_gate`, imported on first call (torch)."""
-    from modelguard.robustness.gate import certificate_gate
-
-    return certificate_gate(requirement, model, signature, trusted, model_root=model_root)
+from modelguard.policy import PolicyChecks
 
 
-def audit_check(
-    requirement: AuditRequirement,
-    model: Path,
-    trusted: Sequence[PublicKey],
-    /,
-    *,
-    model_root: str | None = None,
-) -> list[str]:
-    """:func:`modelguard.audits.gate.audit_gate`, imported on first call."""
-    from modelguard.audits.gate import audit_gate
+def _on_first_call(module: str, name: str) -> Callable[..., list[str]]:
+    """``module.name``, imported when first called (not when the checks are built)."""
 
-    return audit_gate(requirement, model, trusted, model_root=model_root)
+    def check(*args: Any, **kwargs: Any) -> list[str]:
+        result: list[str] = getattr(import_module(module), name)(*args, **kwargs)
+        return result
+
+    check.__qualname__ = check.__name__ = name
+    check.__doc__ = f":func:`{module}.{name}`, imported on first call."
+    return check
 
 
-STANDARD_CHECKS = PolicyChecks(certificate=certificate_check, audit=audit_check)
+STANDARD_CHECKS = PolicyChecks(
+    certificate=_on_first_call("modelguard.robustness.gate", "certificate_gate"),
+    audit=_on_first_call("modelguard.audits.gate", "audit_gate"),
+)

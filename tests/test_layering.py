@@ -140,7 +140,7 @@ def test_the_rules_see_the_whole_tree() -> None:
     modules = _modules()
     assert {"ledger.merkle", "modelguard.signing.model", "modelguard.policy"} <= set(modules)
     assert "modelguard.policy" in reachable("modelguard.signing.model")
-    assert "modelguard.robustness.gate" in reachable("modelguard.gates")
+    assert "modelguard.robustness.evaluate" in reachable("modelguard.robustness.hardening")
     assert len(list(_gate_modules())) >= 20
 
 
@@ -217,3 +217,24 @@ def test_every_module_has_a_row_in_the_architecture_doc() -> None:
         ):
             missing.append(rel)
     assert not missing, f"modules without a row in docs/architecture.md: {missing}"
+
+
+def test_the_standard_checks_call_the_real_gates(tmp_path: Path) -> None:
+    """gates.STANDARD_CHECKS imports its gate on first call: the names must resolve, and the
+    audit check (torch-free) must decide like ``audits.gate.audit_gate``."""
+    from modelguard.gates import STANDARD_CHECKS
+    from modelguard.policy import AuditRequirement
+
+    requirement = AuditRequirement("membership", "auc", 0.6)
+    assert STANDARD_CHECKS.audit is not None
+    reasons = STANDARD_CHECKS.audit(requirement, tmp_path / "m", [], model_root=None)
+    assert reasons == [f"no membership audit attestation at {tmp_path}/m.audits/membership.sig"]
+    pytest.importorskip("torch")
+    from modelguard.policy import CertificateRequirement
+
+    assert STANDARD_CHECKS.certificate is not None
+    model = tmp_path / "m"
+    reasons = STANDARD_CHECKS.certificate(
+        CertificateRequirement(0.8, 0.1), model, tmp_path / "model.sig", [], model_root="00" * 32
+    )
+    assert reasons == [f"no robustness certificate at {tmp_path}/m.robustness/certificate.sig"]
