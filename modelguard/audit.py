@@ -74,6 +74,7 @@ __all__ = [
     "lineage",
     "list_entries",
     "ledger_session",
+    "ledger_verifiers",
     "load_note_signer",
     "load_note_verifier",
     "newest_version",
@@ -394,6 +395,15 @@ def load_note_verifier(spec: str | Path) -> NoteVerifier:
         return NoteVerifier.from_key_string(text)
     except LedgerInputError as error:
         raise KeyFileError(str(error), path=str(spec)) from None
+
+
+def ledger_verifiers(specs: Sequence[str]) -> list[NoteVerifier]:
+    """The checkpoint keys a reader (the gate, ``verify --ledger-proof``) trusts: ``specs``
+    (``--ledger-key``, the policy's ``[ledger] key``), else ``$MODELGUARD_LEDGER_KEY``."""
+    if not specs:
+        env = os.environ.get(ENV_NOTE_KEY, "").strip()
+        specs = [env] if env else []
+    return [load_note_verifier(spec) for spec in specs]
 
 
 def _trusted(
