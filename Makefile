@@ -49,7 +49,7 @@ test: lint typecheck unit
 
 # -P keeps bench/ off sys.path (bench/ledger.py would shadow the ledger package).
 bench: $(VENV)/.installed-dev
-	for script in hashing signing crypto ledger attacks hardening; do \
+	for script in hashing signing crypto ledger_ops attacks hardening; do \
 		$(BIN)/python -P bench/$$script.py || exit 1; \
 	done
 

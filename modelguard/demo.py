@@ -22,6 +22,7 @@ from rich.console import Console
 
 from modelguard import audit, zoo
 from modelguard.formats import parse_model_file
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import (
     generate_encryption_key,
     generate_key,
@@ -524,7 +525,7 @@ def stage_gate(ctx: DemoContext) -> None:
     verdicts = {}
     for name in ("model", "model-pgd-at", "model-distill"):
         try:
-            report = verify_model(ctx.path(name), policy=policy)
+            report = verify_model(ctx.path(name), policy=policy, checks=STANDARD_CHECKS)
             verdicts[name] = (
                 "accepted"
                 if report.ok
@@ -645,7 +646,7 @@ def stage_audits(ctx: DemoContext) -> None:
     policy = parse_policy(
         {"signers": [signer], "audit": {"membership": {"max_auc": 0.6}}}, source="demo"
     )
-    verdict = verify_model(model_dir, policy=policy)
+    verdict = verify_model(model_dir, policy=policy, checks=STANDARD_CHECKS)
     ctx.say(
         "   gate \\[audit.membership] max_auc = 0.6 on model: "
         + (

@@ -151,6 +151,7 @@ def run(
     """Verify the model, decrypt it in memory if encrypted, and run it on --input."""
     import importlib
 
+    from modelguard.gates import STANDARD_CHECKS
     from modelguard.keys import load_public_key
     from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
     from modelguard.runtime import open_verified
@@ -178,6 +179,7 @@ def run(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         providers=provider,
+        checks=STANDARD_CHECKS,
         **{k: v for k, v in secrets.items() if v is not None},
     )
     session = verified.session

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
 from modelguard.cli.output import emit, heartbeat, json_option
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import load_public_key
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
@@ -248,6 +249,7 @@ def verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
+        checks=STANDARD_CHECKS,
     )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
         check_signature_proof(report, ledger_proof, policy)

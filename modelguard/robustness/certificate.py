@@ -18,7 +18,6 @@ checks and the environment. Certifying appends an ``evaluate`` entry to the ledg
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -141,7 +140,9 @@ def write_signed_certificate(
 
 def payload_digest(path: Path) -> str:
     """``sha256:<hex>`` of the bundle file bytes (the ledger's payload digest)."""
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    from modelguard.signing.bundle import read_signed_bundle
+
+    return read_signed_bundle(path, what="certificate").payload_digest
 
 
 def record_certificate(
@@ -339,15 +340,14 @@ def load_certificate(
     (exit 2) when it is malformed or not a robustness certificate.
     """
     from modelguard.signing import verify_bundle
-    from modelguard.signing.bundle import load_bundle_bytes, read_bundle_file
+    from modelguard.signing.bundle import read_signed_bundle
 
     source = Path(path)
     if not source.is_file():
         raise FormatError("certificate file not found", path=str(source))
-    data = read_bundle_file(source)
-    bundle = load_bundle_bytes(data, source=str(source))
+    bundle = read_signed_bundle(source, what="certificate")
     try:
-        verified = verify_bundle(bundle, trusted_keys)
+        verified = verify_bundle(bundle.document, trusted_keys)
     except SignatureError as error:
         raise SignatureError(f"{source}: {error}", details=error.details) from None
     parse_certificate_statement(verified.statement, source=str(source))
@@ -355,7 +355,7 @@ def load_certificate(
         statement=verified.statement,
         key_ids=verified.key_ids,
         path=source,
-        payload_digest="sha256:" + hashlib.sha256(data).hexdigest(),
+        payload_digest=bundle.payload_digest,
     )
 
 
