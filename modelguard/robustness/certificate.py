@@ -69,6 +69,9 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
         "config": result.config.to_dict(),
         "environment": result.environment,
         "results": result.results_dict(),
+        # Certified (randomized smoothing) numbers: their own section, never mixed with the
+        # empirical results above, and about the smoothed classifier, not the base model.
+        "certified": result.certified,
         "summary": {
             "norm": result.config.norm,
             "n": result.n,
@@ -401,7 +404,21 @@ def check_rerun(certificate: Certificate, rerun: EvalResult) -> list[str]:
             f"{recorded_data[:16]}..."
         )
     tolerance = float(certificate.predicate["config"].get("recertify_tolerance", 0.01))
-    return compare_results(certificate.predicate["results"], rerun, tolerance)
+    drifts = compare_results(certificate.predicate["results"], rerun, tolerance)
+    recorded_certified = certificate.predicate.get("certified")
+    if recorded_certified is not None:
+        now = {
+            float(r["radius"]): float(r["certified_accuracy"])
+            for r in (rerun.certified or {}).get("certified_accuracy", [])
+        }
+        for row in recorded_certified["certified_accuracy"]:
+            radius, value = float(row["radius"]), float(row["certified_accuracy"])
+            current = now.get(radius)
+            if current is None or abs(current - value) > tolerance + 1e-12:
+                drifts.append(
+                    f"certified accuracy at L2 radius {radius}: recorded {value:.4f}, now {current}"
+                )
+    return drifts
 
 
 def require_rerun_matches(certificate: Certificate, rerun: EvalResult) -> None:

@@ -52,6 +52,7 @@ from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.onnx_model import OnnxClassifier
 from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
+from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
 from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
@@ -111,6 +112,7 @@ class EvalConfig:
     version: int = EVAL_VERSION
     profile: str | None = None  # the named profile the portfolio came from (profiles.py)
     cascade: bool = False  # each attack runs only on the examples no earlier one broke
+    smoothing: SmoothingConfig | None = None  # certified L2 robustness (smoothing.py)
 
     def resolved(self) -> EvalConfig:
         """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``.
@@ -193,6 +195,7 @@ class EvalConfig:
             version=self.version,
             profile=self.profile,
             cascade=bool(self.cascade),
+            smoothing=None if self.smoothing is None else self.smoothing.validated(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +216,7 @@ class EvalConfig:
             "soundness": self.soundness,
             "profile": self.profile,
             "cascade": self.cascade,
+            "smoothing": None if self.smoothing is None else self.smoothing.to_dict(),
         }
 
     @classmethod
@@ -237,6 +241,9 @@ class EvalConfig:
                 data_digest=data.get("data_digest"),
                 profile=None if data.get("profile") is None else str(data["profile"]),
                 cascade=bool(data.get("cascade", False)),
+                smoothing=None
+                if data.get("smoothing") is None
+                else SmoothingConfig.from_dict(dict(data["smoothing"])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise FormatError(
@@ -304,6 +311,7 @@ class EvalResult:
     soundness: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     samples: Samples | None = None
+    certified: dict[str, Any] | None = None  # randomized smoothing; never mixed with results
 
     @property
     def n(self) -> int:
@@ -371,6 +379,7 @@ class EvalResult:
             "data": self.data,
             "environment": self.environment,
             "results": self.results_dict(),
+            "certified": self.certified,
             "timing": self.timing,
             "summary": self.summary(),
         }
@@ -570,7 +579,11 @@ class _Evaluator:
         self.cache: dict[str, float] = {}
         self.timing: dict[str, float] = {}
         self.done = 0
-        self.total = len(config.attacks) * len(config.eps) + (1 if config.soundness else 0)
+        self.total = (
+            len(config.attacks) * len(config.eps)
+            + (1 if config.soundness else 0)
+            + (1 if config.smoothing is not None else 0)
+        )
 
     def tick(self, label: str) -> None:
         self.done += 1
@@ -837,6 +850,21 @@ def run_evaluation(
         checks = [c.to_dict() for c in run_soundness_checks(evaluator, outcome)]
         evaluator.timing["soundness"] = time.perf_counter() - started
         evaluator.tick("soundness checks")
+    certified = None
+    if config.smoothing is not None:
+        started = time.perf_counter()
+        base: Classifier = onnx if onnx is not None else evaluator.primary()
+        certified = certify_dataset(
+            base,
+            data.x,
+            data.y,
+            config.smoothing,
+            num_classes=len(data.classes),
+            seed=config.seed,
+            model_name="deployed ONNX" if onnx is not None else "PyTorch",
+        )
+        evaluator.timing["smoothing"] = time.perf_counter() - started
+        evaluator.tick("randomized smoothing")
     recorded = config
     if recorded.data_digest is None:
         recorded = EvalConfig.from_dict({**config.to_dict(), "data_digest": data.digest})
@@ -862,6 +890,7 @@ def run_evaluation(
         soundness=checks,
         timing=evaluator.timing,
         samples=outcome["samples"],
+        certified=certified,
     )
 
 

@@ -136,6 +136,24 @@ def _ci(stat: dict[str, Any] | None) -> str:
     return f"[{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
 
 
+def _certified_html(certified: dict[str, Any] | None) -> str:
+    """The randomized-smoothing section: certified, so apart from every empirical number."""
+    if certified is None:
+        return ""
+    config = certified["config"]
+    rows = [
+        [r["radius"], r["certified_accuracy"], _ci(r["certified"])]
+        for r in certified["certified_accuracy"]
+    ]
+    return (
+        "<h2>Certified robustness (randomized smoothing, L2)</h2>"
+        f"<p>Certified, not empirical: these numbers describe {html.escape(certified['describes'])}. "
+        f"sigma {config['sigma']}, n0 {config['n0']}, n {config['n']}, alpha {config['alpha']}; "
+        f"{certified['n']} examples, {certified['abstained']} abstentions (counted as errors).</p>"
+        + _table(["L2 radius", "certified accuracy", "95% CI"], rows)
+    )
+
+
 def render_html(result: EvalResult, curve: bytes, grid: bytes | None) -> str:
     summary = result.summary()
     results = result.results_dict()
@@ -210,6 +228,7 @@ on the ONNX graph).</p>
 {_table(["eps", "robust accuracy", "95% CI", "examples broken per attack"], worst_rows)}
 <h2>Per attack</h2>
 {_table(["attack", "eps", "target", "robust acc", "95% CI", "ONNX robust acc", "success rate", "median L2", "median Linf", "queries"], attack_rows)}
+{_certified_html(result.certified)}
 <h2>Soundness checks (Carlini et al. 2019)</h2>
 {_table(["check", "status", "detail"], checks)}
 {grid_html}
