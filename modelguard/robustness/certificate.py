@@ -30,7 +30,7 @@ from typing import Any
 from modelguard import __version__
 from modelguard.errors import DigestMismatchError, FormatError, SignatureError, VerificationError
 from modelguard.keys import PrivateKey, PublicKey, key_id
-from modelguard.robustness.evaluate import EvalConfig, EvalResult, proportion
+from modelguard.robustness.evaluate import GATE_METRIC, EvalConfig, EvalResult, proportion
 from modelguard.robustness.stats import Proportion
 
 PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
@@ -72,6 +72,8 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
         # Certified (randomized smoothing) numbers: their own section, never mixed with the
         # empirical results above, and about the smoothed classifier, not the base model.
         "certified": result.certified,
+        # A detector system's two accountings, and which one the gate uses (null otherwise).
+        "detector": result.detector,
         "summary": {
             "norm": result.config.norm,
             "n": result.n,
@@ -91,6 +93,7 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
             "parity_ok": result.parity_ok,
             "soundness_warnings": result.soundness_warnings,
             "gradient_masking_suspected": bool(result.soundness_warnings),
+            "gate_metric": GATE_METRIC,
         },
     }
     _check_finite(predicate, "predicate")

@@ -50,6 +50,7 @@ from modelguard.errors import BadInputError, DigestMismatchError, FormatError, V
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
+from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
 from modelguard.robustness.onnx_model import OnnxClassifier
 from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
 from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
@@ -312,6 +313,7 @@ class EvalResult:
     timing: dict[str, float] = field(default_factory=dict)
     samples: Samples | None = None
     certified: dict[str, Any] | None = None  # randomized smoothing; never mixed with results
+    detector: dict[str, Any] | None = None  # a detector system's two accountings
 
     @property
     def n(self) -> int:
@@ -380,6 +382,7 @@ class EvalResult:
             "environment": self.environment,
             "results": self.results_dict(),
             "certified": self.certified,
+            "detector": self.detector,
             "timing": self.timing,
             "summary": self.summary(),
         }
@@ -807,6 +810,35 @@ def _threat_config(config: dict[str, Any], eps: float, norm: str) -> dict[str, A
     return {**config, "threat_eps": eps, "threat_norm": norm}
 
 
+GATE_METRIC = "worst-case robust accuracy; a detector's rejection counts as an error"
+
+
+def detector_accounting(
+    detector: SqueezeDetector,
+    data: Dataset,
+    config: EvalConfig,
+    worst_case: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Both numbers for a detector-plus-classifier system, per eps, each with n and 95% CI.
+
+    ``robust_accuracy_rejection_is_error``: the portfolio's worst case, where the "reject"
+    output counts as a wrong answer (what the certificate's summary and the policy gate use);
+    ``correct_or_rejected_adaptive``: the fraction of examples the system answers correctly
+    or rejects under an adaptive, detector-aware PGD (:func:`evaluate_detector`).
+    """
+    report = evaluate_detector(detector, data, eps=config.eps, seed=config.seed)
+    n = len(data)
+    return {
+        "gate_uses": "robust_accuracy_rejection_is_error",
+        "robust_accuracy_rejection_is_error": {str(w["eps"]): w["robust"] for w in worst_case},
+        "correct_or_rejected_adaptive": {
+            eps: proportion(row["robust_accuracy_worst_case"], n)
+            for eps, row in report["per_eps"].items()
+        },
+        "detector_report": report,
+    }
+
+
 def run_evaluation(
     *,
     torch_model: nn.Module | None,
@@ -850,6 +882,11 @@ def run_evaluation(
         checks = [c.to_dict() for c in run_soundness_checks(evaluator, outcome)]
         evaluator.timing["soundness"] = time.perf_counter() - started
         evaluator.tick("soundness checks")
+    detector = None
+    if isinstance(torch_model, SqueezeDetector):
+        started = time.perf_counter()
+        detector = detector_accounting(torch_model, data, config, outcome["worst_case"])
+        evaluator.timing["detector"] = time.perf_counter() - started
     certified = None
     if config.smoothing is not None:
         started = time.perf_counter()
@@ -891,6 +928,7 @@ def run_evaluation(
         timing=evaluator.timing,
         samples=outcome["samples"],
         certified=certified,
+        detector=detector,
     )
 
 
