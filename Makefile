@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test install install-dev lint typecheck unit bench clean
+.PHONY: demo test install install-dev lint typecheck unit bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,17 @@ test: lint typecheck unit
 bench: $(VENV)/.installed-dev
 	for script in hashing signing crypto ledger attacks hardening; do \
 		$(BIN)/python -P bench/$$script.py || exit 1; \
+	done
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of every parser of untrusted bytes, FUZZ_SECONDS
+# each; crashes land in fuzz/ as crash-*. The bounded hypothesis suite in tests/fuzz runs in CI.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors safetensors_header onnx pickle torch bundle container checkpoint proof policy
+fuzz: $(VENV)/.installed-dev
+	$(PIP) install --quiet -c constraints.txt -e '.[fuzz]'
+	for target in $(FUZZ_TARGETS); do \
+		$(BIN)/python fuzz/run.py $$target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+			-artifact_prefix=fuzz/ || exit 1; \
 	done
 
 clean:

@@ -62,8 +62,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///") :])
 
 
-def open_ledger(url: str, *, create: bool = True, origin: str | None = None) -> Ledger:
+def open_ledger(
+    url: str, *, create: bool = True, origin: str | None = None, read_only: bool = False
+) -> Ledger:
     """Open (and, with ``create``, set up) the ledger at ``url``.
+
+    ``read_only``: never create, and (SQLite) open the file read-only, so a reader such as a
+    deployment gate cannot change the log even by accident.
 
     ``sqlite:///relative/or/absolute/path.db`` (``sqlite:////abs`` also works) or
     ``postgresql://user@host:port/db?schema=NAME`` (``schema`` is optional, default public).
@@ -74,9 +79,10 @@ def open_ledger(url: str, *, create: bool = True, origin: str | None = None) -> 
             raise LedgerInputError(f"{url}: sqlite URL has no path")
         from ledger.sqlite import SqliteLedger
 
-        return SqliteLedger(path, create=create, origin=origin)
+        return SqliteLedger(path, create=create, origin=origin, read_only=read_only)
     if urlsplit(url).scheme in ("postgresql", "postgres"):
         from ledger.postgres import PostgresLedger
 
-        return PostgresLedger(url, create=create, origin=origin)
+        # Its reads already run in READ ONLY transactions.
+        return PostgresLedger(url, create=create and not read_only, origin=origin)
     raise LedgerInputError(f"{url}: ledger URL must start with sqlite:/// or postgresql://")

@@ -336,6 +336,38 @@ class Ledger(ABC):
             cur.execute("SELECT note FROM ledger_checkpoints ORDER BY tree_size, created")
             return [str(r[0]) for r in cur.fetchall()]
 
+    def newest_checkpoints(self, limit: int) -> list[str]:
+        """Up to ``limit`` stored checkpoint notes, largest tree first (unverified text)."""
+        with self._read() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT note FROM ledger_checkpoints ORDER BY tree_size DESC, created DESC"
+                    " LIMIT ?"
+                ),
+                (limit,),
+            )
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def bodies(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """(index, stored canonical bytes) of the rows with ``start <= idx < end``, in order.
+
+        Rows as stored, unchecked: a reader proves them against a signed tree head (see
+        :mod:`ledger.client`). Read in one snapshot, in batches, so memory stays bounded.
+        """
+        with self._read() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT idx, body FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx"
+                ),
+                (start, end),
+            )
+            while True:
+                batch = cur.fetchmany(10_000)
+                if not batch:
+                    return
+                for index, body in batch:
+                    yield int(index), bytes(body)
+
     # --- auditing ------------------------------------------------------------------------
     def _rows(self, cur: Any) -> Iterator[StoredRow]:
         cur.execute(f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries ORDER BY idx")

@@ -35,12 +35,7 @@ def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
     """
     stack: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes strictly decreasing
     for h in hashes:
-        size, node = 1, h
-        while stack and stack[-1][0] == size:
-            left_size, left = stack.pop()
-            node = node_hash(left, node)
-            size += left_size
-        stack.append((size, node))
+        push_leaf(stack, h)
     if not stack:
         return EMPTY_ROOT
     _, root = stack.pop()
@@ -48,6 +43,16 @@ def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
         _, left = stack.pop()
         root = node_hash(left, root)
     return root
+
+
+def push_leaf(stack: list[tuple[int, bytes]], h: bytes) -> None:
+    """Append one leaf hash to a compact range held as (subtree size, hash), sizes decreasing."""
+    size, node = 1, h
+    while stack and stack[-1][0] == size:
+        left_size, left = stack.pop()
+        node = node_hash(left, node)
+        size += left_size
+    stack.append((size, node))
 
 
 def root_hash(leaves: Sequence[bytes]) -> bytes:

@@ -27,28 +27,45 @@ BUSY_TIMEOUT_MS = 120_000
 
 
 class SqliteLedger(Ledger):
-    def __init__(self, path: str | Path, *, create: bool = True, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        origin: str | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        create = create and not read_only
         if not self.path.exists():
             if not create:
                 raise LedgerInputError(f"{self.url}: no ledger here (run `ledger init`)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            if read_only:  # SQLite itself refuses every write on this connection
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+            else:
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+                )
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self._db.execute("PRAGMA synchronous = FULL")
+            if not read_only:
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                self._db.execute("PRAGMA synchronous = FULL")
+                if str(mode).lower() != "wal":
+                    raise LedgerInputError(f"{self.url}: cannot switch the database to WAL mode")
+            ready = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_checkpoints'"
+            ).fetchone()[0]
         except sqlite3.DatabaseError as error:
             raise LedgerInputError(f"{self.url}: not a usable SQLite ledger: {error}") from None
-        if str(mode).lower() != "wal":
-            raise LedgerInputError(f"{self.url}: cannot switch the database to WAL mode")
-        ready = self._db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_checkpoints'"
-        ).fetchone()[0]
         if not ready:  # set up under the write lock; opening an existing ledger takes none
             if not create:
                 self._db.close()

@@ -12,9 +12,13 @@
 
 Ledger URL: ``--ledger`` (``ledger_url=``), else ``$MODELGUARD_LEDGER``, else
 ``sqlite:///<cwd>/.modelguard/ledger.db``; created on first write. The checkpoint-signing
-Ed25519 note key: ``key_path=`` (``--note-key``), else ``$MODELGUARD_LEDGER_KEY``, else next
-to a SQLite ledger (``<db>.note.key``, mode 0600, and ``<db>.note.pub``), else (PostgreSQL)
-``<cwd>/.modelguard/ledger-note.key``; created on first use, named after the log's origin.
+Ed25519 note key: ``key_path=`` (``--note-key``), else ``$MODELGUARD_LEDGER_KEY`` (when it
+names a file), else next to a SQLite ledger (``<db>.note.key``, mode 0600, and
+``<db>.note.pub``), else (PostgreSQL) ``<cwd>/.modelguard/ledger-note.key``; created by
+writers on first use, named after the log's origin. Writers sign a fresh checkpoint after
+every append when the note key is at hand (always for SQLite), so that readers can prove
+the entry. Readers (the gate, ``check_inclusion``, ``check_consistency``) never create a
+key or sign: they trust only the public keys they are given.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from ledger import (
     open_ledger,
 )
 from ledger import sqlite_path as _sqlite_path
+from ledger.client import check_not_behind, newest_trusted_checkpoint
 from ledger.log import verify_jsonl
 from ledger.note import split_note
 from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationError
+from modelguard.safeio import MAX_KEY_BYTES, read_regular
 
 ENV_LEDGER = "MODELGUARD_LEDGER"
 ENV_NOTE_KEY = "MODELGUARD_LEDGER_KEY"
@@ -55,6 +61,7 @@ SIGN_KINDS = ("sign",)
 __all__ = [
     "ENV_LEDGER",
     "ENV_NOTE_KEY",
+    "ConsistencyResult",
     "LineageNode",
     "check_consistency",
     "check_inclusion",
@@ -63,6 +70,7 @@ __all__ = [
     "export_ledger",
     "find_sign_entry",
     "init_ledger",
+    "is_verifier_key_string",
     "lineage",
     "list_entries",
     "load_note_signer",
@@ -126,17 +134,18 @@ def record_event(
     details: Mapping[str, Any] | None = None,
     ledger_url: str | None = None,
 ) -> Entry:
-    """Append one event; it is durable and chained when this returns."""
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        return log.append(
-            kind, subject=subject, payload_digest=payload_digest, actor=actor, details=details
-        )
+    """Append one event; it is durable, chained and (key at hand) checkpointed on return."""
+    return record_events([EventSpec(kind, subject, payload_digest, actor, details)], ledger_url)[0]
 
 
 def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
-    """Append several events in one durable transaction."""
+    """Append several events in one durable transaction, then sign a checkpoint over them."""
     with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        return log.append_many(events)
+        entries = log.append_many(events)
+    url = resolve_ledger_url(ledger_url)
+    if _sqlite_path(url) is not None or note_key_path(url).exists():
+        sign_checkpoint(url)
+    return entries
 
 
 def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
@@ -203,16 +212,29 @@ def compare_versions(a: str, b: str) -> int:
 
 
 def newest_version(model_name: str, ledger_url: str | None = None) -> str | None:
-    """The highest version recorded in a ``sign`` entry for this model name."""
-    versions = [
-        e.subject["version"]
-        for e in _query(ledger_url, kind="sign", subject={"name": model_name})
-        if "version" in e.subject
-    ]
-    if not versions:
+    """The highest version in a ``sign`` entry for this name that is not revoked.
+
+    A version is revoked when every sign entry of it has a revoked target (its signature or
+    model digest, its root, or its signing key): revoking v2 makes v1 the newest again. This
+    reads rows as stored (a display helper); the gate applies the same rule to proven entries.
+    """
+    revoked = {
+        normalize_digest(e.subject["revoked"])
+        for e in _query(ledger_url, kind="revoke")
+        if e.subject.get("revoked", "").strip()
+    }
+    live: list[str] = []
+    for entry in _query(ledger_url, kind="sign", subject={"name": model_name}):
+        targets = {entry.payload_digest, entry.subject.get("root", ""), entry.actor}
+        model_digest = entry.details.get("model_digest")
+        if isinstance(model_digest, str):
+            targets.add(model_digest)
+        if "version" in entry.subject and not {normalize_digest(t) for t in targets} & revoked:
+            live.append(entry.subject["version"])
+    if not live:
         return None
-    newest = versions[0]
-    for version in versions[1:]:
+    newest = live[0]
+    for version in live[1:]:
         if compare_versions(version, newest) > 0:
             newest = version
     return newest
@@ -242,12 +264,20 @@ def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
 # --- checkpoints and proofs -------------------------------------------------------------
 
 
+_VERIFIER_STRING = re.compile(r"[^\s+]+\+[0-9a-fA-F]{8}\+[A-Za-z0-9+/]{44}")
+
+
+def is_verifier_key_string(value: str) -> bool:
+    """True for a one-line note verifier key (``<name>+<hex id>+<base64>``), not a path."""
+    return _VERIFIER_STRING.fullmatch(value.strip()) is not None
+
+
 def note_key_path(ledger_url: str | None = None, key_path: str | Path | None = None) -> Path:
     """Where the ledger's checkpoint-signing key lives (see the module docstring)."""
     if key_path:
         return Path(key_path)
     env = os.environ.get(ENV_NOTE_KEY)
-    if env:
+    if env and not is_verifier_key_string(env):  # a verifier string is for readers only
         return Path(env)
     db = _sqlite_path(resolve_ledger_url(ledger_url))
     if db is not None:
@@ -291,28 +321,35 @@ def load_note_signer(
                 pass
         finally:
             os.unlink(tmp)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+    text = _read_key_text(path)
     try:
         return NoteSigner.from_key_string(text)
     except LedgerInputError as error:
         raise KeyFileError(str(error), path=str(path)) from None
 
 
-def load_note_verifier(path: str | Path) -> NoteVerifier:
-    """A verifier key file (``<name>+<hex id>+<base64>``), or the signer key it belongs to."""
+def _read_key_text(path: Path) -> str:
+    data = read_regular(path, max_size=MAX_KEY_BYTES, what="ledger key file")
     try:
-        text = Path(path).read_text().strip()
-    except OSError as error:
-        raise KeyFileError(f"cannot read: {error.strerror}", path=str(path)) from None
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise KeyFileError("not a ledger note key (not UTF-8 text)", path=str(path)) from None
+
+
+def load_note_verifier(spec: str | Path) -> NoteVerifier:
+    """A verifier key: a one-line key string, a key file, or the signer key file it belongs to."""
+    if isinstance(spec, str) and is_verifier_key_string(spec):
+        try:
+            return NoteVerifier.from_key_string(spec)
+        except LedgerInputError as error:
+            raise KeyFileError(str(error), path="ledger key") from None
+    text = _read_key_text(Path(spec))
     try:
         if text.startswith("PRIVATE+KEY+"):
             return NoteSigner.from_key_string(text).verifier()
         return NoteVerifier.from_key_string(text)
     except LedgerInputError as error:
-        raise KeyFileError(str(error), path=str(path)) from None
+        raise KeyFileError(str(error), path=str(spec)) from None
 
 
 def _trusted(
@@ -377,27 +414,28 @@ def prove_with_checkpoint(
 
 
 def check_inclusion(
-    entry: Entry,
-    ledger_url: str | None = None,
-    key_path: str | Path | None = None,
-    public_keys: Sequence[str | Path] = (),
+    entry: Entry, public_keys: Sequence[str | Path], ledger_url: str | None = None
 ) -> InclusionProof:
-    """Demand that ``entry`` is in the ledger: inclusion proof to a freshly signed checkpoint.
+    """Demand that ``entry`` is in the ledger: inclusion proof to a trusted signed checkpoint.
 
-    The proof is checked against a checkpoint verified with the note key (given public keys,
-    else the local one), so a caller learns the entry sits in the signed tree, not just a row.
-    Raises LedgerVerificationError otherwise.
+    Read-only: the newest stored checkpoint that one of ``public_keys`` signed must cover
+    the entry (writers sign one after each append; else run ``ledger checkpoint``). Raises
+    LedgerVerificationError otherwise, BadInputError when no key is given.
     """
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
-        stored = log.checkpoints()
-    note = stored[-1] if stored else ""
-    if not stored or Checkpoint.from_text(split_note(note)[0]).size <= entry.index:
-        note = sign_checkpoint(ledger_url, key_path)
-    trusted = _trusted(ledger_url, key_path, public_keys)
-    with _mapped_errors():
-        checkpoint = open_checkpoint(note, trusted)
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.inclusion_proof(entry.index, checkpoint.size)
+    if not public_keys:
+        raise BadInputError("checking inclusion needs the ledger's public note key (--key)")
+    trusted = [load_note_verifier(p) for p in public_keys]
+    with (
+        _mapped_errors(),
+        open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log,
+    ):
+        _, checkpoint = newest_trusted_checkpoint(log, trusted)
+        if checkpoint.size <= entry.index:
+            raise LedgerVerificationError(
+                f"entry {entry.index} is not covered by a signed checkpoint (the newest covers"
+                f" {checkpoint.size} entries): run `modelguard ledger checkpoint`"
+            )
+        proof = log.inclusion_proof(entry.index, checkpoint.size)
         if proof.leaf_hash != entry.leaf_hash:
             raise LedgerVerificationError(
                 f"ledger entry {entry.index} differs from the entry that was looked up"
@@ -429,34 +467,43 @@ def check_proof(
     return proof, checkpoint
 
 
+@dataclass(frozen=True)
+class ConsistencyResult:
+    """A saved checkpoint against the log: the proof, the checkpoint used, tampered entries."""
+
+    proof: ConsistencyProof
+    checkpoint: str  # the newest stored checkpoint a trusted key signed
+    problems: VerifyReport  # entries whose bodies no longer match their leaves, and so on
+
+    @property
+    def ok(self) -> bool:
+        return self.problems.ok
+
+
 def check_consistency(
     old_checkpoint_note: str,
+    public_keys: Sequence[str | Path],
     ledger_url: str | None = None,
-    key_path: str | Path | None = None,
-    public_keys: Sequence[str | Path] = (),
-) -> tuple[ConsistencyProof, str]:
-    """Prove the current log extends a saved checkpoint; returns (proof, new signed checkpoint).
+) -> ConsistencyResult:
+    """Read-only: prove the newest trusted checkpoint extends a saved one, and audit the rows.
 
-    A forked or rewritten log fails here with LedgerVerificationError.
+    A forked, rewritten or truncated log fails with LedgerVerificationError. Entries whose
+    bodies no longer match their tree leaves (an edited row) are reported in ``problems``.
+    Nothing is written: no checkpoint is signed, no key created.
     """
-    new_note = sign_checkpoint(ledger_url, key_path)
-    trusted = _trusted(ledger_url, key_path, public_keys)
+    if not public_keys:
+        raise BadInputError("checking consistency needs the ledger's public note key (--key)")
+    trusted = [load_note_verifier(p) for p in public_keys]
     with _mapped_errors():
         old = open_checkpoint(old_checkpoint_note, trusted)
-        new = open_checkpoint(new_note, trusted)
-        if old.origin != new.origin:
-            raise LedgerVerificationError(
-                f"saved checkpoint is for log {old.origin!r}, this ledger is {new.origin!r}"
-            )
-        if old.size > new.size:
-            raise LedgerVerificationError(
-                f"saved checkpoint has {old.size} entries, the ledger only {new.size} (truncated)"
-            )
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.consistency_proof(old.size, new.size)
-        proof = ConsistencyProof(old.size, new.size, old.root, new.root, proof.hashes, proof.origin)
+        with open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log:
+            new_note, new = newest_trusted_checkpoint(log, trusted)
+            check_not_behind(old, new)  # another log, truncated, or forked: exit 1
+            hashes = log.consistency_proof(old.size, new.size).hashes
+            problems = log.verify(trusted)
+        proof = ConsistencyProof(old.size, new.size, old.root, new.root, hashes, new.origin)
         proof.verify()
-    return proof, new_note
+    return ConsistencyResult(proof, new_note, problems)
 
 
 def verify_ledger(
@@ -483,23 +530,32 @@ def verify_ledger(
 
 @dataclass
 class LineageNode:
-    """One model (a manifest root) with the entries about it and the models derived from it."""
+    """One model (a manifest root) with the entries about it and the models derived from it.
+
+    ``revoked``: the revocations that hit this model (its root, a signature or model digest
+    of one of its entries, or the key that signed it), as ``{index, target, reason}``.
+    """
 
     root: str
     entries: list[Entry] = field(default_factory=list)
     children: list[LineageNode] = field(default_factory=list)
+    revoked: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        subject = self.entries[-1].subject if self.entries else {}
+        # The name it was signed under, whatever later entries (encrypt, evaluate) called it.
+        signs = [e for e in self.entries if e.kind == "sign"]
+        subject = (signs or self.entries[-1:])[0].subject if self.entries else {}
         name = subject.get("name", "?")
         version = subject.get("version")
-        return f"{name}{' ' + version if version else ''} ({self.root[:16]})"
+        mark = " [REVOKED]" if self.revoked else ""
+        return f"{name}{' ' + version if version else ''} ({self.root[:16]}){mark}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.root,
             "label": self.label,
+            "revoked": self.revoked,
             "entries": [
                 {"index": e.index, "kind": e.kind, "subject": e.subject, "timestamp": e.timestamp}
                 for e in self.entries
@@ -508,13 +564,36 @@ class LineageNode:
         }
 
 
+def _revocations_of(
+    root: str, entries: Sequence[Entry], revoked: Mapping[str, Entry]
+) -> list[dict[str, Any]]:
+    targets = {root}
+    for entry in entries:
+        targets.add(normalize_digest(entry.payload_digest))
+        model_digest = entry.details.get("model_digest")
+        if isinstance(model_digest, str):
+            targets.add(normalize_digest(model_digest))
+        if entry.kind == "sign" and entry.actor:
+            targets.add(normalize_digest(entry.actor))
+    return [
+        {"index": revoked[t].index, "target": t, "reason": revoked[t].details.get("reason", "")}
+        for t in sorted(targets & revoked.keys(), key=lambda t: revoked[t].index)
+    ]
+
+
 def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageNode]:
     """Ancestry (through ``subject.parent`` links, e.g. harden entries) and descendants.
 
     Matches a model name, a manifest root or a payload digest; returns the family trees
-    (oldest ancestor at the top) that contain a match. Empty when nothing matches.
+    (oldest ancestor at the top) that contain a match. Empty when nothing matches. A display
+    of the rows as stored; the deployment gate proves what it relies on.
     """
-    all_entries = [e for e in _query(ledger_url) if "root" in e.subject]
+    everything = _query(ledger_url)
+    revoked: dict[str, Entry] = {}
+    for entry in everything:
+        if entry.kind == "revoke" and entry.subject.get("revoked"):
+            revoked.setdefault(normalize_digest(entry.subject["revoked"]), entry)
+    all_entries = [e for e in everything if "root" in e.subject]
     by_root: dict[str, list[Entry]] = {}
     parent_of: dict[str, str] = {}
     for entry in all_entries:
@@ -543,7 +622,8 @@ def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageN
         children.setdefault(parent, []).append(child)
 
     def build(root: str, seen: frozenset[str]) -> LineageNode:
-        node = LineageNode(root, by_root.get(root, []))
+        entries = by_root.get(root, [])
+        node = LineageNode(root, entries, revoked=_revocations_of(root, entries, revoked))
         for child in sorted(children.get(root, []), key=lambda r: by_root[r][0].index):
             if child not in seen:
                 node.children.append(build(child, seen | {child}))

@@ -32,6 +32,7 @@ from modelguard.keys import (
 )
 from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
+from modelguard.policy import Policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.data import digits_split
 from modelguard.signing.model import sign_model, verify_model
 
@@ -61,6 +62,14 @@ class DemoContext:
     @property
     def ledger_url(self) -> str:
         return f"sqlite:///{self.path('ledger', 'ledger.db')}"
+
+    def gate_policy(self, public: Any) -> Policy:
+        """Trust ``public`` for signatures and the ledger's note key for its checkpoints."""
+        return with_ledger_trust(
+            policy_from_keys([public]),
+            [str(audit.note_public_key_path(self.ledger_url))],
+            self.path("ledger-state"),
+        )
 
 
 def stage_train(ctx: DemoContext) -> None:
@@ -132,7 +141,10 @@ def stage_sign(ctx: DemoContext) -> None:
         ctx.path("model"), key, name="digits-cnn", version="1", ledger_url=ctx.ledger_url
     )
     report = verify_model(
-        ctx.path("model"), keys=[public], ledger_url=ctx.ledger_url, require_ledger=True
+        ctx.path("model"),
+        policy=ctx.gate_policy(public),
+        ledger_url=ctx.ledger_url,
+        require_ledger=True,
     )
     tampered = ctx.path("tampered-model")
     shutil.copytree(ctx.path("model"), tampered)
@@ -227,6 +239,37 @@ def stage_ledger(ctx: DemoContext) -> None:
     ctx.say(f"   inclusion proof of entry #{last.index} checked offline against it: ok")
 
 
+def stage_transparency(ctx: DemoContext) -> None:
+    from modelguard import transparency
+
+    public_key = audit.note_public_key_path(ctx.ledger_url)
+    state = ctx.path("witness")
+    witness = transparency.init_witness(state, "witness.demo/w1", [public_key])
+    cosigned = transparency.cosign_checkpoint([str(state)], ctx.ledger_url)
+    witness_keys = transparency.load_witness_keys([state / "witness.pub"])
+    names = transparency.require_witness_quorum(cosigned["checkpoint"], witness_keys, 1)
+    tiles = ctx.path("tiles")
+    export = transparency.export_tile_tree(
+        tiles, ctx.ledger_url, checkpoint_note=cosigned["checkpoint"]
+    )
+    report = transparency.verify_tile_tree(tiles, [public_key])
+    ctx.summary["transparency"] = {
+        "witness": witness["name"],
+        "cosigned_size": cosigned["size"],
+        "tiles_written": len(export.written) - 1,
+        "tiles_verified": report.ok,
+    }
+    ctx.say(
+        f"{ctx.heading('Transparency')} witness {names[0]} cosigned the checkpoint of size"
+        f" {cosigned['size']} (C2SP tlog-witness, cosignature/v1)"
+    )
+    ctx.say(
+        f"   exported {len(export.written) - 1} static C2SP tiles to {tiles.name}/; checked"
+        f" offline against the ledger key ({report.tiles_checked} tiles, root and signature):"
+        f" {'ok' if report.ok else 'FAILED'}"
+    )
+
+
 def stage_encrypt_run(ctx: DemoContext) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -252,7 +295,7 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
     x = digits_split(DEMO_SEED)[1].x[:8]
     verified = open_verified(
         container,
-        keys=[ctx.artifacts["public_key"]],
+        policy=ctx.gate_policy(ctx.artifacts["public_key"]),
         identity=identity,
         ledger_url=ctx.ledger_url,
         require_ledger=True,
@@ -462,6 +505,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("harden", stage_harden),
     ("gate", stage_gate),
     ("ledger", stage_ledger),
+    ("transparency", stage_transparency),
 ]
 
 

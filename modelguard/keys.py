@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from modelguard.errors import BadInputError, KeyFileError
+from modelguard.safeio import read_regular
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -155,13 +156,8 @@ def write_keypair(
 
 
 def _read_key_file(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_KEY_FILE_BYTES:
-            raise KeyFileError(f"key file is {size} bytes, more than a key can be", path=str(path))
-        return path.read_bytes()
-    except OSError as error:
-        raise KeyFileError(f"cannot read key file: {error.strerror}", path=str(path)) from None
+    """Regular files only (a FIFO or ``/dev/zero`` is refused), size checked on the descriptor."""
+    return read_regular(path, max_size=MAX_KEY_FILE_BYTES, what="key file")
 
 
 def _check_supported(key: object, path: str) -> None:
@@ -229,12 +225,7 @@ def read_passphrase(*, env: str | None = None, file: Path | None = None) -> byte
             raise BadInputError(f"environment variable {env} is not set")
         return value.encode()
     if file is not None:
-        try:
-            text = file.read_bytes()[:MAX_KEY_FILE_BYTES]
-        except OSError as error:
-            raise KeyFileError(
-                f"cannot read passphrase file: {error.strerror}", path=str(file)
-            ) from None
+        text = read_regular(file, max_size=MAX_KEY_FILE_BYTES, what="passphrase file")
         lines = text.splitlines()
         return lines[0] if lines else b""
     return None

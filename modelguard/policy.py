@@ -26,6 +26,10 @@ A policy file (see docs/policy.md)::
     min_robust_accuracy = 0.80
     epsilon = 0.1
     norm = "linf"
+
+    [ledger]                           # used by verify/run --require-ledger
+    key = "keys/ledger.note.pub"       # the ledger's checkpoint (note) public key, or a list
+    state = "ledger-state"             # where the gate keeps the last checkpoint it accepted
 """
 
 from __future__ import annotations
@@ -33,16 +37,17 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelguard.audit import is_verifier_key_string
 from modelguard.errors import BadInputError
 from modelguard.hashing import HASH_ALGORITHMS
 from modelguard.keys import PublicKey, key_id, load_public_key, load_public_key_pem
+from modelguard.safeio import MAX_POLICY_BYTES, read_regular
 
 POLICY_VERSION = 1
-MAX_POLICY_BYTES = 1024 * 1024
 _TOP_KEYS = {
     "version",
     "threshold",
@@ -52,7 +57,9 @@ _TOP_KEYS = {
     "revoked_key_ids",
     "signers",
     "certificate",
+    "ledger",
 }
+_LEDGER_KEYS = {"key", "state"}
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
 _CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required", "estimate"}
 _AGE = re.compile(r"(\d+)\s*([smhd]?)")
@@ -106,6 +113,22 @@ class CertificateCheck(Protocol):
     ) -> list[str]: ...
 
 
+@dataclass(frozen=True)
+class LedgerTrust:
+    """What the ledger gate trusts: checkpoint (note) keys, and where it keeps its state.
+
+    ``keys``: key files (``<name>.pub`` from ``ledger init``) or verifier key strings
+    (``<name>+<hex id>+<base64>``). ``state``: the directory of the gate's trust state
+    (None: ``$MODELGUARD_LEDGER_STATE``, else the user's config directory).
+    """
+
+    keys: tuple[str, ...] = ()
+    state: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
+
+
 _certificate_check: CertificateCheck | None = None
 _gate_loaded = False
 
@@ -134,6 +157,7 @@ class Policy:
     allowed_hash_algorithms: tuple[str, ...] = ("sha256",)
     model_name_pattern: str | None = None
     certificate: CertificateRequirement | None = None
+    ledger: LedgerTrust | None = None
     source: str = "<policy>"
 
     @property
@@ -160,6 +184,7 @@ class Policy:
             "allowed_hash_algorithms": list(self.allowed_hash_algorithms),
             "model_name": self.model_name_pattern,
             "certificate": self.certificate.to_dict() if self.certificate else None,
+            "ledger": self.ledger.to_dict() if self.ledger else None,
         }
 
 
@@ -236,6 +261,48 @@ def _certificate(table: object, source: str) -> CertificateRequirement:
     return CertificateRequirement(float(accuracy), float(epsilon), norm, required, estimate)
 
 
+def _resolve(value: str, base: Path | None) -> str:
+    """A relative path is relative to the policy file; a verifier key string stays as is."""
+    if is_verifier_key_string(value):
+        return value
+    path = Path(value).expanduser()
+    return str(base / path if base is not None and not path.is_absolute() else path)
+
+
+def _ledger(table: object, base: Path | None, source: str) -> LedgerTrust:
+    if not isinstance(table, Mapping):
+        raise _fail("[ledger] must be a table", source)
+    unknown = set(table) - _LEDGER_KEYS
+    if unknown:
+        raise _fail(f"[ledger] has unknown keys {sorted(unknown)}", source)
+    raw = table.get("key", [])
+    keys = [raw] if isinstance(raw, str) else raw
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise _fail("[ledger] key must be a key file path, a verifier key, or a list", source)
+    state = table.get("state")
+    if state is not None and (not isinstance(state, str) or not state):
+        raise _fail("[ledger] state must be a directory path", source)
+    return LedgerTrust(
+        keys=tuple(_resolve(k, base) for k in keys),
+        state=Path(_resolve(state, base)) if state else None,
+    )
+
+
+def with_ledger_trust(
+    policy: Policy, keys: Sequence[str | Path] = (), state: Path | None = None
+) -> Policy:
+    """``policy`` with the command line's ``--ledger-key``/``--ledger-state`` taking precedence."""
+    if not keys and state is None:
+        return policy
+    current = policy.ledger or LedgerTrust()
+    return replace(
+        policy,
+        ledger=LedgerTrust(
+            keys=tuple(str(k) for k in keys) or current.keys, state=state or current.state
+        ),
+    )
+
+
 def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = None) -> Policy:
     """Validate a parsed TOML document; :class:`BadInputError` naming the first problem."""
     unknown = set(data) - _TOP_KEYS
@@ -295,25 +362,31 @@ def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = No
         allowed_hash_algorithms=tuple(algorithms),
         model_name_pattern=pattern,
         certificate=_certificate(data["certificate"], source) if "certificate" in data else None,
+        ledger=_ledger(data["ledger"], base, source) if "ledger" in data else None,
         source=source,
     )
 
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a TOML policy file."""
+    data = read_regular(path, max_size=MAX_POLICY_BYTES, what="policy file")
+    return parse_policy(parse_policy_toml(data, str(path)), source=str(path), base=path.parent)
+
+
+def parse_policy_toml(data: bytes, source: str) -> dict[str, Any]:
+    """Policy bytes -> TOML document; BadInputError (exit 2) for anything malformed."""
+    if len(data) > MAX_POLICY_BYTES:
+        raise _fail(f"policy is more than {MAX_POLICY_BYTES} bytes", source)
     try:
-        if path.stat().st_size > MAX_POLICY_BYTES:
-            raise _fail("policy file is larger than 1 MiB", str(path))
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise _fail(f"cannot read policy: {error.strerror}", str(path)) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _fail("policy is not UTF-8 text", str(path)) from None
+        raise _fail("policy is not UTF-8 text", source) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise _fail(f"policy is not valid TOML: {error}", str(path)) from None
-    return parse_policy(data, source=str(path), base=path.parent)
+        raise _fail(f"policy is not valid TOML: {error}", source) from None
+    except RecursionError:
+        raise _fail("policy is nested too deeply", source) from None
 
 
 def policy_from_keys(keys: Sequence[PublicKey]) -> Policy:

@@ -68,6 +68,12 @@ def open_regular(
     except OSError as error:
         if error.errno == errno.ELOOP and not follow_symlinks:
             raise UnsafeModelError(f"{what} is a symbolic link", path=name) from None
+        try:  # a socket cannot be opened at all (ENXIO): name what it is
+            mode = os.stat(name).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{what} is {_kind(mode)}, not a regular file", path=name) from None
         raise BadInputError(f"cannot open {what}: {error.strerror}", path=name) from None
     try:
         info = os.fstat(fd)

@@ -306,6 +306,8 @@ def test_cli_keygen_encrypt_sign_run_round_trip(
         "--output",
         "y.npy",
         "--require-ledger",
+        "--ledger-key",
+        "ledger.db.note.pub",
     )
     assert code == 0 and ran["encrypted"] is True and ran["layer_root"] == enc["layer_root"]
     assert np.array_equal(np.load(tmp_path / "y.npy"), plain_outputs(tmp_path / "m.onnx"))

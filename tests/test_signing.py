@@ -66,7 +66,7 @@ def test_roundtrip_directory_and_report(signed_model: Path) -> None:
 def test_layout_tiles_every_model_file(signed_model: Path) -> None:
     bundle = json.loads((signed_model / "model.sig").read_bytes())
     statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
-    layout = statement["predicate"]["modelguard"]["layout"]
+    layout = parse_statement(statement).modelguard["layout"]  # type: ignore[index]
     assert set(layout) == {"model.onnx", "model.safetensors"}
     for path, segments in layout.items():
         assert segments[0][0] == 0
@@ -362,7 +362,7 @@ def test_oversized_signature_file_is_refused(
 
     monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", 100)
     model = fresh_copy(signed_model, tmp_path / "model")
-    with pytest.raises(FormatError, match="larger than"):
+    with pytest.raises(BadInputError, match="more than the 100 allowed"):
         verify_model(model, keys=[KEY.public_key()])
 
 

@@ -35,6 +35,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "key_id": key_id(key.public_key()),
         "model": model_dir(tmp_path / "model"),
         "ledger": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "ledger_key": str(tmp_path / "ledger.db.note.pub"),
     }
 
 
@@ -116,7 +117,15 @@ def test_sign_records_in_the_ledger_and_require_ledger_checks_it(
     assert entry["kind"] == "sign" and entry["actor"] == setup["key_id"]
     assert entry["payload_digest"] == signed["payload_digest"]
     assert entry["subject"] == {"name": "tiny", "version": "1.0", "root": signed["layer_root"]}
-    code, report, _ = verify(capsys, setup, "--ledger", setup["ledger"], "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+    )
     assert code == 0, report["failures"]
     assert report["ledger"]["entries"][0]["index"] == entry["index"]
 
@@ -132,7 +141,15 @@ def test_require_ledger_fails_without_an_entry(
         actor="t",
         ledger_url=setup["ledger"],
     )
-    code, report, _ = verify(capsys, setup, "--ledger", setup["ledger"], "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+    )
     assert code == 1 and any("no sign entry" in f for f in report["failures"])
 
 
@@ -143,7 +160,15 @@ def test_require_ledger_refuses_revoked_keys_and_models(
     signed = sign(capsys, setup, "--ledger", setup["ledger"])
     target = setup["key_id"] if what == "key" else "sha256:" + signed["subject_digest"]
     audit.revoke(target, reason="compromised", ledger_url=setup["ledger"])
-    code, report, _ = verify(capsys, setup, "--ledger", setup["ledger"], "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+    )
     assert code == 1 and any("revoked" in f and "compromised" in f for f in report["failures"])
 
 
@@ -163,13 +188,37 @@ def test_require_ledger_refuses_rollback_unless_allowed(
         "1.10",
         model=newer,
     )
-    code, report, _ = verify(capsys, setup, "--ledger", setup["ledger"], "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+    )
     assert code == 1 and any("rollback" in f and "1.10" in f for f in report["failures"])
     code, report, _ = verify(
-        capsys, setup, "--ledger", setup["ledger"], "--require-ledger", "--allow-rollback"
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+        "--allow-rollback",
     )
     assert code == 0, report["failures"]
-    code, _, _ = verify(capsys, setup, "--ledger", setup["ledger"], "--require-ledger", model=newer)
+    code, _, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        setup["ledger"],
+        "--require-ledger",
+        "--ledger-key",
+        setup["ledger_key"],
+        model=newer,
+    )
     assert code == 0
 
 
@@ -191,8 +240,24 @@ def test_sign_and_require_ledger_on_postgresql(
 ) -> None:
     signed = sign(capsys, setup, "--ledger", pg_url, "--name", "tiny", "--version", "3")
     assert signed["ledger_entry"]["kind"] == "sign"
-    code, report, _ = verify(capsys, setup, "--ledger", pg_url, "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        pg_url,
+        "--require-ledger",
+        "--ledger-key",
+        ".modelguard/ledger-note.pub",
+    )
     assert code == 0, report["failures"]
     audit.revoke(setup["key_id"], reason="rotated", ledger_url=pg_url)
-    code, report, _ = verify(capsys, setup, "--ledger", pg_url, "--require-ledger")
+    code, report, _ = verify(
+        capsys,
+        setup,
+        "--ledger",
+        pg_url,
+        "--require-ledger",
+        "--ledger-key",
+        ".modelguard/ledger-note.pub",
+    )
     assert code == 1 and any("revoked" in f for f in report["failures"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import model_signing
 import pytest
+from model_signing._signing import sign_sigstore_pb as sigstore_pb
 
 from modelguard.keys import PrivateKey, generate_key, write_keypair
+from modelguard.policy import Policy, policy_from_keys
 from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.shards import Serialization
 from tests.tinymodels import model_dir
 
 
@@ -110,3 +114,108 @@ def test_modelguard_verifies_a_model_signing_single_file_signature(tmp_path: Pat
     assert verify_model(model / "model.onnx", sig, keys=[key.public_key()]).ok
     other = generate_key()
     assert not verify_model(model / "model.onnx", sig, keys=[other.public_key()]).ok
+
+
+# ---- shard serialization and the hash registry (OMS v1.0) ----------------------------------
+
+ALL_HASHES = ("sha256", "blake2b", "blake3")
+MS_NAME = {"sha256": "sha256", "blake2b": "blake2", "blake3": "blake3"}  # model_signing's names
+
+
+def every_hash(key: PrivateKey) -> Policy:
+    return dataclasses.replace(
+        policy_from_keys([key.public_key()]), allowed_hash_algorithms=ALL_HASHES
+    )
+
+
+def ms_hashing(spec: Serialization) -> model_signing.hashing.Config:
+    config = model_signing.hashing.Config()
+    if spec.method == "shards":
+        config = config.use_shard_serialization(
+            hashing_algorithm=MS_NAME[spec.hash_type], shard_size=spec.shard_size
+        )
+    else:
+        config = config.use_file_serialization(hashing_algorithm=MS_NAME[spec.hash_type])
+    return config.set_ignored_paths(paths=["model.sig", "model.sig.d"])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Serialization("shards", "sha256", 400),
+        Serialization("shards", "blake2b", 1000),
+        Serialization("files", "blake2b"),
+        Serialization("files", "blake3"),
+    ],
+    ids=str,
+)
+def test_modelguard_verifies_model_signing_api_signatures(
+    tmp_path: Path, spec: Serialization
+) -> None:
+    key, priv, _ = keypair(tmp_path)
+    model = model_dir(tmp_path / "model")
+    signer = model_signing.signing.Config().use_elliptic_key_signer(private_key=priv)
+    signer.set_hashing_config(ms_hashing(spec)).sign(model, model / "model.sig")
+    report = verify_model(model, policy=every_hash(key))
+    assert report.ok, report.failures
+    assert not report.layer_detail
+    flip_weight_byte(model / "model.safetensors")
+    report = verify_model(model, policy=every_hash(key))
+    assert not report.ok
+    wanted = "bytes" if spec.method == "shards" else "file 'model.safetensors' differs"
+    assert any(wanted in f and "model.safetensors" in f for f in report.failures)
+
+
+@pytest.mark.parametrize(
+    "spec", [Serialization("files", "blake2b"), Serialization("files", "blake3")], ids=str
+)
+def test_model_signing_api_accepts_modelguard_registry_hashes(
+    tmp_path: Path, spec: Serialization
+) -> None:
+    key, _, pub = keypair(tmp_path)
+    model = model_dir(tmp_path / "model")
+    sign_model(model, key, record=False, serialization=spec)
+    verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=pub)
+    verifier.set_hashing_config(ms_hashing(spec)).verify(model, model / "model.sig")
+    flip_weight_byte(model / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        verifier.verify(model, model / "model.sig")
+
+
+@pytest.mark.parametrize("hash_type", ["sha256", "blake2b"])
+def test_model_signing_api_reads_modelguard_shard_signatures(
+    tmp_path: Path, hash_type: str
+) -> None:
+    """model_signing 1.1.1 checks our shard signature and hashes the same shards to the same
+    digests; only its label differs: it names shard digests ``sha256-sharded-N``, which the
+    OMS v1.0 schema does not allow, and compares labels too, so its ``verify`` refuses any
+    schema-valid shard bundle (docs/signature.md). This test fails if any of that changes."""
+    key, _, pub = keypair(tmp_path)
+    model = model_dir(tmp_path / "model")
+    spec = Serialization("shards", hash_type, 300)
+    sign_model(model, key, record=False, serialization=spec)
+    verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=pub)
+    signature = sigstore_pb.Signature.read(model / "model.sig")
+    signed = verifier._verifier.verify(signature)  # signature + statement, model_signing's code
+    ours = {rd.identifier: rd.digest.digest_hex for rd in signed.resource_descriptors()}
+    theirs = ms_hashing(spec).hash(model)
+    assert ours == {rd.identifier: rd.digest.digest_hex for rd in theirs.resource_descriptors()}
+    assert {rd.digest.algorithm for rd in signed.resource_descriptors()} == {hash_type}
+    assert {rd.digest.algorithm for rd in theirs.resource_descriptors()} == {
+        f"{hash_type}-sharded-300"
+    }
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        verifier.set_hashing_config(ms_hashing(spec)).verify(model, model / "model.sig")
+
+
+def test_ignore_unsigned_files_means_the_same_in_both_tools(tmp_path: Path) -> None:
+    key, _, pub = keypair(tmp_path)
+    model = model_dir(tmp_path / "model")
+    sign_model(model, key, record=False)
+    (model / "README.md").write_text("added after signing\n")
+    args = ["verify", "key", str(model), "--signature", str(model / "model.sig")]
+    assert oms(*args, "--public_key", str(pub)).returncode != 0
+    assert not verify_model(model, keys=[key.public_key()]).ok
+    done = oms(*args, "--public_key", str(pub), "--ignore_unsigned_files")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify_model(model, keys=[key.public_key()], ignore_unsigned_files=True).ok

@@ -5,7 +5,7 @@ $ modelguard ledger show --kind sign --limit 10
 $ modelguard ledger checkpoint -o cp.txt
 $ modelguard ledger prove 0 -o proof.json
 $ modelguard ledger check-proof proof.json --key .modelguard/ledger.db.note.pub
-$ modelguard ledger consistency cp.txt
+$ modelguard ledger consistency cp.txt --key .modelguard/ledger.db.note.pub
 $ modelguard ledger export ledger.jsonl && modelguard ledger verify --file ledger.jsonl
 """
 
@@ -17,12 +17,15 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from modelguard import audit
+from modelguard.cli import ledger_proofs, ledger_tiles, ledger_witness
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
+from modelguard.safeio import MAX_SIGNATURE_BYTES, read_regular
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -59,16 +62,17 @@ def public_key_option(func: click.decorators.FC) -> click.decorators.FC:
 
 
 def _read_text(path: Path) -> str:
+    data = read_regular(path, max_size=MAX_SIGNATURE_BYTES, what="file")
     try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(f"cannot read: {error}", path=str(path)) from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError("not UTF-8 text", path=str(path)) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(_read_text(path))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BadInputError(f"not JSON: {error}", path=str(path)) from None
     if not isinstance(document, dict):
         raise BadInputError("not a JSON object", path=str(path))
@@ -151,6 +155,16 @@ def show(
 @click.option(
     "--checkpoint", type=_EXISTING, help="With --file: a signed checkpoint the file must match."
 )
+@click.option(
+    "--tiles",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Audit a C2SP tile tree (from `export-tiles`) offline against --key.",
+)
+@click.option(
+    "--old-checkpoint",
+    type=_EXISTING,
+    help="With --tiles: a kept checkpoint the tiles must extend.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -160,9 +174,14 @@ def verify(
     public_keys: tuple[Path, ...],
     jsonl: Path | None,
     checkpoint: Path | None,
+    tiles: Path | None,
+    old_checkpoint: Path | None,
     as_json: bool,
 ) -> None:
     """Recompute chain and tree; on tampering name the first bad index (exit 1)."""
+    if tiles is not None:
+        ledger_tiles.verify_tiles_command(ctx, tiles, public_keys, old_checkpoint, as_json)
+        return
     report = audit.verify_ledger(
         ledger_url,
         jsonl=jsonl,
@@ -194,14 +213,27 @@ def verify(
 @ledger_option
 @note_key_option
 @click.option("-o", "--output", type=_FILE, help="Write the proof document here.")
+@click.option(
+    "--tlog-proof",
+    type=_FILE,
+    help="Instead write a C2SP tlog-proof (checkpoint, cosignatures, inclusion proof) here.",
+)
 @json_option
 def prove(
-    index: int, ledger_url: str | None, note_key: Path | None, output: Path | None, as_json: bool
+    index: int,
+    ledger_url: str | None,
+    note_key: Path | None,
+    output: Path | None,
+    tlog_proof: Path | None,
+    as_json: bool,
 ) -> None:
     """Inclusion proof of entry INDEX, with a freshly signed checkpoint it checks against.
 
     Check it offline with `modelguard ledger check-proof FILE --key <db>.note.pub`.
     """
+    if tlog_proof is not None:
+        ledger_proofs.prove_command(index, tlog_proof, ledger_url, note_key, as_json)
+        return
     document = audit.prove_with_checkpoint(index, ledger_url, note_key)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     _write(output, text)
@@ -249,30 +281,44 @@ def check_proof(
 @ledger.command()
 @click.argument("old_checkpoint", type=_EXISTING)
 @ledger_option
-@note_key_option
 @public_key_option
 @json_option
+@click.pass_context
 def consistency(
+    ctx: click.Context,
     old_checkpoint: Path,
     ledger_url: str | None,
-    note_key: Path | None,
     public_keys: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """Prove the current log extends a saved checkpoint (a fork or rewrite exits 1)."""
-    proof, note = audit.check_consistency(
-        _read_text(old_checkpoint), ledger_url, note_key, public_keys
-    )
-    document = {"ok": True, "proof": proof.to_dict(), "checkpoint": note}
+    """Read-only: prove the log extends a saved checkpoint, and find edited entries.
+
+    A fork, rewrite or truncation exits 1, and so does any entry whose body no longer
+    matches its leaf in the tree. Nothing is written (no checkpoint is signed).
+    """
+    result = audit.check_consistency(_read_text(old_checkpoint), public_keys, ledger_url)
+    proof, report = result.proof, result.problems
+    document = {
+        "ok": result.ok,
+        "proof": proof.to_dict(),
+        "checkpoint": result.checkpoint,
+        "ledger": report.to_dict(),
+    }
 
     def human(console: Console) -> None:
         console.print(
-            f"[green bold]OK[/] the log at size {proof.new_size} extends the saved checkpoint"
-            f" of size {proof.old_size} ({len(proof.hashes)} proof hashes)"
+            f"[green bold]OK[/] the signed checkpoint of size {proof.new_size} extends the saved"
+            f" checkpoint of size {proof.old_size} ({len(proof.hashes)} proof hashes)"
         )
-        console.print(note, end="", markup=False, highlight=False)
+        if report.ok:
+            console.print(f"[green bold]OK[/] {report.summary()}")
+        for p in report.problems[:50]:
+            console.print(f"[red bold]TAMPERED[/] {p.message}")
 
     emit(document, as_json, human)
+    if not result.ok:
+        click.echo(f"modelguard: verification failed: {report.summary()}", err=True)
+        ctx.exit(LedgerVerificationError.exit_code)
 
 
 @ledger.command()
@@ -333,22 +379,45 @@ def lineage_tree(title: str, trees: list[audit.LineageNode]) -> Tree:
 
 def _add_node(tree: Tree, node: audit.LineageNode) -> None:
     kinds = ", ".join(f"{e.kind}#{e.index}" for e in node.entries) or "not in ledger"
-    branch = tree.add(f"[bold]{node.label}[/]  [dim]{kinds}[/]")
+    revoked = "".join(f"  [red]revoked in #{r['index']}: {r['reason']}[/]" for r in node.revoked)
+    label = escape(node.label)
+    branch = tree.add(f"[bold]{label}[/]  [dim]{kinds}[/]{revoked}")
     for child in node.children:
         _add_node(branch, child)
 
 
+def model_root(path: Path) -> str:
+    """The layer root a signature of ``path`` records (signature files left out)."""
+    from modelguard.manifest import build_manifest
+    from modelguard.signing.model import default_signature_path, signing_ignore_paths
+
+    ignore = signing_ignore_paths(path, default_signature_path(path))
+    return build_manifest(path, hash_algorithm="sha256", ignore_paths=ignore).layer_root
+
+
 @ledger.command()
-@click.argument("name_or_digest")
+@click.argument("model_or_name")
 @ledger_option
 @json_option
-def lineage(name_or_digest: str, ledger_url: str | None, as_json: bool) -> None:
-    """Ancestry and descendants of a model (name, manifest root or payload digest)."""
-    trees = audit.lineage(name_or_digest, ledger_url)
+def lineage(model_or_name: str, ledger_url: str | None, as_json: bool) -> None:
+    """Ancestry and descendants of a model: a model path (its root is computed), a name,
+    a manifest root or a payload digest. Revoked models are marked."""
+    query = model_root(Path(model_or_name)) if Path(model_or_name).exists() else model_or_name
+    trees = audit.lineage(query, ledger_url)
     if not trees:
-        raise BadInputError(f"no ledger entry mentions {name_or_digest}")
+        raise BadInputError(f"no ledger entry mentions {model_or_name}")
 
     def human(console: Console) -> None:
-        console.print(lineage_tree(f"lineage of {name_or_digest}", trees))
+        console.print(lineage_tree(f"lineage of {model_or_name}", trees))
 
-    emit({"query": name_or_digest, "lineage": [t.to_dict() for t in trees]}, as_json, human)
+    emit(
+        {"query": model_or_name, "root": query, "lineage": [t.to_dict() for t in trees]},
+        as_json,
+        human,
+    )
+
+
+ledger.add_command(ledger_tiles.export_tiles)
+ledger.add_command(ledger_witness.witness)
+ledger.add_command(ledger_witness.cosign)
+ledger.add_command(ledger_proofs.check_tlog_proof)

@@ -106,6 +106,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("modelguard: interrupted", err=True)
         sys.exit(130)
+    except (RecursionError, UnicodeError) as error:  # bad input that slipped past a parser
+        if debug:
+            traceback.print_exc()
+        message = (
+            "input is nested too deeply to parse"
+            if isinstance(error, RecursionError)
+            else f"input is not valid UTF-8 text ({type(error).__name__})"
+        )
+        click.echo(f"modelguard: error: {message}", err=True)
+        if want_json:
+            click.echo(
+                _error_document({"type": "BadInputError", "message": message}, EXIT_BAD_INPUT)
+            )
+        sys.exit(EXIT_BAD_INPUT)
     except Exception as error:  # the last line of defence: exit 3, one line
         if debug:
             traceback.print_exc()

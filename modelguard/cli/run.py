@@ -136,6 +136,8 @@ def run(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
     passphrase_env: str | None,
@@ -147,7 +149,7 @@ def run(
 ) -> None:
     """Verify the model, decrypt it in memory if encrypted, and run it on --input."""
     from modelguard.keys import load_public_key
-    from modelguard.policy import load_policy
+    from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
     from modelguard.runtime import open_verified
 
     if bool(key_paths) == bool(policy_path):
@@ -156,8 +158,13 @@ def run(
     verified = open_verified(
         path,
         signature=signature_path,
-        keys=[load_public_key(p) for p in key_paths],
-        policy=load_policy(policy_path) if policy_path else None,
+        policy=with_ledger_trust(
+            load_policy(policy_path)
+            if policy_path
+            else policy_from_keys([load_public_key(p) for p in key_paths]),
+            ledger_keys,
+            ledger_state,
+        ),
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,

@@ -7,6 +7,7 @@ $ modelguard verify build/model --policy policy.toml --require-ledger --json
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +19,10 @@ from rich.table import Table
 from modelguard.cli.keys import passphrase_options
 from modelguard.cli.output import emit, json_option
 from modelguard.keys import load_private_key, load_public_key, read_passphrase
-from modelguard.policy import load_policy
+from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
+from modelguard.transparency import check_signature_proof, write_entry_proof
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +34,7 @@ Examples:
   modelguard sign model_dir --key keys/modelguard.priv --passphrase-env MG_PASS
   modelguard sign model.onnx --key k.priv --passphrase-file pass.txt --name digits --version 1.2
   modelguard sign model_dir --key second.priv --no-ledger      # adds model.sig.d/<keyid>.sig
+  modelguard sign model_dir --key k.priv --serialization shards --shard-size 1000000000
 """
 )
 @click.argument("path", type=_PATH)
@@ -55,6 +59,31 @@ Examples:
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--no-ledger", is_flag=True, help="Do not record the signature in the ledger.")
+@click.option(
+    "--serialization",
+    type=click.Choice(METHODS),
+    default="files",
+    show_default=True,
+    help="OMS resources: whole files, or fixed-size byte ranges (path:start:end).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    help=f"Bytes per shard with --serialization shards (default {DEFAULT_SHARD_SIZE}).",
+)
+@click.option(
+    "--hash",
+    "hash_type",
+    type=click.Choice(OMS_HASHES),
+    default="sha256",
+    show_default=True,
+    help="OMS resource digest (the model_signing CLI verifies sha256 files only).",
+)
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
+)
 @json_option
 def sign(
     path: Path,
@@ -67,11 +96,19 @@ def sign(
     parent: str | None,
     ledger_url: str | None,
     no_ledger: bool,
+    serialization: str,
+    shard_size: int | None,
+    hash_type: str,
+    ledger_proof: Path | None,
     as_json: bool,
 ) -> None:
     """Sign a model file or directory (a Sigstore bundle that OpenSSF Model Signing accepts)."""
-    if no_ledger and ledger_url:
-        raise click.UsageError("--ledger and --no-ledger contradict each other")
+    if no_ledger and (ledger_url or ledger_proof):
+        raise click.UsageError("--ledger/--ledger-proof and --no-ledger contradict each other")
+    if shard_size is not None and serialization != "shards":
+        raise click.UsageError("--shard-size needs --serialization shards")
+    if serialization == "shards" and shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
     key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
     result = sign_model(
         path,
@@ -82,8 +119,12 @@ def sign(
         parent=parent,
         ledger_url=ledger_url,
         record=not no_ledger,
+        serialization=Serialization(serialization, hash_type, shard_size),
     )
     document = result.to_dict()
+    if ledger_proof is not None and result.ledger_entry:
+        index = int(result.ledger_entry["index"])
+        document["ledger_proof"] = write_entry_proof(index, ledger_proof, ledger_url)
 
     def human(console: Console) -> None:
         what = "co-signature" if result.cosigned else "signature"
@@ -131,6 +172,19 @@ _VERIFICATION_OPTIONS = [
         is_flag=True,
         help="Accept a version older than the newest in the ledger.",
     ),
+    click.option(
+        "--ledger-key",
+        "ledger_keys",
+        multiple=True,
+        help="The ledger's checkpoint public key (file or one-line key) that --require-ledger"
+        " trusts; else the policy's [ledger] key, else $MODELGUARD_LEDGER_KEY.",
+    ),
+    click.option(
+        "--ledger-state",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Directory of the ledger gate's trust state (default: $MODELGUARD_LEDGER_STATE,"
+        " else ~/.config/modelguard/ledger-state).",
+    ),
 ]
 
 
@@ -154,6 +208,17 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @click.argument("path", type=_PATH)
 @verification_options
+@click.option(
+    "--ignore-unsigned-files",
+    is_flag=True,
+    help="Skip files no signature lists (default: they fail, OMS spec 8.5).",
+)
+@click.option(
+    "--ledger-proof",
+    type=_PATH,
+    help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
+    " ledgered; checked against --ledger-key, no ledger access needed.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -165,22 +230,36 @@ def verify(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    ignore_unsigned_files: bool,
+    ledger_proof: Path | None,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
     if bool(key_paths) == bool(policy_path):
         raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
-    policy = load_policy(policy_path) if policy_path else None
     keys = [load_public_key(p) for p in key_paths]
+    policy = with_ledger_trust(
+        load_policy(policy_path) if policy_path else policy_from_keys(keys),
+        ledger_keys,
+        ledger_state,
+    )
     report = verify_model(
         path,
         signature_path,
-        keys=keys,
+        keys=(),
         policy=policy,
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        ignore_unsigned_files=ignore_unsigned_files,
     )
+    if ledger_proof is not None:
+        proof_keys = policy.ledger.keys if policy.ledger else ()
+        if not proof_keys and os.environ.get("MODELGUARD_LEDGER_KEY", "").strip():
+            proof_keys = (os.environ["MODELGUARD_LEDGER_KEY"].strip(),)
+        check_signature_proof(report, ledger_proof, proof_keys)
     error = report.error()
 
     def human(console: Console) -> None:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from modelguard.encryption.keywrap import Identity, Recipient, unwrap_data_key
 from modelguard.errors import DecryptionError, FormatError
 from modelguard.hashing import Hasher, new_hasher
+from modelguard.safeio import open_regular
 
 MAGIC = b"\x89MGENC\r\n"
 VERSION = 1
@@ -54,6 +55,7 @@ PREAMBLE = struct.Struct(">8sHHI")  # magic, version, reserved (0), header lengt
 MAC_SIZE = 32
 TAG_SIZE = 16
 MAX_HEADER = 1 << 24
+MAX_RECIPIENTS = 64  # recipient stanzas per file
 MAX_INDEX = 1 << 28
 # 4 MiB: a decrypted chunk is hashed while still in cache; AES-GCM takes < 2^31 bytes a call
 DEFAULT_CHUNK = 4 << 20
@@ -266,7 +268,7 @@ def write_container(
         raise FormatError(f"chunk size {plan.chunk_size} outside [1, {MAX_CHUNK}]")
     tensors = tuple(sorted(plan.tensors, key=lambda t: t.offset))
     data_key, salt, file_id = os.urandom(32), os.urandom(32), os.urandom(16)
-    with open(plan.source, "rb") as handle:
+    with open_regular(plan.source, what="model file") as handle:
         size = os.fstat(handle.fileno()).st_size
         source = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     _validate_tensors(tensors, size, str(plan.source))
@@ -383,6 +385,8 @@ def _field(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], whe
 def _parse_index(raw: bytes, where: str) -> ContainerIndex:
     try:
         doc = json.loads(raw)
+    except RecursionError:
+        raise FormatError("container index is nested too deeply", path=where) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FormatError(f"container index is not JSON: {error}", path=where) from None
     if not isinstance(doc, dict):
@@ -434,7 +438,8 @@ class ContainerReader:
         self._map: mmap.mmap | memoryview | None = None
         if data is None:
             try:
-                self._handle = open(path, "rb")  # noqa: SIM115 - closed in close()
+                # Regular files only, checked on the descriptor that is then mapped.
+                self._handle = open_regular(path, what="container")
             except OSError as error:
                 raise FormatError(
                     f"cannot read container: {error.strerror}", path=self._where
@@ -497,7 +502,7 @@ class ContainerReader:
         self._mac = bytes(self._bytes(len(self._head), MAC_SIZE))
         try:
             doc = json.loads(self._head[PREAMBLE.size :])
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise FormatError("container header is not JSON", path=self._where) from None
         if (
             not isinstance(doc, dict)
@@ -516,6 +521,11 @@ class ContainerReader:
         if len(self.file_id) != 16 or len(self.salt) != 32 or len(self._commitment) != 32:
             raise FormatError("container header field has the wrong length", path=self._where)
         self.recipients = _field(doc, "recipients", list, self._where)
+        if not 1 <= len(self.recipients) <= MAX_RECIPIENTS:
+            raise FormatError(
+                f"container has {len(self.recipients)} recipient stanzas (1..{MAX_RECIPIENTS})",
+                path=self._where,
+            )
         if not all(isinstance(r, dict) for r in self.recipients):
             raise FormatError("container recipient stanza is not an object", path=self._where)
         self.segment_count = _field(doc, "segment_count", int, self._where)

@@ -30,14 +30,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from modelguard.errors import DecryptionError, FormatError, KeyFileError
+from modelguard.errors import BadInputError, DecryptionError, FormatError, KeyFileError
+from modelguard.safeio import MAX_KEY_BYTES, read_regular
 
 DATA_KEY_SIZE = 32
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 HPKE_ENC_LENGTH = 32 + DATA_KEY_SIZE + 16  # enc || AES-GCM(data key) || tag
 SCRYPT_DEFAULT_LOG_N = 17  # N = 2^17, r = 8: 128 MiB per derivation (OWASP 2024 minimum is 2^17)
-SCRYPT_BOUNDS = {"log_n": (10, 22), "r": (1, 32), "p": (1, 16)}
-SCRYPT_MAX_MEMORY = 1 << 30
+SCRYPT_BOUNDS = {"log_n": (10, 20), "r": (1, 32), "p": (1, 4)}
+SCRYPT_MAX_MEMORY = 1 << 30  # 128 * r * N bytes
+SCRYPT_MAX_WORK = 1 << 23  # N * r * p; the writers' default 2^17 * 8 * 1 is 2^20
+# A writer puts one passphrase stanza in each file (every file of a run shares its salt).
+# Before any KDF runs, a reader refuses a file with more, and one identity derives at most
+# this many distinct keys in a whole decryption, so a hostile header cannot buy minutes.
+MAX_SCRYPT_STANZAS = 2
+MAX_SCRYPT_DERIVATIONS = 4
 
 
 def _info(label: str, file_id: bytes) -> bytes:
@@ -122,9 +129,23 @@ class X25519Identity:
             return None
 
 
-def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+def scrypt_params(stanza: Mapping[str, Any]) -> tuple[bytes, int, int, int]:
+    """(salt, log_n, r, p) of a passphrase stanza, every bound checked; no KDF runs here."""
+    salt = _hex(stanza, "salt", 16)
+    log_n, r, p = _int(stanza, "log_n"), _int(stanza, "r"), _int(stanza, "p")
+    _check_cost(log_n, r, p)
+    return salt, log_n, r, p
+
+
+def _check_cost(log_n: int, r: int, p: int) -> None:
     if 128 * r * (1 << log_n) > SCRYPT_MAX_MEMORY:
         raise FormatError(f"scrypt parameters need more than {SCRYPT_MAX_MEMORY >> 20} MiB")
+    if (1 << log_n) * r * p > SCRYPT_MAX_WORK:
+        raise FormatError(f"scrypt work N*r*p = {(1 << log_n) * r * p} exceeds {SCRYPT_MAX_WORK}")
+
+
+def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    _check_cost(log_n, r, p)
     return Scrypt(salt=salt, length=32, n=1 << log_n, r=r, p=p).derive(passphrase)
 
 
@@ -160,6 +181,10 @@ class PassphraseRecipient:
 
     def wrap(self, data_key: bytes, file_id: bytes) -> dict[str, Any]:
         if self._kek is None:
+            for name, value in (("log_n", self.log_n), ("r", self.r), ("p", self.p)):
+                lo, hi = SCRYPT_BOUNDS[name]
+                if not lo <= value <= hi:
+                    raise BadInputError(f"scrypt parameter {name}={value} outside [{lo}, {hi}]")
             self._kek = _scrypt(self.passphrase, self.salt, self.log_n, self.r, self.p)
         return {
             "type": "scrypt",
@@ -178,9 +203,13 @@ class PassphraseIdentity:
     _keks: dict[tuple[bytes, int, int, int], bytes] = field(default_factory=dict, repr=False)
 
     def unwrap(self, stanza: Mapping[str, Any], file_id: bytes) -> bytes | None:
-        salt = _hex(stanza, "salt", 16)
-        params = (salt, _int(stanza, "log_n"), _int(stanza, "r"), _int(stanza, "p"))
+        params = scrypt_params(stanza)
         if params not in self._keks:
+            if len(self._keks) >= MAX_SCRYPT_DERIVATIONS:
+                raise FormatError(
+                    f"containers ask for more than {MAX_SCRYPT_DERIVATIONS} distinct scrypt"
+                    " derivations (a writer uses one per run): refused before deriving"
+                )
             self._keks[params] = _scrypt(self.passphrase, *params)
         return _open(self._keks[params], stanza, "scrypt", file_id)
 
@@ -214,7 +243,20 @@ class RawKeyIdentity:
 def unwrap_data_key(
     stanzas: Sequence[Mapping[str, Any]], file_id: bytes, identities: Sequence[Identity]
 ) -> bytes:
-    """The data key from the first stanza one of ``identities`` opens; DecryptionError if none."""
+    """The data key from the first stanza one of ``identities`` opens; DecryptionError if none.
+
+    Before any key derivation: more than :data:`MAX_SCRYPT_STANZAS` passphrase stanzas, or
+    one whose parameters are out of bounds, is refused (FormatError, exit 2).
+    """
+    passphrase_stanzas = [s for s in stanzas if s.get("type") == "scrypt"]
+    if len(passphrase_stanzas) > MAX_SCRYPT_STANZAS:
+        raise FormatError(
+            f"{len(passphrase_stanzas)} passphrase (scrypt) stanzas; at most"
+            f" {MAX_SCRYPT_STANZAS} are tried"
+        )
+    if any(i.stanza_type == "scrypt" for i in identities):
+        for stanza in passphrase_stanzas:
+            scrypt_params(stanza)
     for identity in identities:
         for stanza in stanzas:
             if stanza.get("type") != identity.stanza_type:
@@ -236,10 +278,7 @@ def unwrap_data_key(
 
 def read_raw_key(path: Path) -> bytes:
     """A 256-bit key file: 32 raw bytes, 64 hex digits, or base64 of 32 bytes (KMS data keys)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise KeyFileError(f"cannot read key file: {error.strerror}", path=str(path)) from None
+    data = read_regular(path, max_size=MAX_KEY_BYTES, what="key file")
     if len(data) == DATA_KEY_SIZE:
         return data
     text = data.strip()
@@ -256,10 +295,9 @@ def read_raw_key(path: Path) -> bytes:
 
 
 def load_x25519_public_key(path: Path) -> X25519PublicKey:
+    data = read_regular(path, max_size=MAX_KEY_BYTES, what="public key")
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as error:
-        raise KeyFileError(f"cannot read public key: {error.strerror}", path=str(path)) from None
+        key = serialization.load_pem_public_key(data)
     except ValueError:
         raise KeyFileError("not a PEM public key", path=str(path)) from None
     if not isinstance(key, X25519PublicKey):
@@ -271,10 +309,7 @@ def load_x25519_public_key(path: Path) -> X25519PublicKey:
 
 
 def load_x25519_private_key(path: Path, passphrase: bytes | None = None) -> X25519PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise KeyFileError(f"cannot read identity: {error.strerror}", path=str(path)) from None
+    data = read_regular(path, max_size=MAX_KEY_BYTES, what="identity")
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError:

@@ -15,17 +15,20 @@ Traceback (most recent call last):
 ...
 modelguard.errors.UnsafeModelError: evil.pt: pickle imports posix.system, which is not allowed ...
 
-Accepted containers: the zip archive ``torch.save`` writes (every ``*.pkl`` member is scanned,
-TorchScript archives are refused) and the legacy format (a sequence of five pickles followed by
-raw storages). Every GLOBAL, STACK_GLOBAL and INST import must be on :data:`ALLOWED_GLOBALS`;
-extension-registry opcodes and imports whose names are not plain string constants are refused.
-Only then is the file loaded, by ``torch.load(weights_only=True, mmap=True)`` (mmap for zip
-archives), so nothing in it is executed. Nested dicts/lists of tensors are flattened to dotted
+Accepted containers: the zip archive ``torch.save`` writes (every member named ``*.pkl`` in
+any letter case is scanned, since torch looks records up case-insensitively; members whose
+names differ only in case are refused as ambiguous; TorchScript archives are refused) and the
+legacy format (a sequence of five pickles followed by raw storages). Every GLOBAL,
+STACK_GLOBAL and INST import must be on :data:`ALLOWED_GLOBALS`; extension-registry opcodes
+and imports whose names are not plain string constants are refused. The file is read once
+(one descriptor, regular files only) and only then are those same bytes given to
+``torch.load(weights_only=True)``, so nothing in it is executed and nothing is re-read. Nested dicts/lists of tensors are flattened to dotted
 names; everything else goes into the structure as canonical JSON.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import pickletools
 import sys
@@ -45,6 +48,7 @@ from modelguard.formats import (
     TensorSlice,
     sorted_unique,
 )
+from modelguard.safeio import open_regular, read_all
 
 _STORAGES = [
     "FloatStorage",
@@ -206,25 +210,58 @@ def _check_import(module: str, attr: str, where: str) -> None:
         )
 
 
-def _scan_file(path: Path) -> bool:
-    """Scan every pickle in the file; True for a zip archive (mmap-able by torch.load)."""
-    where = str(path)
-    with open(path, "rb") as handle:
-        head = handle.read(len(LEGACY_TORCH_MAGIC))
+def _raw_name(info: zipfile.ZipInfo) -> bytes:
+    """The member name as stored (torch's zip reader compares these bytes, not Python's str)."""
+    return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+
+
+def _ascii_lower(name: bytes) -> bytes:
+    return name.lower()  # bytes.lower() folds ASCII only, as miniz's MZ_TOLOWER does
+
+
+def torch_pickle_members(archive: zipfile.ZipFile, where: str) -> list[zipfile.ZipInfo]:
+    """The pickle records to scan: a superset of what ``torch.load`` reads, never fewer.
+
+    torch's reader (miniz) looks records up by name *case-insensitively* under the
+    archive's first directory, so ``archive/DATA.PKL`` is read as ``archive/data.pkl``.
+    Every member whose name ends in ``.pkl`` in any case is returned; members whose names
+    are equal in any case are refused (which one torch reads is unspecified), and so is an
+    archive without exactly one ``<prefix>/data.pkl``.
+    """
+    infos = archive.infolist()
+    if not infos:
+        raise FormatError("empty zip archive is not a torch checkpoint", path=where)
+    seen: dict[bytes, str] = {}
+    for info in infos:
+        folded = _ascii_lower(_raw_name(info))
+        if folded in seen:
+            raise UnsafeModelError(
+                f"zip members {seen[folded]!r} and {info.orig_filename!r} have the same name in"
+                " a case-insensitive lookup (torch would read one of them): refused as ambiguous",
+                path=where,
+            )
+        seen[folded] = info.orig_filename
+    first = _raw_name(infos[0])
+    if b"/" not in first:
+        raise FormatError("zip archive's first member is not in a directory", path=where)
+    data_pkl = _ascii_lower(first.split(b"/", 1)[0]) + b"/data.pkl"
+    if data_pkl not in seen:
+        raise FormatError("zip archive without data.pkl is not a torch checkpoint", path=where)
+    return [info for info in infos if _ascii_lower(_raw_name(info)).endswith(b".pkl")]
+
+
+def _scan_bytes(data: bytes, where: str) -> bool:
+    """Scan every pickle in the file's bytes; True for a zip archive."""
+    head = data[: len(LEGACY_TORCH_MAGIC)]
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = [n.lower() for n in archive.namelist()]
                 if any(n.split("/", 1)[-1].startswith("code/") for n in names):
                     raise FormatError(
                         "TorchScript archives are not supported (they contain code)", path=where
                     )
-                pickles = [info for info in archive.infolist() if info.filename.endswith(".pkl")]
-                if not any(info.filename.endswith("data.pkl") for info in pickles):
-                    raise FormatError(
-                        "zip archive without data.pkl is not a torch checkpoint", path=where
-                    )
-                for info in pickles:
+                for info in torch_pickle_members(archive, where):
                     if info.file_size > MAX_PICKLE_BYTES:
                         raise FormatError(
                             f"{info.filename} is {info.file_size} bytes (limit {MAX_PICKLE_BYTES})",
@@ -237,15 +274,14 @@ def _scan_file(path: Path) -> bool:
         except Exception as error:  # zipfile raises assorted errors on corrupt archives
             raise FormatError(f"bad zip archive: {error}", path=where) from error
         return True
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        if head.startswith(LEGACY_TORCH_MAGIC):
-            for _ in range(5):  # magic number, protocol version, sys info, the data, storage keys
-                scan_pickle(handle, where, limit=size - handle.tell())
-        else:
-            scan_pickle(
-                handle, where, limit=size
-            )  # a bare pickle: scanned, then torch.load refuses or loads
+    stream = io.BytesIO(data)
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        for _ in range(5):  # magic number, protocol version, sys info, the data, storage keys
+            scan_pickle(stream, where, limit=len(data) - stream.tell())
+    else:
+        scan_pickle(
+            stream, where, limit=len(data)
+        )  # a bare pickle: scanned, then loaded or refused
     return False
 
 
@@ -304,11 +340,14 @@ def parse_pytorch(path: Path, *, root: Path) -> ParsedModel:
     import torch
 
     where = str(path)
-    is_zip = _scan_file(path)
+    # One read through one descriptor: the bytes scanned are the bytes torch.load gets.
+    with open_regular(path, what="model file") as handle:
+        data = read_all(handle, what="model file")
+    is_zip = _scan_bytes(data, where)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # any failure to load untrusted bytes is bad input, not a bug
         reason = (
             str(error).strip().split(". ")[0].splitlines()[0]

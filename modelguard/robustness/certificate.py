@@ -522,9 +522,11 @@ def evaluate_and_certify(
     Outputs are written even when ONNX parity fails (the report says FAILED); then no
     certificate is issued and :class:`VerificationError` (exit 1) is raised.
     """
+    from modelguard.robustness import distributed
     from modelguard.robustness.evaluate import evaluate
     from modelguard.robustness.report import write_outputs
 
+    distributed.init_from_env(device)  # under torchrun: share the attacks across ranks
     result = evaluate(
         target,
         config,
@@ -534,6 +536,7 @@ def evaluate_and_certify(
         progress=progress,
         device=device,
     )
+    distributed.leave()  # ranks > 0 exit here; rank 0 writes, signs and records
     outputs = write_outputs(result, out_dir)
     result.require_parity()
     issued = None

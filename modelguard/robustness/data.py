@@ -114,10 +114,13 @@ def digits_split(seed: int = 0) -> tuple[Dataset, Dataset]:
 
 
 def _load_npz(path: Path) -> Dataset:
-    if path.stat().st_size > MAX_NPZ_BYTES:
-        raise FormatError(f"data set larger than {MAX_NPZ_BYTES} bytes", path=str(path))
+    from modelguard.safeio import open_regular
+
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with (
+            open_regular(path, max_size=MAX_NPZ_BYTES, what="data set") as handle,
+            np.load(handle, allow_pickle=False) as archive,
+        ):
             if "x" not in archive or "y" not in archive:
                 raise FormatError("an .npz data set needs arrays 'x' and 'y'", path=str(path))
             x, y = archive["x"], archive["y"]

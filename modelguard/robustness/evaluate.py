@@ -47,6 +47,7 @@ from torch import nn
 
 from modelguard import __version__
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError, VerificationError
+from modelguard.robustness import distributed
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
@@ -648,14 +649,15 @@ class _Evaluator:
 
     def craft(self, attack: Attack, only: np.ndarray | None = None) -> np.ndarray:
         """Adversarial examples for every example, or only for the indices ``only`` (the
-        others are returned clean)."""
+        others are returned clean). Batches are shared out across torchrun ranks (one
+        process: all of them), each seeded from its index, so the result does not depend on
+        the number of processes."""
         out = self.data.x.copy()
         index = np.arange(len(out)) if only is None else only
-        x = torch.from_numpy(self.data.x[index])
-        y = torch.from_numpy(self.data.y[index])
-        for s in range(0, x.shape[0], self.config.batch_size):
-            stop = s + self.config.batch_size
-            out[index[s:stop]] = attack(x[s:stop], y[s:stop]).cpu().numpy()
+        if index.size:
+            out[index] = distributed.craft(
+                attack, self.data.x[index], self.data.y[index], self.config.batch_size
+            )
         return out.astype(np.float32)
 
     def robust_accuracy(self, name: str, eps: float, **overrides: Any) -> float:
@@ -934,9 +936,9 @@ def run_evaluation(
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        return distributed.local_device(device)  # cuda:LOCAL_RANK in a NCCL job
     except RuntimeError as error:
         raise BadInputError(f"unknown device {device!r}") from error
 

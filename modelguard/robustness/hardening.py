@@ -52,6 +52,7 @@ from modelguard.errors import (
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.modelcard import export_model_dir, load_model_dir
 from modelguard.policy import Policy
+from modelguard.robustness import distributed
 from modelguard.robustness.certificate import (
     Certificate,
     build_certificate,
@@ -228,6 +229,7 @@ def harden_model(
 ) -> HardenResult:
     """Verify the parent, defend it, export, sign with lineage, certify and record (see module doc)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    distributed.init_from_env()  # under torchrun: train with DDP across the ranks
     trust = Trust(keys, policy, ledger_url, require_ledger)
     parent_report = verify_or_refuse(model_dir, trust, what="parent", signature_path=signature_path)
     assert parent_report.manifest is not None
@@ -251,6 +253,7 @@ def harden_model(
     parent_model, card = load_model_dir(model_dir)
     train = load_dataset(training_data_spec(data))
     defended = apply_defense(method, parent_model, card, train, options, members=member_models)
+    distributed.leave()  # ranks > 0 exit here; rank 0 alone exports, signs, certifies, records
     child_name = name or f"{card.name}-{method}"
     child_version = version or card.version
     hardening = {

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modelguard.errors import FormatError
+from modelguard.safeio import read_regular
 from modelguard.signing.dsse import MAX_PAYLOAD_BYTES, Envelope
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -64,6 +65,17 @@ def parse_bundle(bundle: object) -> ParsedBundle:
     material = bundle.get("verificationMaterial")
     if not isinstance(material, Mapping):
         raise FormatError("bundle has no verificationMaterial")
+    if "certificate" in material and not material.get("tlogEntries"):
+        raise FormatError("keyless bundle (certificate) without transparency-log entries")
+    for field, kind in (
+        ("x509CertificateChain", "certificate"),
+        ("certificate", "keyless Sigstore"),
+    ):
+        if field in material:
+            raise FormatError(
+                f"{kind} bundles (verificationMaterial.{field}) are not supported; "
+                "modelguard verifies key-mode bundles only"
+            )
     if set(material) - {"publicKey", "tlogEntries"}:
         raise FormatError(
             f"verificationMaterial has unknown fields {sorted(set(material) - {'publicKey', 'tlogEntries'})}"
@@ -90,19 +102,17 @@ def load_bundle_bytes(data: bytes, *, source: str) -> dict[str, Any]:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FormatError(f"signature is not valid JSON ({error})", path=source) from None
+    except RecursionError:
+        raise FormatError("signature JSON is nested too deeply", path=source) from None
     if not isinstance(document, dict):
         raise FormatError("signature bundle is not a JSON object", path=source)
     return document
 
 
 def read_bundle_file(path: Path) -> bytes:
-    """The raw bytes of a signature file, bounded before reading."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_BUNDLE_BYTES:
-            raise FormatError(
-                f"signature file is larger than {MAX_BUNDLE_BYTES} bytes", path=str(path)
-            )
-        return path.read_bytes()
-    except OSError as error:
-        raise FormatError(f"cannot read signature: {error.strerror}", path=str(path)) from None
+    """The raw bytes of a signature file: a regular file, its size bounded on the descriptor.
+
+    A FIFO, socket or device (``/dev/zero`` behind a symlink in ``model.sig.d/``) is refused
+    before any read, so it can neither hang the verifier nor fill its memory.
+    """
+    return read_regular(path, max_size=MAX_BUNDLE_BYTES, what="signature file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,21 @@ def b64decode_strict(text: object, what: str, *, limit: int) -> bytes:
     if base64.b64encode(raw).decode("ascii") != text:
         raise FormatError(f"{what} is not canonical base64")
     return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise FormatError("payload has duplicate JSON keys")
+    return dict(pairs)
+
+
+def load_json_payload(payload: bytes) -> Any:
+    """UTF-8 JSON with no duplicate keys (two readers must never see two different values)."""
+    try:
+        return json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FormatError(f"payload is not JSON ({error})") from None
 
 
 @dataclass(frozen=True)

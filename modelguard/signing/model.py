@@ -57,10 +57,17 @@ from modelguard.signing.layout import (
     layouts_from_dict,
     layouts_to_dict,
 )
+from modelguard.signing.shards import (
+    Serialization,
+    describe_resource,
+    resources_from_views,
+    unsigned_files,
+)
 from modelguard.signing.statement import (
     DEFAULT_IGNORE_PATHS,
     ParsedStatement,
     model_statement,
+    parse_oms_bundle,
     parse_statement,
 )
 from modelguard.signing.verify import sign_statement, verify_bundle
@@ -175,8 +182,8 @@ class SignResult:
         }
 
 
-def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]]:
-    """Names the existing bundle gives its signer, and its (unverified) resources."""
+def _existing_signer(data: bytes, source: str) -> tuple[set[str], ParsedStatement]:
+    """Names the existing bundle gives its signer, and its (unverified) statement."""
     document = load_bundle_bytes(data, source=source)
     parsed = parse_bundle(document)
     try:
@@ -188,7 +195,7 @@ def _existing_signer(data: bytes, source: str) -> tuple[set[str], dict[str, str]
     names = {s.keyid for s in parsed.envelope.signatures if s.keyid}
     if parsed.hint:
         names.add(parsed.hint)
-    return names, {r.name: r.digest for r in statement.resources}
+    return names, statement
 
 
 def sign_model(
@@ -202,12 +209,14 @@ def sign_model(
     ledger_url: str | None = None,
     record: bool = True,
     threads: int | None = None,
+    serialization: Serialization | None = None,
 ) -> SignResult:
     """Hash ``path`` (files, tensors, structures), sign the OMS statement, write the bundle.
 
     A model already signed by another key gets a co-signature in ``model.sig.d/``; the
     files must still match what the first signer signed. With ``record`` the signature lands
-    in the ledger as a ``sign`` entry.
+    in the ledger as a ``sign`` entry. ``serialization`` picks the OMS resources (default:
+    whole files, SHA-256; or shards and/or blake2b, blake3: modelguard.signing.shards).
     """
     path = Path(path)
     if not path.exists():
@@ -220,14 +229,25 @@ def sign_model(
     manifest = build_manifest(
         path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads, files=files
     )
-    resources = manifest_resources(path, manifest)
+    spec = serialization or Serialization()
+    resources = (
+        manifest_resources(path, manifest)
+        if spec.is_default
+        else _view_resources(files, spec, threads, for_signing=True)
+    )
     public = key.public_key()
     kid = key_id(public)
     target, cosigned = sig_path, False
     if sig_path.exists():
-        names, signed = _existing_signer(read_bundle_file(sig_path), str(sig_path))
+        names, existing = _existing_signer(read_bundle_file(sig_path), str(sig_path))
         if not names & {kid, oms_hint(public)}:
-            if signed != resources:
+            signed = {r.name: r.digest for r in existing.resources}
+            now = (
+                resources
+                if existing.serialization_spec == spec
+                else _view_resources(files, existing.serialization_spec, threads)
+            )
+            if signed != now:
                 raise BadInputError(
                     "the model changed since it was signed; remove the old signature(s) "
                     "to sign the new content",
@@ -250,7 +270,11 @@ def sign_model(
     if layouts is not None:
         predicate["layout"] = layouts_to_dict(layouts)
     statement = model_statement(
-        model_name, sorted(resources.items()), ignore_paths=ignore, modelguard=predicate
+        model_name,
+        sorted(resources.items()),
+        ignore_paths=ignore,
+        modelguard=predicate,
+        serialization=spec,
     )
     data = dump_bundle(sign_statement(statement, key))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -458,6 +482,10 @@ def _read_signatures(
             verified = verify_bundle(document, trusted)
         except SignatureError as error:
             if error.details.get("reason") == "untrusted":
+                try:  # not ours to trust, but a malformed statement is bad input (exit 2)
+                    parse_oms_bundle(document)
+                except FormatError as malformed:
+                    raise FormatError(malformed.message, path=str(file)) from None
                 signer.status, signer.reason = "untrusted", error.message
                 signer.key_id = parsed.envelope.signatures[0].keyid or parsed.hint
                 continue
@@ -509,6 +537,16 @@ def _actual_state(files: ModelFiles, want_layers: bool, threads: int | None) -> 
     return _Actual(file_digests(files), None, None)
 
 
+def _view_resources(
+    files: ModelFiles, spec: Serialization, threads: int | None, *, for_signing: bool = False
+) -> dict[str, str]:
+    """OMS resources (shards, blake2b, blake3) hashed from the buffers already read."""
+    views = {rel: files.view(rel) for rel in files.members}
+    return resources_from_views(
+        views, spec, single=files.single, threads=threads, for_signing=for_signing
+    )
+
+
 def _resources(files: ModelFiles, manifest: Manifest) -> dict[str, str]:
     if files.single:
         return {".": manifest.files[0].digest} if len(manifest.files) == 1 else {}
@@ -522,7 +560,7 @@ def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bo
     must be the name given. Signed resources and signed manifest must agree on every file.
     """
     who = _signer_label(item.signer)
-    names = sorted(r.name for r in item.statement.resources)
+    names = list(item.statement.paths)
     given = model.name
     if model.is_dir() and "." in names:
         report.check(
@@ -553,8 +591,10 @@ def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bo
         )
         return False
     resources = {r.name: r.digest for r in item.statement.resources}
-    if item.manifest.hash_algorithm == "sha256" and (
-        manifest_resources(model, item.manifest) != resources
+    if (
+        item.statement.serialization_spec.is_default
+        and item.manifest.hash_algorithm == "sha256"
+        and manifest_resources(model, item.manifest) != resources
     ):
         report.check(
             "statement", False, f"{who}: signed manifest and signed resources disagree", "signature"
@@ -564,11 +604,15 @@ def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bo
 
 
 def _compare_files(
-    report: VerificationReport, who: str, signed: Mapping[str, str], actual: Mapping[str, str]
+    report: VerificationReport,
+    who: str,
+    signed: Mapping[str, str],
+    actual: Mapping[str, str],
+    method: str = "files",
 ) -> bool:
     ok = True
     for name in sorted(set(signed) | set(actual)):
-        label = "the model file" if name == "." else f"file {name!r}"
+        label = describe_resource(name, method)
         if name not in actual:
             report.check("files", False, f"{who}: {label} is missing", "digest")
         elif name not in signed:
@@ -577,7 +621,7 @@ def _compare_files(
             report.check(
                 "files",
                 False,
-                f"{who}: {label} differs (sha256 {actual[name][:16]}…, signed {signed[name][:16]}…)",
+                f"{who}: {label} differs (digest {actual[name][:16]}…, signed {signed[name][:16]}…)",
                 "digest",
             )
         else:
@@ -617,6 +661,8 @@ def _fast_check(
     extra = item.statement.modelguard or {}
     if item.manifest is None or "layout" not in extra:
         return False
+    if not item.statement.serialization_spec.is_default:
+        return False  # the OMS resources (shards, blake2b, blake3) must be recomputed too
     try:
         layouts = layouts_from_dict(extra["layout"], item.manifest)
     except (FormatError, UnsafeModelError, BadInputError):
@@ -682,6 +728,7 @@ def _check_content(
     sig_ignore: list[str],
     threads: int | None,
     private: bool,
+    ignore_unsigned_files: bool = False,
 ) -> ModelFiles | None:
     """Check every signer's files, tensors and structures; the opened model that verified."""
     opened: dict[tuple[str, ...], ModelFiles] = {}
@@ -695,6 +742,16 @@ def _check_content(
         ignore = tuple(
             dict.fromkeys([*item.statement.ignore_paths, *DEFAULT_IGNORE_PATHS[:4], *sig_ignore])
         )
+        if ignore_unsigned_files:
+            skipped = unsigned_files(model, set(item.statement.paths), ignore)
+            if skipped:
+                ignore = (*ignore, *skipped)
+                report.check(
+                    "files",
+                    True,
+                    f"{who}: ignoring {len(skipped)} unsigned file(s) as asked: {', '.join(skipped)}",
+                    "digest",
+                )
         if ignore not in opened:
             opened[ignore] = open_model(model, ignore_paths=ignore, private=private)
         files = opened[ignore]
@@ -707,10 +764,16 @@ def _check_content(
             cache[cache_key] = _actual_state(files, want_layers, threads)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
-        files_ok = _compare_files(report, who, resources, actual.files)
+        spec = item.statement.serialization_spec
+        on_disk = actual.files if spec.is_default else _view_resources(files, spec, threads)
+        files_ok = _compare_files(report, who, resources, on_disk, spec.method)
         if files_ok:
             report.check(
-                "files", True, f"{who}: all {len(resources)} file digest(s) match", "digest"
+                "files",
+                True,
+                f"{who}: all {len(resources)} {'shard' if spec.method == 'shards' else 'file'} "
+                f"digest(s) match",
+                "digest",
             )
         if item.manifest is None:
             refused = _reference_problem(files)
@@ -863,8 +926,12 @@ def verify_model(
     allow_rollback: bool = False,
     now: datetime | None = None,
     threads: int | None = None,
+    ignore_unsigned_files: bool = False,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
+
+    Files of the model that no signature lists fail verification (OMS spec 8.5) unless
+    ``ignore_unsigned_files`` (like ``model_signing verify --ignore_unsigned_files``).
 
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
@@ -881,6 +948,7 @@ def verify_model(
         now=now,
         threads=threads,
         private=False,
+        ignore_unsigned_files=ignore_unsigned_files,
     )
     return report
 
@@ -934,6 +1002,7 @@ def _verify(
     now: datetime | None,
     threads: int | None,
     private: bool,
+    ignore_unsigned_files: bool = False,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
@@ -961,7 +1030,9 @@ def _verify(
             if path.is_dir()
             else []
         )
-        files = _check_content(report, path, signed, sig_ignore, threads, private)
+        files = _check_content(
+            report, path, signed, sig_ignore, threads, private, ignore_unsigned_files
+        )
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path, files, threads)
     if require_ledger:
@@ -972,5 +1043,6 @@ def _verify(
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],
             ledger_url=ledger_url,
             allow_rollback=allow_rollback,
+            policy=policy,
         )
     return report, files

@@ -88,8 +88,8 @@ def verify_bundle(bundle: Mapping[str, Any], trusted: Sequence[PublicKey]) -> Ve
         )
     try:
         statement = json.loads(envelope.payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FormatError(f"signed payload is not JSON ({error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise FormatError(f"signed payload is not JSON ({type(error).__name__})") from None
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         kind = statement.get("_type") if isinstance(statement, dict) else type(statement).__name__
         raise FormatError(

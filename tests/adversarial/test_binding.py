@@ -17,6 +17,7 @@ from gatebind_models import X, key_files, one_line, plain_mlp, run_cli
 from modelguard.encryption import encrypt_model
 from modelguard.errors import SignatureError, VerificationError
 from modelguard.keys import generate_key
+from modelguard.policy import policy_from_keys, with_ledger_trust
 from modelguard.runtime import open_session
 from modelguard.signing.model import sign_model, verify_model
 
@@ -75,9 +76,14 @@ def test_sibling_refused_with_require_ledger(tmp_path: Path) -> None:
     model = plain_mlp(tmp_path / "X" / "model.onnx", GOOD)
     sign_model(model, key, ledger_url=ledger, version="1")
     evil = plain_mlp(tmp_path / "X" / "evil.onnx", EVIL)
-    good = verify_model(model, keys=[key.public_key()], ledger_url=ledger, require_ledger=True)
-    assert good.ok
-    bad = verify_model(evil, keys=[key.public_key()], ledger_url=ledger, require_ledger=True)
+    policy = with_ledger_trust(
+        policy_from_keys([key.public_key()]),
+        (str(tmp_path / "ledger.db.note.pub"),),
+        tmp_path / "state",
+    )
+    good = verify_model(model, policy=policy, ledger_url=ledger, require_ledger=True)
+    assert good.ok, good.failures
+    bad = verify_model(evil, policy=policy, ledger_url=ledger, require_ledger=True)
     assert not bad.ok and any("not for 'evil.onnx'" in f for f in bad.failures)
 
 

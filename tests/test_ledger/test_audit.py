@@ -96,14 +96,17 @@ def test_check_inclusion_uses_a_signed_checkpoint(tmp_path: Path) -> None:
     _sign(url, "m", "1", "aa")
     entry = audit.find_sign_entry("sha256:aa", url)
     assert entry is not None
-    proof = audit.check_inclusion(entry, url)
+    pub = [tmp_path / "l.db.note.pub"]
+    proof = audit.check_inclusion(entry, pub, url)
     assert proof.tree_size == 1
     _sign(url, "m", "2", "bb")
     later = audit.find_sign_entry("sha256:bb", url)
-    assert later is not None and audit.check_inclusion(later, url).tree_size == 2
+    assert later is not None and audit.check_inclusion(later, pub, url).tree_size == 2
     forged = type(entry)(**{**entry.__dict__, "actor": "mallory", "_canonical": b""})
     with pytest.raises(LedgerVerificationError):
-        audit.check_inclusion(forged, url)
+        audit.check_inclusion(forged, pub, url)
+    with pytest.raises(BadInputError, match="public note key"):
+        audit.check_inclusion(entry, [], url)
 
 
 def test_consistency_with_a_saved_checkpoint_and_a_forked_log(tmp_path: Path) -> None:
@@ -119,15 +122,19 @@ def test_consistency_with_a_saved_checkpoint_and_a_forked_log(tmp_path: Path) ->
         log.append_many([EventSpec("t", {}, f"honest{i}", "a") for i in range(3)])
     with open_ledger(fork) as log:
         log.append_many([EventSpec("t", {}, f"forked{i}", "a") for i in range(3)])
-    proof, _ = audit.check_consistency(saved, url)
-    assert (proof.old_size, proof.new_size) == (3, 6)
+    audit.sign_checkpoint(url)
+    audit.sign_checkpoint(fork)
+    pub = [tmp_path / "a.db.note.pub"]
+    result = audit.check_consistency(saved, pub, url)
+    assert result.ok and (result.proof.old_size, result.proof.new_size) == (3, 6)
     later = audit.sign_checkpoint(url)
     with pytest.raises(LedgerVerificationError, match="different roots"):
-        audit.check_consistency(later, fork)
+        audit.check_consistency(later, pub, fork)
     with open_ledger(fork) as log:
         log.append(kind="t", subject={}, payload_digest="more", actor="a")
+    audit.sign_checkpoint(fork)
     with pytest.raises(LedgerVerificationError):
-        audit.check_consistency(later, fork)
+        audit.check_consistency(later, pub, fork)
 
 
 def test_lineage_follows_parent_links(tmp_path: Path) -> None:

@@ -54,8 +54,12 @@ def test_full_round_trip(capsys: pytest.CaptureFixture[str], url: str, tmp_path:
     assert checked["ok"] and checked["entry"]["payload_digest"] == "sha256:bb"
 
     run_json(capsys, "ledger", "revoke", "x", "--reason", "r", "--ledger", url)
-    cons = run_json(capsys, "ledger", "consistency", str(tmp_path / "cp"), "--ledger", url)
+    before = (tmp_path / "l.db").read_bytes()
+    cons = run_json(
+        capsys, "ledger", "consistency", str(tmp_path / "cp"), "--ledger", url, "--key", str(pub)
+    )
     assert (cons["proof"]["old_size"], cons["proof"]["new_size"]) == (3, 4)
+    assert cons["ok"] and (tmp_path / "l.db").read_bytes() == before  # read-only
 
     out_file = tmp_path / "l.jsonl"
     assert run_json(capsys, "ledger", "export", str(out_file), "--ledger", url)["entries"] == 4

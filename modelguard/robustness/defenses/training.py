@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelguard.errors import BadInputError
-from modelguard.modelcard import batches, seed_everything
+from modelguard.modelcard import seed_everything
+from modelguard.robustness import distributed
 from modelguard.robustness.data import Dataset
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -71,7 +72,7 @@ def fit(
     """Train in place; returns one record per epoch (seconds, mean loss, what hooks add)."""
     generator = seed_everything(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    steps_per_epoch = -(-len(train) // settings.batch_size)
+    steps_per_epoch = distributed.steps_per_epoch(len(train), settings.batch_size)
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -85,12 +86,15 @@ def fit(
         else None
     )
     history: list[dict[str, Any]] = []
+    trained = distributed.fit_model(model)  # DDP under torchrun, else the model itself
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         total, count = 0.0, 0
-        for xb, yb in batches(train, settings.batch_size, generator):
+        for xb, yb in distributed.epoch_batches(
+            train, settings.batch_size, generator, epoch, settings.seed
+        ):
             model.train()
-            loss = step(model, xb, yb, epoch)
+            loss = step(trained, xb, yb, epoch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,0 +1,463 @@
+"""C2SP tlog-tiles: the log as static files any web server or object store can serve.
+
+>>> import os, tempfile
+>>> from pathlib import Path
+>>> from ledger import open_ledger, NoteSigner
+>>> from ledger.tiles import export_tiles, verify_tiles, tile_path
+>>> log = open_ledger("sqlite:///" + os.path.join(tempfile.mkdtemp(), "l.db"), origin="ex/log")
+>>> _ = log.append("sign", subject={"name": "m"}, payload_digest="sha256:00", actor="k")
+>>> signer, out = NoteSigner.generate("ex/log"), Path(tempfile.mkdtemp())
+>>> export_tiles(log, out, signer).written
+['tile/0/000.p/1', 'tile/entries/000.p/1', 'checkpoint']
+>>> verify_tiles(out, [signer.verifier()]).ok
+True
+>>> tile_path(0, 1234067)
+'tile/0/x001/x234/067'
+
+Layout (https://c2sp.org/tlog-tiles): ``checkpoint`` (the signed note), ``tile/<L>/<N>``
+(256 hashes of 32 bytes; level 0 holds the leaf hashes, level L the Merkle Tree Hashes of the
+full tiles at level L-1), ``tile/entries/<N>`` (the entries, each a big-endian uint16 length
+then the entry's canonical JSON, whose RFC 9162 leaf hash is the level-0 tile's hash), and
+``.p/<W>`` partial tiles of width W < 256 at the right edge. ``<N>`` is written in 3-digit
+groups, all but the last prefixed with ``x``.
+
+Export is incremental: full tiles are immutable, so an existing one is compared (a difference
+means the log was rewritten: refused) and never rewritten; the checkpoint is written last, so
+a reader never sees a checkpoint whose tiles are not yet there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError
+from ledger.merkle import HASH_SIZE, leaf_hash, root_from_leaf_hashes
+from ledger.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, split_note
+from ledger.proofs import b64
+from ledger.verify import Problem, StoredRow, VerifyReport, verify_entries
+
+if TYPE_CHECKING:
+    from ledger.log import Ledger
+
+TILE_WIDTH = 256
+TILE_BYTES = TILE_WIDTH * HASH_SIZE
+MAX_ENTRY_BYTES = 0xFFFF  # an entry bundle's length prefix is a uint16
+MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_BYTES)
+MAX_CHECKPOINT_BYTES = 64 * 1024
+ENTRIES = "entries"  # the "level" of entry bundles in their path
+_TILE_PATH = re.compile(
+    r"^tile/(entries|0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([0-9]+))?$"
+)
+
+
+def encode_index(index: int) -> str:
+    """``1234067`` -> ``x001/x234/067``: 3-digit groups, all but the last prefixed with x."""
+    if index < 0:
+        raise ValueError(f"tile index {index} is negative")
+    groups = []
+    while True:
+        groups.append(f"{index % 1000:03d}")
+        index //= 1000
+        if not index:
+            break
+    groups.reverse()
+    return "/".join([*(f"x{g}" for g in groups[:-1]), groups[-1]])
+
+
+def tile_path(level: int | str, index: int, width: int = TILE_WIDTH) -> str:
+    """The path of a hash tile (``level`` 0..63) or an entry bundle (``level`` "entries")."""
+    if not 1 <= width <= TILE_WIDTH:
+        raise ValueError(f"tile width {width} is outside 1..{TILE_WIDTH}")
+    suffix = "" if width == TILE_WIDTH else f".p/{width}"
+    return f"tile/{level}/{encode_index(index)}{suffix}"
+
+
+@dataclass(frozen=True, order=True)
+class TileRef:
+    """One tile: ``level`` (0..63) or -1 for an entry bundle, index, width (1..256)."""
+
+    level: int
+    index: int
+    width: int
+
+    @property
+    def path(self) -> str:
+        return tile_path(ENTRIES if self.level < 0 else self.level, self.index, self.width)
+
+    @classmethod
+    def parse(cls, path: str) -> TileRef:
+        match = _TILE_PATH.match(path)
+        if match is None:
+            raise LedgerInputError(f"{path}: not a tile path")
+        level_text, index_text, width_text = match.groups()
+        level = -1 if level_text == ENTRIES else int(level_text)
+        if level > 63:
+            raise LedgerInputError(f"{path}: tile level above 63")
+        index = int(index_text.replace("x", "").replace("/", ""))
+        if encode_index(index) != index_text:
+            raise LedgerInputError(f"{path}: tile index is not in canonical form")
+        width = TILE_WIDTH
+        if width_text is not None:
+            width = int(width_text)
+            if str(width) != width_text or not 1 <= width < TILE_WIDTH:
+                raise LedgerInputError(f"{path}: partial tile width must be 1..255")
+        return cls(level, index, width)
+
+
+def tiles_for_size(size: int) -> list[TileRef]:
+    """Every hash tile and entry bundle a tree of ``size`` leaves is served as."""
+    refs: list[TileRef] = []
+    level = 0
+    while size >> (8 * level):
+        count = size >> (8 * level)  # hashes at this level
+        refs += [TileRef(level, n, TILE_WIDTH) for n in range(count // TILE_WIDTH)]
+        if count % TILE_WIDTH:
+            refs.append(TileRef(level, count // TILE_WIDTH, count % TILE_WIDTH))
+        level += 1
+    refs += [TileRef(-1, r.index, r.width) for r in refs if r.level == 0]
+    return refs
+
+
+def hash_tiles(leaves: Sequence[bytes]) -> dict[TileRef, bytes]:
+    """The hash tiles of a tree given its leaf hashes."""
+    tiles: dict[TileRef, bytes] = {}
+    hashes, level = list(leaves), 0
+    while hashes:
+        upper = []
+        for start in range(0, len(hashes), TILE_WIDTH):
+            chunk = hashes[start : start + TILE_WIDTH]
+            tiles[TileRef(level, start // TILE_WIDTH, len(chunk))] = b"".join(chunk)
+            if len(chunk) == TILE_WIDTH:  # a partial tile is never hashed into the level above
+                upper.append(root_from_leaf_hashes(chunk))
+        hashes, level = upper, level + 1
+    return tiles
+
+
+def encode_bundle(entries: Iterable[bytes]) -> bytes:
+    """An entry bundle: each entry as a big-endian uint16 length and its bytes."""
+    out = bytearray()
+    for data in entries:
+        if len(data) > MAX_ENTRY_BYTES:
+            raise LedgerInputError(
+                f"an entry of {len(data)} bytes does not fit a tile bundle (at most {MAX_ENTRY_BYTES})"
+            )
+        out += len(data).to_bytes(2, "big") + data
+    return bytes(out)
+
+
+def decode_bundle(data: bytes, count: int) -> list[bytes]:
+    """Split an entry bundle into exactly ``count`` entries; LedgerInputError if it is not that."""
+    entries, offset = [], 0
+    while offset < len(data):
+        if offset + 2 > len(data):
+            raise LedgerInputError("entry bundle ends inside a length prefix")
+        length = int.from_bytes(data[offset : offset + 2], "big")
+        offset += 2
+        if offset + length > len(data):
+            raise LedgerInputError("entry bundle ends inside an entry")
+        entries.append(data[offset : offset + length])
+        offset += length
+    if len(entries) != count:
+        raise LedgerInputError(f"entry bundle holds {len(entries)} entries, expected {count}")
+    return entries
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing anything larger than ``limit`` (checked on the descriptor)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise LedgerInputError(f"{path}: missing") from None
+    except OSError as error:
+        raise LedgerInputError(f"{path}: cannot open: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise LedgerInputError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise LedgerInputError(f"{path}: {info.st_size} bytes, more than {limit}")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise LedgerInputError(f"{path}: grew beyond {limit} bytes while read")
+    return data
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ExportReport:
+    directory: str
+    size: int
+    root: bytes
+    checkpoint: str
+    written: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "size": self.size,
+            "root": b64(self.root),
+            "checkpoint": self.checkpoint,
+            "written": self.written,
+            "unchanged": self.unchanged,
+        }
+
+
+def _existing_checkpoint(directory: Path) -> Checkpoint | None:
+    path = directory / "checkpoint"
+    if not path.exists():
+        return None
+    text, _ = split_note(read_bounded(path, MAX_CHECKPOINT_BYTES).decode("utf-8", "replace"))
+    return Checkpoint.from_text(text)
+
+
+def export_tiles(
+    log: Ledger, directory: Path, signer: NoteSigner, *, checkpoint_note: str | None = None
+) -> ExportReport:
+    """Write (or bring up to date) the tile tree of ``log`` under ``directory``.
+
+    Signs a fresh checkpoint with ``signer`` unless ``checkpoint_note`` (a checkpoint the log
+    already signed, e.g. one carrying witness cosignatures) is given. Refuses, writing
+    nothing, when the log no longer matches what was exported before (a rewritten history).
+    """
+    directory = Path(directory)
+    note = checkpoint_note if checkpoint_note is not None else log.checkpoint(signer)
+    checkpoint = open_checkpoint(note, [signer.verifier()])
+    entries = [e for e in log.entries() if e.index < checkpoint.size]
+    if [e.index for e in entries] != list(range(checkpoint.size)):
+        raise LedgerIntegrityError(f"{log.url}: entries missing below size {checkpoint.size}")
+    bodies = [e.canonical() for e in entries]
+    leaves = [leaf_hash(b) for b in bodies]
+    if root_from_leaf_hashes(leaves) != checkpoint.root:
+        raise LedgerIntegrityError(f"{log.url}: entries do not hash to the checkpoint root")
+    previous = _existing_checkpoint(directory)
+    if previous is not None:
+        if previous.origin != checkpoint.origin:
+            raise LedgerInputError(
+                f"{directory}: holds the tiles of another log ({previous.origin})"
+            )
+        if previous.size > checkpoint.size or (
+            root_from_leaf_hashes(leaves[: previous.size]) != previous.root
+        ):
+            raise LedgerIntegrityError(
+                f"{directory}: the published checkpoint (size {previous.size}) is not a prefix of"
+                " the log: its history was rewritten since the last export"
+            )
+    files = {ref.path: data for ref, data in hash_tiles(leaves).items()}
+    for ref in tiles_for_size(checkpoint.size):
+        if ref.level < 0:
+            start = ref.index * TILE_WIDTH
+            files[ref.path] = encode_bundle(bodies[start : start + ref.width])
+    report = ExportReport(str(directory), checkpoint.size, checkpoint.root, note)
+    pending = []
+    for rel, data in files.items():
+        path = directory / rel
+        if path.exists():
+            if read_bounded(path, MAX_BUNDLE_BYTES) != data:
+                raise LedgerIntegrityError(
+                    f"{path}: the published tile differs from the log (history rewritten)"
+                )
+            report.unchanged += 1
+        else:
+            pending.append((rel, data))
+    for rel, data in pending:
+        _write_atomic(directory / rel, data)
+        report.written.append(rel)
+    _write_atomic(directory / "checkpoint", note.encode())
+    report.written.append("checkpoint")
+    return report
+
+
+@dataclass
+class TilesReport:
+    """What ``verify_tiles`` found: the entry-level audit plus tile counts."""
+
+    audit: VerifyReport
+    checkpoint: Checkpoint | None = None
+    tiles_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.checkpoint is not None and self.audit.ok
+
+    def problem(self, what: str, message: str, index: int | None = None) -> None:
+        self.audit.problems.append(Problem(index, what, message))
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"tiles ok: {self.audit.size} entries, {self.tiles_checked} tiles, root {b64(self.audit.root)}"
+        return f"tiles fail verification: {self.audit.problems[0].message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.audit.to_dict(),
+            "ok": self.ok,
+            "tiles_checked": self.tiles_checked,
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+        }
+
+
+def _tile_files(directory: Path) -> list[str]:
+    root = directory / "tile"
+    if not root.is_dir():
+        return []
+    found = []
+    for base, _dirs, names in os.walk(root):
+        for name in names:
+            found.append((Path(base) / name).relative_to(directory).as_posix())
+    return sorted(found)
+
+
+def verify_tiles(
+    directory: Path, verifiers: Sequence[NoteVerifier], *, old_checkpoint: str | None = None
+) -> TilesReport:
+    """Offline audit of a tile tree against the log's trusted note keys.
+
+    Checks the checkpoint signature; every tile the checkpoint's size needs (present, exact
+    length, each level-0 hash the leaf hash of its bundle entry, each higher hash the MTH of
+    the full tile below); the entries (chain and indices); the root against the checkpoint;
+    every other file under ``tile/`` (an older partial tile must be a prefix of the current
+    tile, anything else is reported); and, given ``old_checkpoint`` (a signed note the caller
+    kept), that the tree extends it.
+    """
+    directory = Path(directory)
+    report = TilesReport(VerifyReport())
+    if not verifiers:
+        raise LedgerInputError("verifying tiles needs the log's public note key")
+    try:
+        note = read_bounded(directory / "checkpoint", MAX_CHECKPOINT_BYTES).decode("utf-8")
+        checkpoint = open_checkpoint(note, verifiers)
+    except (LedgerInputError, NoteVerificationError, UnicodeDecodeError) as error:
+        report.problem("checkpoint", f"{directory / 'checkpoint'}: {error}")
+        return report
+    report.checkpoint = checkpoint
+    tiles: dict[TileRef, bytes] = {}
+    for ref in tiles_for_size(checkpoint.size):
+        limit = MAX_BUNDLE_BYTES if ref.level < 0 else ref.width * HASH_SIZE
+        try:
+            data = read_bounded(directory / ref.path, limit)
+        except LedgerInputError as error:
+            report.problem("tile", str(error))
+            continue
+        report.tiles_checked += 1
+        if ref.level >= 0 and len(data) != ref.width * HASH_SIZE:
+            report.problem(
+                "tile", f"{ref.path}: {len(data)} bytes, expected {ref.width * HASH_SIZE}"
+            )
+            continue
+        tiles[ref] = data
+    rows = _bundle_rows(tiles, checkpoint.size, report)
+    notes = [note] if old_checkpoint is None else [note, old_checkpoint]
+    audit = verify_entries(rows, checkpoints=notes, verifiers=verifiers, origin=checkpoint.origin)
+    audit.problems[:0] = report.audit.problems
+    report.audit = audit
+    if audit.size != checkpoint.size:
+        report.problem(
+            "tile", f"the tiles hold {audit.size} entries, the checkpoint {checkpoint.size}"
+        )
+    _check_upper_levels(tiles, report)
+    _check_extra_files(directory, tiles, checkpoint.size, report)
+    return report
+
+
+def _bundle_rows(tiles: dict[TileRef, bytes], size: int, report: TilesReport) -> list[StoredRow]:
+    """The entries of every bundle whose level-0 tile agrees with it, as rows for the audit."""
+    rows: list[StoredRow] = []
+    for ref in tiles_for_size(size):
+        if ref.level != 0:
+            continue
+        bundle_ref = TileRef(-1, ref.index, ref.width)
+        hashes, bundle = tiles.get(ref), tiles.get(bundle_ref)
+        if hashes is None or bundle is None:
+            continue  # already reported missing
+        try:
+            entries = decode_bundle(bundle, ref.width)
+        except LedgerInputError as error:
+            report.problem("tile", f"{bundle_ref.path}: {error}")
+            continue
+        start = ref.index * TILE_WIDTH
+        for i, data in enumerate(entries):
+            if leaf_hash(data) != hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]:
+                report.problem(
+                    "tile",
+                    f"{bundle_ref.path}: entry {start + i} does not hash to its leaf in {ref.path}",
+                    start + i,
+                )
+            rows.append(StoredRow(start + i, data))
+    return rows
+
+
+def _check_upper_levels(tiles: dict[TileRef, bytes], report: TilesReport) -> None:
+    for ref, data in tiles.items():
+        if ref.level <= 0:
+            continue
+        for i in range(ref.width):
+            below = tiles.get(TileRef(ref.level - 1, ref.index * TILE_WIDTH + i, TILE_WIDTH))
+            if below is None:
+                continue  # reported missing
+            hashes = [below[j : j + HASH_SIZE] for j in range(0, TILE_BYTES, HASH_SIZE)]
+            if root_from_leaf_hashes(hashes) != data[i * HASH_SIZE : (i + 1) * HASH_SIZE]:
+                report.problem(
+                    "tile",
+                    f"{ref.path}: hash {i} is not the Merkle Tree Hash of the tile below",
+                )
+
+
+def _check_extra_files(
+    directory: Path, tiles: dict[TileRef, bytes], size: int, report: TilesReport
+) -> None:
+    """Files beyond those the checkpoint needs: older partial tiles must agree with the tree."""
+    wanted = {ref.path for ref in tiles_for_size(size)}
+    for rel in _tile_files(directory):
+        if rel in wanted or Path(rel).name.startswith(".tmp-"):
+            continue
+        try:
+            ref = TileRef.parse(rel)
+        except LedgerInputError as error:
+            report.problem("tile", f"unexpected file: {error}")
+            continue
+        current = [t for t in tiles if (t.level, t.index) == (ref.level, ref.index)]
+        if not current or current[0].width < ref.width:
+            report.problem("tile", f"{rel}: beyond the checkpoint's tree size {size}")
+            continue
+        limit = MAX_BUNDLE_BYTES if ref.level < 0 else ref.width * HASH_SIZE
+        try:
+            data = read_bounded(directory / rel, limit)
+        except LedgerInputError as error:
+            report.problem("tile", str(error))
+            continue
+        report.tiles_checked += 1
+        full = tiles[current[0]]
+        if ref.level < 0:
+            try:
+                older = decode_bundle(data, ref.width)
+                newer = decode_bundle(full, current[0].width)[: ref.width]
+            except LedgerInputError as error:
+                report.problem("tile", f"{rel}: {error}")
+                continue
+            same = older == newer
+        else:
+            same = data == full[: len(data)]
+        if not same:
+            report.problem("tile", f"{rel}: an older partial tile disagrees with the tree")
