@@ -53,7 +53,7 @@ from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
 from modelguard.robustness.onnx_model import OnnxClassifier
-from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
+from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS, profile_attack
 from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
 from modelguard.robustness.stats import Proportion
 
@@ -72,6 +72,7 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "deepfool": {"steps": 50, "overshoot": 0.02},
     "cw": {"binary_search_steps": 4, "steps": 30, "lr": 0.1, "initial_const": 1.0},
     "square": {"n_queries": 300, "p_init": 0.3},
+    "square-l2": {"n_queries": 300, "p_init": 0.8},
     "transfer": {"base": "pgd-margin", "base_params": {"steps": 20}},
     # The papers' budgets (Croce & Hein 2020), as in the "standard" profile.
     "apgd-ce": {"steps": 100, "restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
@@ -125,16 +126,17 @@ class EvalConfig:
         if len(self.attacks) == 1 and self.attacks[0] in PROFILES:
             profile = PROFILES[self.attacks[0]]
             params: dict[str, dict[str, Any]] = {}
-            for name in profile.attacks:
-                params[name] = dict(profile.params.get(name, {}))
-                if name in THREAT_NORM_ATTACKS:
-                    params[name]["norm"] = self.norm
+            attacks = [profile_attack(name, self.norm) for name in profile.attacks]
+            for name, used in zip(profile.attacks, attacks, strict=True):
+                params[used] = dict(profile.params.get(name, {}))
+                if used in THREAT_NORM_ATTACKS:
+                    params[used]["norm"] = self.norm
             for name, values in self.attack_params.items():
                 params.setdefault(name, {}).update(values)
             expanded = EvalConfig.from_dict(
                 {
                     **self.to_dict(),
-                    "attacks": list(profile.attacks),
+                    "attacks": attacks,
                     "attack_params": params,
                     "profile": profile.name,
                     "cascade": True,
