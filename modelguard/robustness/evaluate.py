@@ -654,12 +654,12 @@ class _Evaluator:
         others are returned clean). Batches are shared out across torchrun ranks (one
         process: all of them), each seeded from its index, so the result does not depend on
         the number of processes."""
+        if only is None:
+            return distributed.craft(attack, self.data.x, self.data.y, self.config.batch_size)
         out = self.data.x.copy()
-        index = np.arange(len(out)) if only is None else only
-        if index.size:
-            out[index] = distributed.craft(
-                attack, self.data.x[index], self.data.y[index], self.config.batch_size
-            )
+        out[only] = distributed.craft(
+            attack, self.data.x[only], self.data.y[only], self.config.batch_size
+        )
         return out.astype(np.float32)
 
     def robust_accuracy(self, name: str, eps: float, **overrides: Any) -> float:
