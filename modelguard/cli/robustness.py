@@ -116,12 +116,12 @@ def _render(run: EvaluationRun, console: Console) -> None:
             f"parity ok: max |logit diff| {parity['max_abs_diff']:.2g} over "
             f"{parity['inputs_compared']} inputs"
         )
-    if result.certified is not None:
+    for method, section in (result.certified or {}).items():
+        key = "radius" if method == "randomized_smoothing" else "eps"
         certified = ", ".join(
-            f"r={r['radius']}: {r['certified_accuracy']:.3f}"
-            for r in result.certified["certified_accuracy"]
+            f"{key} {r[key]}: {r['certified_accuracy']:.3f}" for r in section["certified_accuracy"]
         )
-        console.print(f"certified (randomized smoothing, L2, the smoothed classifier): {certified}")
+        console.print(f"certified ({method}, {section['norm']}): {certified}")
     for kind, path in run.outputs.items():
         console.print(f"{kind}: {path}")
     if run.certificate and run.certificate.ledger_entry is not None:
@@ -205,6 +205,11 @@ Examples:
     "(Cohen et al. 2019) with this noise level (its own 'certified' section).",
 )
 @click.option(
+    "--ibp",
+    is_flag=True,
+    help="Also certify Linf robustness by interval bound propagation (small Linear/Conv/ReLU nets).",
+)
+@click.option(
     "--smoothing-n",
     type=int,
     default=1000,
@@ -243,6 +248,7 @@ def evaluate(
     device: str,
     no_soundness: bool,
     smoothing_sigma: float | None,
+    ibp: bool,
     smoothing_n: int,
     key_path: Path | None,
     passphrase_env: str | None,
@@ -276,6 +282,7 @@ def evaluate(
         smoothing=None
         if smoothing_sigma is None
         else SmoothingConfig(sigma=smoothing_sigma, n=smoothing_n),
+        ibp=ibp,
     ).resolved()
     if out_dir is None:
         from modelguard.robustness.gate import robustness_dir_for

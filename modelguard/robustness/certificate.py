@@ -408,18 +408,19 @@ def check_rerun(certificate: Certificate, rerun: EvalResult) -> list[str]:
         )
     tolerance = float(certificate.predicate["config"].get("recertify_tolerance", 0.01))
     drifts = compare_results(certificate.predicate["results"], rerun, tolerance)
-    recorded_certified = certificate.predicate.get("certified")
-    if recorded_certified is not None:
+    recorded_certified = certificate.predicate.get("certified") or {}
+    for method, section in recorded_certified.items():
+        key = "radius" if method == "randomized_smoothing" else "eps"
         now = {
-            float(r["radius"]): float(r["certified_accuracy"])
-            for r in (rerun.certified or {}).get("certified_accuracy", [])
+            float(r[key]): float(r["certified_accuracy"])
+            for r in (rerun.certified or {}).get(method, {}).get("certified_accuracy", [])
         }
-        for row in recorded_certified["certified_accuracy"]:
-            radius, value = float(row["radius"]), float(row["certified_accuracy"])
-            current = now.get(radius)
+        for row in section["certified_accuracy"]:
+            at, value = float(row[key]), float(row["certified_accuracy"])
+            current = now.get(at)
             if current is None or abs(current - value) > tolerance + 1e-12:
                 drifts.append(
-                    f"certified accuracy at L2 radius {radius}: recorded {value:.4f}, now {current}"
+                    f"{method} certified accuracy at {key} {at}: recorded {value:.4f}, now {current}"
                 )
     return drifts
 

@@ -52,6 +52,7 @@ from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
+from modelguard.robustness.ibp import certified_mask, margin_lower_bounds
 from modelguard.robustness.onnx_model import OnnxClassifier
 from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS, profile_attack
 from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
@@ -116,6 +117,7 @@ class EvalConfig:
     profile: str | None = None  # the named profile the portfolio came from (profiles.py)
     cascade: bool = False  # each attack runs only on the examples no earlier one broke
     smoothing: SmoothingConfig | None = None  # certified L2 robustness (smoothing.py)
+    ibp: bool = False  # certified Linf robustness by interval bound propagation (ibp.py)
 
     def resolved(self) -> EvalConfig:
         """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``.
@@ -159,6 +161,8 @@ class EvalConfig:
                 raise BadInputError(f"eps must be finite numbers >= 0, got {value}")
         if self.norm not in NORMS:
             raise BadInputError(f"unknown norm {self.norm!r} (expected 'linf' or 'l2')")
+        if self.ibp and self.norm != "linf":
+            raise BadInputError("interval bound propagation certifies the linf threat model only")
         if self.limit is not None and self.limit <= 0:
             raise BadInputError(f"limit must be positive, got {self.limit}")
         if self.batch_size <= 0:
@@ -200,6 +204,7 @@ class EvalConfig:
             profile=self.profile,
             cascade=bool(self.cascade),
             smoothing=None if self.smoothing is None else self.smoothing.validated(),
+            ibp=bool(self.ibp),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +226,7 @@ class EvalConfig:
             "profile": self.profile,
             "cascade": self.cascade,
             "smoothing": None if self.smoothing is None else self.smoothing.to_dict(),
+            "ibp": self.ibp,
         }
 
     @classmethod
@@ -248,6 +254,7 @@ class EvalConfig:
                 smoothing=None
                 if data.get("smoothing") is None
                 else SmoothingConfig.from_dict(dict(data["smoothing"])),
+                ibp=bool(data.get("ibp", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise FormatError(
@@ -315,7 +322,8 @@ class EvalResult:
     soundness: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     samples: Samples | None = None
-    certified: dict[str, Any] | None = None  # randomized smoothing; never mixed with results
+    # Certified numbers by method ("randomized_smoothing", "ibp"); never mixed with results.
+    certified: dict[str, Any] | None = None
     detector: dict[str, Any] | None = None  # a detector system's two accountings
 
     @property
@@ -843,6 +851,33 @@ def detector_accounting(
     }
 
 
+def ibp_section(model: nn.Module, data: Dataset, config: EvalConfig) -> dict[str, Any]:
+    """Certified accuracy by interval bound propagation at each evaluated eps (Linf)."""
+    device = next(iter(model.parameters())).device
+    rows = []
+    for eps in config.eps:
+        hits = 0
+        for start in range(0, len(data), config.batch_size):
+            x = torch.from_numpy(data.x[start : start + config.batch_size]).to(device)
+            y = torch.from_numpy(data.y[start : start + config.batch_size]).to(device)
+            hits += int(certified_mask(model, x, y, eps=eps).sum())
+        rows.append(
+            {
+                "eps": eps,
+                "certified_accuracy": hits / len(data),
+                "certified": Proportion.of(correct=hits, n=len(data)).to_dict(),
+            }
+        )
+    return {
+        "method": "interval-bound-propagation",
+        "describes": "the PyTorch model (the deployed ONNX graph computes the same function "
+        "within the parity tolerance); no input in the Linf ball changes its class",
+        "norm": "linf",
+        "n": len(data),
+        "certified_accuracy": rows,
+    }
+
+
 def run_evaluation(
     *,
     torch_model: nn.Module | None,
@@ -864,6 +899,15 @@ def run_evaluation(
         torch_model = torch_model.to(dev).eval()
     if onnx is not None:
         onnx.check_input_shape(data.x.shape[1:], source=f"data set {config.data!r}")
+    if config.ibp:  # fail fast on a network interval bounds do not cover, before any work
+        if torch_model is None:
+            raise BadInputError("interval bound propagation needs the PyTorch model")
+        margin_lower_bounds(
+            torch_model,
+            torch.from_numpy(data.x[:1]).to(dev),
+            torch.from_numpy(data.y[:1]).to(dev),
+            0.0,
+        )
     for name in config.attacks:  # fail fast on a bad portfolio or parameters, before any work
         cls = ATTACKS[name]
         if not cls.score_based and torch_model is None:
@@ -891,11 +935,16 @@ def run_evaluation(
         started = time.perf_counter()
         detector = detector_accounting(torch_model, data, config, outcome["worst_case"])
         evaluator.timing["detector"] = time.perf_counter() - started
-    certified = None
+    certified: dict[str, Any] = {}
+    if config.ibp:
+        assert torch_model is not None
+        started = time.perf_counter()
+        certified["ibp"] = ibp_section(torch_model, data, config)
+        evaluator.timing["ibp"] = time.perf_counter() - started
     if config.smoothing is not None:
         started = time.perf_counter()
         base: Classifier = onnx if onnx is not None else evaluator.primary()
-        certified = certify_dataset(
+        certified["randomized_smoothing"] = certify_dataset(
             base,
             data.x,
             data.y,
@@ -931,7 +980,7 @@ def run_evaluation(
         soundness=checks,
         timing=evaluator.timing,
         samples=outcome["samples"],
-        certified=certified,
+        certified=certified or None,
         detector=detector,
     )
 

@@ -137,21 +137,36 @@ def _ci(stat: dict[str, Any] | None) -> str:
 
 
 def _certified_html(certified: dict[str, Any] | None) -> str:
-    """The randomized-smoothing section: certified, so apart from every empirical number."""
+    """The certified sections (smoothing, IBP): apart from every empirical number."""
     if certified is None:
         return ""
-    config = certified["config"]
-    rows = [
-        [r["radius"], r["certified_accuracy"], _ci(r["certified"])]
-        for r in certified["certified_accuracy"]
-    ]
-    return (
-        "<h2>Certified robustness (randomized smoothing, L2)</h2>"
-        f"<p>Certified, not empirical: these numbers describe {html.escape(certified['describes'])}. "
-        f"sigma {config['sigma']}, n0 {config['n0']}, n {config['n']}, alpha {config['alpha']}; "
-        f"{certified['n']} examples, {certified['abstained']} abstentions (counted as errors).</p>"
-        + _table(["L2 radius", "certified accuracy", "95% CI"], rows)
-    )
+    parts = []
+    smoothing = certified.get("randomized_smoothing")
+    if smoothing is not None:
+        config = smoothing["config"]
+        rows = [
+            [r["radius"], r["certified_accuracy"], _ci(r["certified"])]
+            for r in smoothing["certified_accuracy"]
+        ]
+        parts.append(
+            "<h2>Certified robustness (randomized smoothing, L2)</h2>"
+            f"<p>Certified, not empirical: these numbers describe {html.escape(smoothing['describes'])}. "
+            f"sigma {config['sigma']}, n0 {config['n0']}, n {config['n']}, alpha {config['alpha']}; "
+            f"{smoothing['n']} examples, {smoothing['abstained']} abstentions (counted as errors).</p>"
+            + _table(["L2 radius", "certified accuracy", "95% CI"], rows)
+        )
+    ibp = certified.get("ibp")
+    if ibp is not None:
+        rows = [
+            [r["eps"], r["certified_accuracy"], _ci(r["certified"])]
+            for r in ibp["certified_accuracy"]
+        ]
+        parts.append(
+            "<h2>Certified robustness (interval bound propagation, Linf)</h2>"
+            f"<p>Certified, not empirical: {html.escape(ibp['describes'])}.</p>"
+            + _table(["eps", "certified accuracy", "95% CI"], rows)
+        )
+    return "".join(parts)
 
 
 def render_html(result: EvalResult, curve: bytes, grid: bytes | None) -> str:

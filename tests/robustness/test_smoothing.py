@@ -83,7 +83,8 @@ def test_certified_section_stands_apart_in_the_certificate(
         smoothing=SmoothingConfig(sigma=0.25, n0=20, n=200, radii=[0.0, 0.25, 0.5]),
     )
     result = evaluate_model_dir(digits_model_dir, config)
-    certified = result.certified
+    assert result.certified is not None
+    certified = result.certified["randomized_smoothing"]
     assert certified is not None and "smoothed classifier" in certified["describes"]
     accuracies = [r["certified_accuracy"] for r in certified["certified_accuracy"]]
     assert accuracies == sorted(accuracies, reverse=True)  # larger radius, fewer certified
@@ -92,8 +93,8 @@ def test_certified_section_stands_apart_in_the_certificate(
     key = generate_key()
     issued = certify(result, key, tmp_path, record=False)
     cert = load_certificate(issued.path, [key.public_key()])
-    assert cert.predicate["certified"]["config"]["sigma"] == 0.25
+    assert cert.predicate["certified"]["randomized_smoothing"]["config"]["sigma"] == 0.25
     assert "certified" not in cert.predicate["summary"]
     assert check_rerun(cert, evaluate_model_dir(digits_model_dir, cert.config)) == []
     report = json.loads(json.dumps(result.to_dict()))
-    assert report["certified"]["norm"] == "l2"
+    assert report["certified"]["randomized_smoothing"]["norm"] == "l2"
