@@ -499,6 +499,8 @@ class EvaluationRun:
                 for c in self.result.soundness
             ],
             "parity": self.result.parity,
+            "worst_case": [{"eps": w["eps"], **w["robust"]} for w in self.result.worst_case],
+            "certified": self.result.certified,
             "outputs": {k: str(v) for k, v in self.outputs.items()},
             "certificate": self.certificate.to_dict() if self.certificate else None,
         }
