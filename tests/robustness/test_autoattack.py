@@ -191,3 +191,14 @@ def test_pgd_at_child_beats_its_parent_by_ten_points(
     row = result.comparison["worst_case"][0]
     assert row["eps"] == 0.1
     assert row["child_worst_case"] >= row["parent_worst_case"] + 0.10, row
+
+
+def test_black_box_check_in_a_cascade_counts_what_only_square_broke() -> None:
+    from modelguard.robustness.soundness import check_black_box
+
+    attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    table = {a: {0.1: 0.5} for a in attacks}  # cumulative rows: not the signal in a cascade
+    masked = check_black_box(table, attacks, {0.1: {"apgd-ce": 40, "square": 5}}, 100)
+    assert masked.status == "warn" and "0.050 more" in masked.detail
+    honest = check_black_box(table, attacks, {0.1: {"apgd-ce": 40, "fab-t": 9, "square": 1}}, 100)
+    assert honest.status == "pass"
