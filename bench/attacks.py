@@ -154,6 +154,8 @@ def autoattack_suite(args: argparse.Namespace) -> None:
     worst_gap = -1.0
     with tempfile.TemporaryDirectory() as tmp:
         for label, defense in DEFENSES.items():
+            if label not in args.defenses.split(","):
+                continue
             if defense is None:
                 model, factory, kwargs = base, "digits_cnn", {}
             else:
@@ -267,6 +269,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="test examples (default 360)")
     parser.add_argument("--examples", type=int, default=64, help="--suite resnet: examples")
+    parser.add_argument(
+        "--defenses", default=",".join(DEFENSES), help="--suite autoattack: which models"
+    )
     parser.add_argument("--steps", type=int, default=20, help="--suite resnet: attack steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
