@@ -18,7 +18,9 @@ range), writes the entry and its new nodes (2 on average) in one serialized tran
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -401,12 +403,30 @@ class Ledger(ABC):
         return count
 
 
-def read_jsonl(path: Path) -> list[StoredRow]:
-    """Entries of an exported JSONL file, as stored rows (positions are line numbers)."""
+def read_regular_file(path: Path) -> bytes:
+    """A regular file's bytes, its type checked on the descriptor before reading.
+
+    Opened with O_NONBLOCK, so a FIFO neither hangs the open nor the read; a device such as
+    ``/dev/zero`` or a socket is refused the same way. LedgerInputError names the problem.
+    """
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise LedgerInputError(f"{path}: cannot read: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LedgerInputError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        data = handle.read(info.st_size + 1)
+    if len(data) > info.st_size:
+        raise LedgerInputError(f"{path}: the file grew while being read")
+    return data
+
+
+def read_jsonl(path: Path) -> list[StoredRow]:
+    """Entries of an exported JSONL file, as stored rows (positions are line numbers)."""
+    data = read_regular_file(Path(path))
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

@@ -257,9 +257,12 @@ def export_tiles(
             raise LedgerInputError(
                 f"{directory}: holds the tiles of another log ({previous.origin})"
             )
-        if previous.size > checkpoint.size or (
-            root_from_leaf_hashes(leaves[: previous.size]) != previous.root
-        ):
+        if previous.size > checkpoint.size:
+            raise LedgerInputError(
+                f"{directory}: the published checkpoint (size {previous.size}) is newer than the"
+                f" one to publish (size {checkpoint.size}); a mirror never goes back"
+            )
+        if root_from_leaf_hashes(leaves[: previous.size]) != previous.root:
             raise LedgerIntegrityError(
                 f"{directory}: the published checkpoint (size {previous.size}) is not a prefix of"
                 " the log: its history was rewritten since the last export"

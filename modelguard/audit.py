@@ -88,6 +88,7 @@ __all__ = [
     "revocation_for",
     "revoke",
     "sign_checkpoint",
+    "signed_name",
     "verify_ledger",
 ]
 
@@ -143,9 +144,16 @@ def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) ->
     with open_audit_ledger(ledger_url) as log, _mapped_errors():
         entries = log.append_many(events)
     url = resolve_ledger_url(ledger_url)
-    if _sqlite_path(url) is not None or note_key_path(url).exists():
+    key = note_key_path(url)
+    if key.exists() and not _holds_private_key(key):
+        return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
+    if _sqlite_path(url) is not None or key.exists():
         sign_checkpoint(url)
     return entries
+
+
+def _holds_private_key(path: Path) -> bool:
+    return _read_key_text(path).startswith("PRIVATE+KEY+")
 
 
 def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
@@ -161,6 +169,12 @@ def find_sign_entry(payload_digest: str, ledger_url: str | None = None) -> Entry
     """The newest ``sign`` entry for this signature bundle digest ("sha256:<hex>")."""
     found = _query(ledger_url, kind="sign", payload_digest=payload_digest)
     return found[-1] if found else None
+
+
+def signed_name(root: str, ledger_url: str | None = None) -> str | None:
+    """The name the newest ``sign`` entry for this layer root gives the model, if any."""
+    found = _query(ledger_url, kind="sign", subject={"root": normalize_digest(root)})
+    return found[-1].subject.get("name") if found else None
 
 
 def normalize_digest(value: str) -> str:

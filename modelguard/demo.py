@@ -28,6 +28,7 @@ from modelguard.keys import (
     key_id,
     load_private_key,
     load_public_key,
+    public_pem,
     write_keypair,
 )
 from modelguard.manifest import build_manifest
@@ -99,6 +100,24 @@ def stage_train(ctx: DemoContext) -> None:
         f"{ctx.heading('Train')} a small CNN on {len(train)} bundled digits in {seconds:.1f} s: "
         f"test accuracy {clean:.1%}; exported to {ctx.path('model')} "
         "(model.onnx, model.safetensors, modelguard.json)"
+    )
+
+
+def stage_card(ctx: DemoContext) -> None:
+    """What `modelguard card` does for your own architecture, on the demo's model."""
+    from modelguard.modelcard import write_card
+
+    normalization = {"mean": [zoo.DIGITS_MEAN], "std": [zoo.DIGITS_STD]}
+    result = write_card(ctx.path("model"), factory="modelguard.zoo:digits_cnn",
+                        input_shape=(1, 8, 8), normalization=normalization,
+                        name="digits-cnn", version="1", force=True)  # fmt: skip
+    ctx.summary["card"] = result.to_dict()
+    ctx.say(
+        f"{ctx.heading('Model card')} rewritten the way `modelguard card` does for your own "
+        f"model: weights load strictly into {result.card.factory}, model.onnx computes the same "
+        f"logits (max |diff| {result.parity_max_abs_diff:.1g}), inputs in {result.card.input_range} "
+        f"normalized inside the model (mean {zoo.DIGITS_MEAN}, std {zoo.DIGITS_STD}); see "
+        "docs/modelcard.md"
     )
 
 
@@ -237,6 +256,34 @@ def stage_ledger(ctx: DemoContext) -> None:
     for line in checkpoint.strip().splitlines():
         ctx.say(f"     {line}")
     ctx.say(f"   inclusion proof of entry #{last.index} checked offline against it: ok")
+    refused = gate_on_a_truncated_copy(ctx)
+    ctx.summary["ledger"]["truncated_copy_refused"] = refused
+    ctx.say(
+        "   the gate (pinned ledger key, trust state) on a copy with its newest entry deleted"
+        f" and the checkpoint rows cut: {'[red]refused[/]' if refused else 'accepted (unexpected!)'}"
+    )
+
+
+def gate_on_a_truncated_copy(ctx: DemoContext) -> bool:
+    """Gate once (the trust state learns the log), then again on a copy cut by one entry."""
+    import sqlite3
+
+    public = ctx.artifacts["public_key"]
+    first = verify_model(
+        ctx.path("model"), policy=ctx.gate_policy(public), ledger_url=ctx.ledger_url,
+        require_ledger=True,
+    )  # fmt: skip
+    copy = ctx.path("ledger", "truncated.db")
+    with sqlite3.connect(ctx.path("ledger", "ledger.db")) as source, sqlite3.connect(copy) as cut:
+        source.backup(cut)
+        size = cut.execute("SELECT MAX(idx) FROM ledger_entries").fetchone()[0]
+        cut.execute("DELETE FROM ledger_entries WHERE idx = ?", (size,))
+        cut.execute("DELETE FROM ledger_checkpoints WHERE tree_size > ?", (size,))
+    second = verify_model(
+        ctx.path("model"), policy=ctx.gate_policy(public), ledger_url=f"sqlite:///{copy}",
+        require_ledger=True,
+    )  # fmt: skip
+    return first.ok and not second.ok
 
 
 def stage_transparency(ctx: DemoContext) -> None:
@@ -495,8 +542,130 @@ def stage_gate(ctx: DemoContext) -> None:
         ctx.say(f"   {name:<14} {verdict}")
 
 
+def stage_audits(ctx: DemoContext) -> None:
+    import copy
+
+    from modelguard.anomaly import probe_agreement, tensor_change_report
+    from modelguard.audits.attestation import audits_dir_for
+    from modelguard.audits.membership import MembershipConfig, run_membership_audit
+    from modelguard.audits.poisoning import PoisoningConfig, run_poisoning_audit
+    from modelguard.modelcard import load_model_dir
+    from modelguard.policy import parse_policy
+    from modelguard.robustness.attacks import build_attack
+
+    key, model_dir = ctx.artifacts["signing_key"], ctx.path("model")
+    ctx.say(f"{ctx.heading('Audit')} the model and its data (small budgets; docs/audits.md):")
+    model, card = load_model_dir(model_dir)
+    _, test = digits_split(DEMO_SEED)
+    x, y = torch.from_numpy(test.x[:200]), torch.from_numpy(test.y[:200])
+    rows = {}
+    for name, params in (("pgd", {}), ("advgan", {"epochs": 4, "train_limit": 600})):
+        attack = build_attack(name, model, eps=0.2, seed=DEMO_SEED, **params)
+        if name == "advgan":
+            attack(x[:1], y[:1])  # train the generator first: time per example once trained
+        started = time.perf_counter()
+        with torch.no_grad():
+            fooled = model(attack(x, y)).argmax(1) != y
+        rows[name] = {
+            "success_rate": float(fooled.float().mean()),
+            "ms_per_example": 1000 * (time.perf_counter() - started) / len(y),
+            "train_seconds": round(getattr(attack, "train_seconds", 0.0), 1),
+        }
+    ctx.say(
+        f"   AdvGAN (generator trained {rows['advgan']['train_seconds']} s) at eps 0.2: "
+        f"success {rows['advgan']['success_rate']:.0%} at {rows['advgan']['ms_per_example']:.3f} "
+        f"ms/example; PGD {rows['pgd']['success_rate']:.0%} at "
+        f"{rows['pgd']['ms_per_example']:.3f} ms/example"
+    )
+    poisoning = run_poisoning_audit(
+        "digits:train",
+        PoisoningConfig(
+            folds=3,
+            limit=600,
+            simulate_flip=0.1,
+            seed=DEMO_SEED,
+            retrain=True,
+            test="digits",
+            retrain_epochs=60,
+        ),
+        ctx.path("poisoning-audit"),
+        arch="digits_mlp",
+        epochs=20,
+        key=key,
+        ledger_url=ctx.ledger_url,
+    )
+    p = poisoning.document["summary"]
+    ctx.say(
+        f"   poisoning: flipped 10% of 600 labels; confident learning flagged {p['flagged']} "
+        f"(precision {p['precision']:.0%}, recall {p['recall']:.0%}); retrained accuracy "
+        + ", ".join(f"{k} {v:.1%}" for k, v in p["retrain"].items())
+    )
+    membership = run_membership_audit(
+        model_dir,
+        "digits:train",
+        "digits",
+        MembershipConfig(reference_models=2, limit=300, seed=DEMO_SEED),
+        audits_dir_for(model_dir),
+        epochs=15,
+        key=key,
+        ledger_url=ctx.ledger_url,
+    )
+    m = membership.document["summary"]
+    ctx.say(
+        f"   membership inference on the model: ROC AUC {m['auc']:.3f} ({m['strongest_attack']}), "
+        f"TPR at 1% FPR {m['tpr_at_0.01_fpr']:.1%}; attestation signed, ledgered"
+    )
+    edited = copy.deepcopy(model)
+    last = [m for m in edited.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1.3)  # a hand edit of one layer, as a trojan insertion would
+    tuned = train_classifier(
+        copy.deepcopy(model), digits_split(DEMO_SEED)[0].subset(300), epochs=1, lr=2e-4, seed=1
+    )
+    flagged = {}
+    for name, net in (("model-edited", edited), ("model-tuned", tuned)):
+        export_model_dir(
+            net,
+            ctx.path(name),
+            factory=card.factory,
+            kwargs=card.kwargs,
+            input_shape=card.input_shape,
+            classes=card.classes,
+            name=card.name,
+            version="2",
+        )
+        report = tensor_change_report(model_dir, ctx.path(name))
+        agreement = probe_agreement(model_dir, ctx.path(name), "digits")["agreement"]
+        flagged[name] = sorted({t.layer for t in report.outliers})
+        ctx.say(
+            f"   diff model {name} --stats: outlier layers {flagged[name] or 'none'}; "
+            f"prediction agreement {agreement:.1%}"
+        )
+    signer = {"name": "demo", "public_key_pem": public_pem(ctx.artifacts["public_key"]).decode()}
+    policy = parse_policy(
+        {"signers": [signer], "audit": {"membership": {"max_auc": 0.6}}}, source="demo"
+    )
+    verdict = verify_model(model_dir, policy=policy)
+    ctx.say(
+        "   gate \\[audit.membership] max_auc = 0.6 on model: "
+        + (
+            "[green]accepted[/]"
+            if verdict.ok
+            else "[red]refused[/]: " + "; ".join(verdict.failures)
+        )
+    )
+    ctx.summary["audits"] = {
+        "advgan_vs_pgd": rows,
+        "poisoning": p,
+        "membership": m,
+        "diff_outlier_layers": flagged,
+        "gate_ok": verdict.ok,
+    }
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
+    ("card", stage_card),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
     ("bind", stage_bind),
@@ -504,6 +673,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("evaluate", stage_evaluate),
     ("harden", stage_harden),
     ("gate", stage_gate),
+    ("audits", stage_audits),
     ("ledger", stage_ledger),
     ("transparency", stage_transparency),
 ]

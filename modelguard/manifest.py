@@ -312,7 +312,7 @@ def open_model(
     *,
     allow_symlinks: bool = False,
     ignore_paths: Sequence[str] = (),
-    private: bool = False,
+    private: bool | Callable[[str], bool] = False,
 ) -> ModelFiles:
     """List the model's files once and return them as a :class:`ModelFiles` (opened on first use).
 

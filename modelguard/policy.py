@@ -30,6 +30,12 @@ A policy file (see docs/policy.md)::
     [ledger]                           # used by verify/run --require-ledger
     key = "keys/ledger.note.pub"       # the ledger's checkpoint (note) public key, or a list
     state = "ledger-state"             # where the gate keeps the last checkpoint it accepted
+    witnesses = ["keys/w1.pub", "keys/w2.pub"]  # witness cosignature keys (files or vkeys)
+    witness_quorum = 2                 # a checkpoint needs this many valid cosignatures
+    [audit.poisoning]                  # checked by the audit hook (docs/audits.md)
+    max_issue_rate = 0.05
+    [audit.membership]
+    max_auc = 0.6
 """
 
 from __future__ import annotations
@@ -58,8 +64,9 @@ _TOP_KEYS = {
     "signers",
     "certificate",
     "ledger",
+    "audit",
 }
-_LEDGER_KEYS = {"key", "state"}
+_LEDGER_KEYS = {"key", "state", "witnesses", "witness_quorum"}
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
 _CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required", "estimate"}
 _AGE = re.compile(r"(\d+)\s*([smhd]?)")
@@ -124,9 +131,16 @@ class LedgerTrust:
 
     keys: tuple[str, ...] = ()
     state: Path | None = None
+    witnesses: tuple[str, ...] = ()  # witness keys (files or vkeys), for witness_quorum
+    witness_quorum: int = 0  # valid witness cosignatures a checkpoint needs
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "state": str(self.state) if self.state else None}
+        return {
+            "keys": list(self.keys),
+            "state": str(self.state) if self.state else None,
+            "witnesses": list(self.witnesses),
+            "witness_quorum": self.witness_quorum,
+        }
 
 
 _certificate_check: CertificateCheck | None = None
@@ -149,6 +163,74 @@ def certificate_check() -> CertificateCheck | None:
 
 
 @dataclass(frozen=True)
+class AuditRequirement:
+    """One ``[audit.NAME]`` table: the model's signed NAME audit must stay under ``limit``."""
+
+    audit: str  # "poisoning" | "membership"
+    metric: str  # "issue_rate" | "auc"
+    limit: float
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "audit": self.audit,
+            f"max_{self.metric}": self.limit,
+            "required": self.required,
+        }
+
+
+class AuditCheck(Protocol):
+    """(requirement, model path, the policy's trusted keys) -> failure reasons; empty =
+    satisfied. ``model_root``: the layer root of the bytes that verified, which the
+    attestation must be bound to (None: nothing verified, so the check fails)."""
+
+    def __call__(
+        self,
+        requirement: AuditRequirement,
+        model: Path,
+        trusted: Sequence[PublicKey],
+        /,
+        *,
+        model_root: str | None = None,
+    ) -> list[str]: ...
+
+
+_AUDIT_LIMITS = {"poisoning": "issue_rate", "membership": "auc"}
+_audit_check: AuditCheck | None = None
+
+
+def set_audit_check(check: AuditCheck | None) -> None:
+    """Install the audit-attestation check (modelguard.audits.gate registers itself)."""
+    global _audit_check
+    _audit_check = check
+
+
+def audit_check() -> AuditCheck:
+    """The installed check; the first call loads modelguard's own (audits.gate, torch-free)."""
+    if _audit_check is None:
+        import modelguard.audits.gate  # noqa: F401  (installs itself)
+    assert _audit_check is not None
+    return _audit_check
+
+
+def _audits(table: object, source: str) -> tuple[AuditRequirement, ...]:
+    if not isinstance(table, Mapping) or set(table) - set(_AUDIT_LIMITS):
+        raise _fail(f"[audit] holds only the tables {sorted(_AUDIT_LIMITS)}", source)
+    out = []
+    for audit, entry in table.items():
+        metric = _AUDIT_LIMITS[audit]
+        if not isinstance(entry, Mapping) or set(entry) - {f"max_{metric}", "required"}:
+            raise _fail(f"[audit.{audit}] takes max_{metric} and required", source)
+        limit, required = entry.get(f"max_{metric}"), entry.get("required", True)
+        if not isinstance(limit, int | float) or isinstance(limit, bool) or not 0 <= limit <= 1:
+            raise _fail(f"[audit.{audit}] max_{metric} must be a number in [0, 1]", source)
+        if not isinstance(required, bool):
+            raise _fail(f"[audit.{audit}] required must be true or false", source)
+        out.append(AuditRequirement(audit, metric, float(limit), required))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Policy:
     signers: tuple[TrustedSigner, ...]
     threshold: int = 1
@@ -159,6 +241,7 @@ class Policy:
     certificate: CertificateRequirement | None = None
     ledger: LedgerTrust | None = None
     source: str = "<policy>"
+    audits: tuple[AuditRequirement, ...] = ()
 
     @property
     def trusted_keys(self) -> list[PublicKey]:
@@ -185,6 +268,7 @@ class Policy:
             "model_name": self.model_name_pattern,
             "certificate": self.certificate.to_dict() if self.certificate else None,
             "ledger": self.ledger.to_dict() if self.ledger else None,
+            "audit": [a.to_dict() for a in self.audits],
         }
 
 
@@ -282,9 +366,17 @@ def _ledger(table: object, base: Path | None, source: str) -> LedgerTrust:
     state = table.get("state")
     if state is not None and (not isinstance(state, str) or not state):
         raise _fail("[ledger] state must be a directory path", source)
+    witnesses = table.get("witnesses", [])
+    if not isinstance(witnesses, list) or not all(isinstance(w, str) and w for w in witnesses):
+        raise _fail("[ledger] witnesses must be a list of witness key files or keys", source)
+    quorum = table.get("witness_quorum", len(witnesses))
+    if not isinstance(quorum, int) or isinstance(quorum, bool) or not 0 <= quorum <= len(witnesses):
+        raise _fail(f"[ledger] witness_quorum must be an integer 0..{len(witnesses)}", source)
     return LedgerTrust(
         keys=tuple(_resolve(k, base) for k in keys),
         state=Path(_resolve(state, base)) if state else None,
+        witnesses=tuple(_resolve(w, base) for w in witnesses),
+        witness_quorum=quorum,
     )
 
 
@@ -297,8 +389,8 @@ def with_ledger_trust(
     current = policy.ledger or LedgerTrust()
     return replace(
         policy,
-        ledger=LedgerTrust(
-            keys=tuple(str(k) for k in keys) or current.keys, state=state or current.state
+        ledger=replace(
+            current, keys=tuple(str(k) for k in keys) or current.keys, state=state or current.state
         ),
     )
 
@@ -364,6 +456,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = No
         certificate=_certificate(data["certificate"], source) if "certificate" in data else None,
         ledger=_ledger(data["ledger"], base, source) if "ledger" in data else None,
         source=source,
+        audits=_audits(data["audit"], source) if "audit" in data else (),
     )
 
 

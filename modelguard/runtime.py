@@ -10,13 +10,16 @@ Typical use (``keys`` trusted signer public keys, ``identity`` an X25519 private
                            identity=identity)
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
 
-Order of operations, never relaxed: (1) the container is opened (its file handle pins what
-gets read), (2) :func:`modelguard.signing.model.verify_model` checks signatures, every file
-digest, the policy and, when asked, ledger inclusion, revocation and rollback, (3) only then is
-the data key unwrapped, the header's plaintext layer root recomputed from the manifest in the
-index, and every tensor decrypted straight into memory and checked against its signed digest,
-(4) the graph goes to ``InferenceSession`` as bytes and the weights as OrtValues through
-``SessionOptions.add_external_initializers``. Nothing plaintext is written anywhere: no
+Order of operations, never relaxed (docs/runtime.md): (1)
+:func:`modelguard.signing.model.verify_and_hold` reads every file once into private memory
+and verifies those buffers (signatures bound to this target, every file, tensor and structure
+digest, the policy and, when asked, ledger inclusion, revocation and rollback), (2)
+:func:`session_from_verified` builds the session from the held buffers only: containers are
+unlocked (data key, header root recomputed from the index) and every tensor decrypted straight
+into memory and checked against its signed digest; a plaintext graph is rebuilt with no file
+reference left, (3) the graph goes to ``InferenceSession`` as bytes and the weights as
+OrtValues through ``SessionOptions.add_external_initializers``. No path reaches ONNX Runtime
+and no model path is opened after verification. Nothing plaintext is written anywhere: no
 optimized-model file, no engine cache.
 """
 
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from modelguard.errors import BadInputError, FormatError, VerificationError
+from modelguard.errors import BadInputError, FormatError, UnsafeModelError, VerificationError
 from modelguard.hashing import new_hasher
 
 CPU = "CPUExecutionProvider"
@@ -164,6 +167,7 @@ def _verify(
     allow_rollback: bool,
 ) -> Any:
     """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
+    from modelguard.formats import onnx_runtime_reads
     from modelguard.signing.model import verify_and_hold
 
     if signature is None and policy is None and not keys:
@@ -178,6 +182,7 @@ def _verify(
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        private=onnx_runtime_reads,  # a safetensors copy beside the ONNX file is only hashed
     )
 
 
@@ -233,6 +238,12 @@ def _open_encrypted(
     target = _onnx_member(files, path, encrypted=True)
     onnx_rel = target.removesuffix(SUFFIX)
     containers = [rel for rel in files.members if files.single or rel.endswith(SUFFIX)]
+    shared = [rel for rel in containers if not files.is_private(rel)]
+    if shared:  # a mapping could change after verification: decrypt only private copies
+        raise UnsafeModelError(
+            "not held in private memory: load only what verify_and_hold returned",
+            path=str(files.root / shared[0]),
+        )
     with contextlib.ExitStack() as stack:
         # (3) the containers' bytes are the verified private buffers: nothing is re-opened
         readers = [
@@ -310,25 +321,46 @@ def _open_encrypted(
     )
 
 
+def _graph_from_files(files: Any, rel: str, options: Any) -> tuple[bytes, list[Any], list[Any]]:
+    """Graph bytes for the ONNX file ``rel`` of verified private buffers; its weights are added
+    to ``options`` as OrtValues over that memory. Returns (graph, OrtValues, arrays): keep the
+    last two alive as long as the session."""
+    from modelguard.formats.onnx import runtime_graph
+
+    graph, memory = runtime_graph(
+        files.root / rel, root=files.root, files=files, keep=lambda t: in_memory_dtype(t.dtype)
+    )
+    arrays = [_verified_array(t.read(), t.dtype, t.shape) for t in memory]
+    values = [_ort_value(array, t.dtype) for array, t in zip(arrays, memory, strict=True)]
+    if memory:
+        options.add_external_initializers([t.name for t in memory], values)
+    return graph, values, arrays
+
+
+def session_from_files(
+    files: Any, rel: str, *, options: Any = None, providers: Sequence[str] = (CPU,)
+) -> Any:
+    """An ``InferenceSession`` for the ONNX file ``rel`` of a verified model's private buffers
+    (``VerifiedModel.files``): graph as bytes, weights in place; no path is opened."""
+    import onnxruntime as ort
+
+    options = options if options is not None else session_options()
+    graph, values, arrays = _graph_from_files(files, rel, options)
+    session = ort.InferenceSession(graph, options, providers=list(providers))
+    session._modelguard = [values, arrays, files]  # the weights' memory lives with the session
+    return session
+
+
 def _open_plaintext(
     path: Path, verified: Any, providers: list[str], started: float
 ) -> VerifiedSession:
     """ONNX Runtime gets the graph as bytes and every tensor from the verified buffers."""
     import onnxruntime as ort
 
-    from modelguard.formats.onnx import runtime_graph
-
     verified_at = time.perf_counter()
     files = verified.files
-    target = _onnx_member(files, path, encrypted=False)
-    graph, memory = runtime_graph(
-        files.root / target, root=files.root, files=files, keep=lambda t: in_memory_dtype(t.dtype)
-    )
-    arrays = [_verified_array(t.read(), t.dtype, t.shape) for t in memory]
     options = session_options()
-    values = [_ort_value(array, t.dtype) for array, t in zip(arrays, memory, strict=True)]
-    if memory:
-        options.add_external_initializers([t.name for t in memory], values)
+    graph, values, arrays = _graph_from_files(files, _onnx_member(files, path, False), options)
     loaded_at = time.perf_counter()
     session = ort.InferenceSession(graph, options, providers=providers)
     manifest = verified.manifest

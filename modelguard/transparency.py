@@ -44,6 +44,7 @@ from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationErr
 from modelguard.safeio import MAX_KEY_BYTES, open_regular, read_all
 
 if TYPE_CHECKING:
+    from modelguard.policy import Policy
     from modelguard.signing.model import VerificationReport
 
 __all__ = [
@@ -165,6 +166,14 @@ def require_witness_quorum(
         return require_cosignatures(note, witnesses, quorum)
 
 
+def policy_witness_reasons(note: str, policy: Policy | None) -> list[str]:
+    """Refusal reasons for a (log-verified) checkpoint under the policy's witness quorum."""
+    trust = policy.ledger if policy is not None else None
+    if trust is None or trust.witness_quorum <= 0:
+        return []
+    return witness_quorum_reasons(note, trust.witnesses, trust.witness_quorum)
+
+
 def init_witness(state: Path, name: str, log_keys: Sequence[str | Path]) -> dict[str, Any]:
     """Create (or extend with more trusted logs) a witness state directory."""
     verifiers: list[NoteVerifier] = [load_note_verifier(p) for p in log_keys]
@@ -284,36 +293,39 @@ class ProofCheck:
 
 def check_entry_proof(
     proof_file: Path,
-    log_keys: Sequence[str | Path],
+    log_keys: Sequence[NoteVerifier],
     witness_keys: Sequence[CosignerVerifier] = (),
     quorum: int = 0,
 ) -> ProofCheck:
     """Offline: the entry a tlog proof file carries, proven against the log's key(s) and a
     witness quorum. LedgerVerificationError (exit 1) when anything fails to verify."""
     if not log_keys:
-        raise BadInputError("checking a ledger proof needs the ledger's public key (--ledger-key)")
-    verifiers = [load_note_verifier(p) for p in log_keys]
+        raise BadInputError(
+            "checking a ledger proof needs the ledger's public key (--ledger-key, policy"
+            " [ledger] key, or $MODELGUARD_LEDGER_KEY)"
+        )
     text = read_text_file(proof_file, max_size=MAX_PROOF_BYTES, what="ledger proof")
     with mapped_errors():
-        entry, checkpoint = verify_entry_proof(text, verifiers, witness_keys, quorum)
+        entry, checkpoint = verify_entry_proof(text, log_keys, witness_keys, quorum)
         names = require_cosignatures(TlogProof.from_text(text).checkpoint, witness_keys, 0)
     return ProofCheck(entry, checkpoint, tuple(names))
 
 
-def check_signature_proof(
-    report: VerificationReport,
-    proof_file: Path,
-    log_keys: Sequence[str | Path],
-    witness_keys: Sequence[CosignerVerifier] = (),
-    quorum: int = 0,
-) -> None:
+def check_signature_proof(report: VerificationReport, proof_file: Path, policy: Policy) -> None:
     """``verify --ledger-proof``: the proof must show a ``sign`` entry for a verified signature.
 
-    The entry's payload digest must be the SHA-256 of a bundle this verification read and
-    verified (the same bytes), so a proof for another signature, or another log, fails.
+    Trust: the ledger key(s) the gate would use (``--ledger-key``, policy ``[ledger] key``,
+    ``$MODELGUARD_LEDGER_KEY``) and the policy's witness quorum. The entry's payload digest
+    must be the SHA-256 of a bundle this verification read and verified (the same bytes), so
+    a proof for another signature, or another log, fails.
     """
+    from modelguard.signing.ledger_check import trusted_ledger_keys
+
+    trust = policy.ledger
+    witnesses = load_witness_keys(trust.witnesses) if trust else []
+    quorum = trust.witness_quorum if trust else 0
     try:
-        checked = check_entry_proof(proof_file, log_keys, witness_keys, quorum)
+        checked = check_entry_proof(proof_file, trusted_ledger_keys(policy), witnesses, quorum)
     except LedgerVerificationError as error:
         report.check("ledger", False, f"ledger proof {proof_file}: {error}", "ledger")
         return

@@ -13,6 +13,8 @@ import click
 from rich.console import Console
 
 from modelguard import transparency
+from modelguard.audit import load_note_verifier
+from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, json_option
 
 
@@ -34,8 +36,11 @@ def prove_command(
 @click.command("check-tlog-proof")
 @click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
+    "--ledger-key",
     "--key",
     "public_keys",
+    cls=AliasOption,
+    hidden_aliases=("--key",),
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Trusted public note key of the log; repeatable.",
@@ -60,7 +65,8 @@ def check_tlog_proof(
 ) -> None:
     """Offline: check a tlog proof's checkpoint, cosignatures and inclusion (exit 1 if not)."""
     witnesses = transparency.load_witness_keys(witness_keys)
-    checked = transparency.check_entry_proof(proof_file, public_keys, witnesses, quorum)
+    log_keys = [load_note_verifier(p) for p in public_keys]
+    checked = transparency.check_entry_proof(proof_file, log_keys, witnesses, quorum)
 
     def human(console: Console) -> None:
         cosigned = f", cosigned by {', '.join(checked.witnesses)}" if checked.witnesses else ""

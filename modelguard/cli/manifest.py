@@ -3,6 +3,7 @@
 $ modelguard manifest model_dir/ --hash blake3
 $ modelguard manifest model.onnx --json > manifest.json
 $ modelguard diff model.onnx tampered.onnx; echo $?    # 1: they differ
+$ modelguard diff v1/ v2/ --stats --probe digits --max-relative-change 0.5   # gate an update
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from modelguard.anomaly import AnomalyReport, probe_agreement, tensor_change_report
 from modelguard.cli.output import emit, json_option, progress
 from modelguard.hashing import DEFAULT_HASH, HASH_ALGORITHMS
 from modelguard.manifest import Manifest, ManifestDiff, build_manifest, diff_models
@@ -157,10 +159,59 @@ def _render_diff(out: Console, result: ManifestDiff, a: Path, b: Path) -> None:
         out.print(table)
 
 
-@click.command("diff", epilog="Exit code: 0 identical, 1 they differ, 2 bad or unsafe input.")
+def _render_stats(out: Console, report: AnomalyReport) -> None:
+    table = Table(title="per-tensor change (outlier: robust z of log relative change)")
+    for column in (
+        "file",
+        "tensor",
+        "std a→b",
+        "sparsity a→b",
+        "max |Δ|",
+        "L2(Δ)",
+        "relative",
+        "z",
+    ):
+        table.add_column(column)
+    for t in report.tensors:
+        table.add_row(
+            t.file,
+            f"[red]{t.name}[/red]" if t.outlier else t.name,
+            f"{t.a.std:.3g}→{t.b.std:.3g}",
+            f"{t.a.sparsity:.2f}→{t.b.sparsity:.2f}",
+            _number(t.max_abs_change),
+            _number(t.l2_change),
+            _number(t.relative_change),
+            f"{t.score:.1f}",
+        )
+    out.print(table)
+    layers = sorted({t.layer for t in report.outliers})
+    out.print(f"outlier layers: {', '.join(layers) if layers else 'none'}", markup=False)
+    if report.probe is not None:
+        p = report.probe
+        out.print(
+            f"prediction agreement on {p['data']['name']}: {p['agreement']:.4f} "
+            f"({p['disagreements']} of {p['data']['count']} differ)"
+        )
+    for failure in report.gate_failures:
+        out.print(f"[red]gate[/red]: {failure}")
+
+
+@click.command(
+    "diff",
+    epilog="Exit code: 0 identical, 1 they differ, 2 bad or unsafe input. With "
+    "--max-relative-change: 0 when B is an acceptable update of A, 1 when the gate fails.",
+)
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @_hash_options
+@click.option("--stats", is_flag=True, help="Per-tensor statistics and outlier changes.")
+@click.option("--probe", metavar="DATA", help="Prediction agreement of both ONNX graphs on DATA.")
+@click.option(
+    "--max-relative-change",
+    type=click.FloatRange(min=0),
+    help="Gate: exit 1 when a tensor changes by more (relative), is an outlier, or appears, "
+    "vanishes or is reshaped, or the structure changed; else exit 0.",
+)
 @json_option
 @click.pass_context
 def diff(
@@ -171,9 +222,16 @@ def diff(
     allow_symlinks: bool,
     ignore_paths: tuple[str, ...],
     threads: int | None,
+    stats: bool,
+    probe: str | None,
+    max_relative_change: float | None,
     as_json: bool,
 ) -> None:
-    """Compare two models: files and tensors added, removed, changed (with max-abs and L2), structure."""
+    """Compare two models: files and tensors added, removed, changed (with max-abs and L2), structure.
+
+    --stats adds per-tensor statistics and flags tensors whose change is an outlier against
+    the others (the single-layer edit of a trojan insertion; docs/audits.md).
+    """
     result = diff_models(
         a,
         b,
@@ -182,10 +240,26 @@ def diff(
         ignore_paths=ignore_paths,
         threads=threads,
     )
-    emit(
-        {"a": str(a), "b": str(b), **result.to_dict()},
-        as_json,
-        lambda out: _render_diff(out, result, a, b),
-    )
+    report = None
+    if stats or probe or max_relative_change is not None:
+        report = tensor_change_report(a, b)
+        if probe:
+            report.probe = probe_agreement(a, b, probe)
+        if max_relative_change is not None:
+            report.apply_gate(max_relative_change)
+            report.gate_failures += [f"{p}: structure changed" for p in result.structure_changed]
+    document = {"a": str(a), "b": str(b), **result.to_dict()}
+    if report is not None:
+        document["stats"] = report.to_dict()
+
+    def human(out: Console) -> None:
+        _render_diff(out, result, a, b)
+        if report is not None:
+            _render_stats(out, report)
+
+    emit(document, as_json, human)
+    if max_relative_change is not None:
+        assert report is not None
+        ctx.exit(1 if report.gate_failures else 0)
     if not result.identical:
         ctx.exit(1)

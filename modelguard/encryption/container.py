@@ -437,13 +437,8 @@ class ContainerReader:
         self._handle: Any = None
         self._map: mmap.mmap | memoryview | None = None
         if data is None:
-            try:
-                # Regular files only, checked on the descriptor that is then mapped.
-                self._handle = open_regular(path, what="container")
-            except OSError as error:
-                raise FormatError(
-                    f"cannot read container: {error.strerror}", path=self._where
-                ) from None
+            # Regular files only, checked on the descriptor that is then mapped (no FIFO hang).
+            self._handle = open_regular(path, what="container")
         try:
             if data is None:
                 self._size = os.fstat(self._handle.fileno()).st_size

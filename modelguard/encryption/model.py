@@ -204,6 +204,7 @@ def plan_model(
                 root=root,
                 files=files,
                 keep=lambda t: in_memory_dtype(t.dtype),
+                loading=False,  # written into the container; loaded only after verification
             )
         plans.append(
             FilePlan(
@@ -333,13 +334,15 @@ def encrypt_model(
         )
         signature = Path(signed.signature_path)
         if record:
-            from modelguard.audit import record_event
+            from modelguard.audit import record_event, signed_name
 
             # Links the plaintext model, under the root its own signature records (signature
-            # files left out, as sign_model does), to the signed container in the ledger.
+            # files left out, as sign_model does), to the signed container in the ledger; the
+            # model keeps the name it was signed with unless --name renames it.
+            root = signed_model_root(source, manifest)
             subject = {
-                "name": name or target.resolve().name,
-                "root": signed_model_root(source, manifest),
+                "name": name or signed_name(root, ledger_url) or target.resolve().name,
+                "root": root,
             }
             if version is not None:
                 subject["version"] = version
@@ -373,18 +376,19 @@ def encrypt_model(
 
 def container_files(path: Path) -> list[tuple[str, Path]]:
     """(plaintext relative path, container path) for a container file or directory."""
-    if path.is_file():
-        return [(path.name.removesuffix(SUFFIX), path)]
     if not path.is_dir():
-        raise BadInputError(f"no such file or directory: {path}")
+        if not path.exists():
+            raise BadInputError(f"no such file or directory: {path}")
+        return [(path.name.removesuffix(SUFFIX), path)]  # its type is checked when opened
     found = []
     for item in sorted(path.rglob("*")):
         if item.is_symlink():
             raise BadInputError(f"{item}: symlinks are not followed in encrypted models")
-        if item.is_file():
-            if not item.name.endswith(SUFFIX):
-                continue  # e.g. the signature next to the containers
-            found.append((item.relative_to(path).as_posix().removesuffix(SUFFIX), item))
+        if item.is_dir() or not item.name.endswith(SUFFIX):
+            continue  # e.g. the signature next to the containers
+        if not item.is_file():
+            raise BadInputError("container is not a regular file", path=str(item))
+        found.append((item.relative_to(path).as_posix().removesuffix(SUFFIX), item))
     if not found:
         raise FormatError(f"no {SUFFIX} containers in {path}")
     return found
@@ -393,9 +397,10 @@ def container_files(path: Path) -> list[tuple[str, Path]]:
 def is_encrypted(path: Path) -> bool:
     """True when ``path`` is a container or a directory holding containers."""
     if path.is_file():
-        with open(path, "rb") as handle:
-            from modelguard.encryption.container import MAGIC
+        from modelguard.encryption.container import MAGIC
+        from modelguard.safeio import open_regular
 
+        with open_regular(path, what="model file") as handle:
             return handle.read(len(MAGIC)) == MAGIC
     return path.is_dir() and any(p.name.endswith(SUFFIX) for p in path.rglob("*"))
 

@@ -126,10 +126,15 @@ def _map_handle(handle: BinaryIO, where: str) -> memoryview:
 
 
 def _read_handle(handle: BinaryIO, where: str) -> memoryview:
-    """The whole file copied into private memory through the open descriptor (size from fstat)."""
+    """The whole file copied into private memory through the open descriptor (size from fstat).
+
+    The memory is an anonymous mapping: page-aligned, so tensors at aligned file offsets can be
+    handed to ONNX Runtime in place, and private to this process.
+    """
     size = os.fstat(handle.fileno()).st_size
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+    if size == 0:
+        return memoryview(b"")
+    view = memoryview(mmap.mmap(-1, size))
     got = 0
     while got < size:
         n = handle.readinto(view[got:])  # type: ignore[attr-defined]
@@ -139,6 +144,14 @@ def _read_handle(handle: BinaryIO, where: str) -> memoryview:
     if handle.read(1):
         raise FormatError("file grew while it was being read", path=where)
     return view
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", *_PYTORCH_SUFFIXES)
+
+
+def onnx_runtime_reads(rel: str) -> bool:
+    """False for weights checkpoints (safetensors, PyTorch), which ONNX Runtime never reads."""
+    return not rel.lower().endswith(_CHECKPOINT_SUFFIXES)
 
 
 # Names that are never tensor data: signatures, keys, policies (refused as external data).
@@ -158,8 +171,9 @@ class ModelFiles:
     by path once read. ``members`` is the model's file set (posix paths relative to ``root``);
     ONNX external data must name one of them (for a single-file model, ``members`` is that
     file and external data may name any other confined file). ``private=True`` copies each file
-    into process memory (nothing another process writes afterwards can reach it); otherwise a
-    read-only mmap of the descriptor is kept.
+    into process memory, where nothing another process writes afterwards can reach it (a
+    predicate chooses which files, e.g. :func:`onnx_runtime_reads`); the other files are kept
+    as a read-only mmap of their descriptor (hashed, never to be loaded from).
     """
 
     def __init__(
@@ -169,7 +183,7 @@ class ModelFiles:
         *,
         single: bool = False,
         ignore: Sequence[str] = (),
-        private: bool = False,
+        private: bool | Callable[[str], bool] = False,
         follow_symlinks: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -200,10 +214,17 @@ class ModelFiles:
             cached = self._views.get(rel)
             if cached is not None:
                 return cached
+            if not self.single and rel not in self.members:
+                # a directory model is exactly its listed files: nothing else is ever read
+                raise UnsafeModelError("is not one of the model's files", path=str(self.root / rel))
             view, links = self._open(rel)
             self._views[rel] = view
             self._links[rel] = links
             return view
+
+    def is_private(self, rel: str) -> bool:
+        """True when ``rel`` is (or will be) held as a private copy, safe to load from."""
+        return self.private(rel) if callable(self.private) else self.private
 
     def link_count(self, rel: str) -> int:
         self.view(rel)
@@ -245,7 +266,8 @@ class ModelFiles:
                 shown=shown,
             ) as handle:
                 links = os.fstat(handle.fileno()).st_nlink
-                view = _read_handle(handle, shown) if self.private else _map_handle(handle, shown)
+                private = self.is_private(rel)
+                view = _read_handle(handle, shown) if private else _map_handle(handle, shown)
         finally:
             os.close(directory)
         return view, links

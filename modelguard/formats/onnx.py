@@ -14,16 +14,24 @@
 
 How it reads a file (see docs/formats.md):
 
-1. mmap the file; walk ``ModelProto.graph`` (field 7) -> ``GraphProto.initializer`` (field 5)
-   -> ``TensorProto.raw_data`` (field 9) in the wire format, recording each raw_data byte range
+1. Take the file's buffer from the model's :class:`~modelguard.formats.ModelFiles` (read
+   once); walk ``ModelProto.graph`` (field 7) -> ``GraphProto.initializer`` (field 5) ->
+   ``TensorProto.raw_data`` (field 9) in the wire format, recording each raw_data byte range
    and re-emitting the model without those payloads (so big weights are never copied).
 2. Parse the small stripped model with protobuf; every main-graph initializer becomes a tensor:
-   raw_data (a verbatim file range), external data (a verbatim range of a checked file inside
-   the model directory), or typed repeated fields (decoded to little-endian bytes).
-3. Structure = the stripped model with every tensor-data field, ``data_location`` and
-   ``external_data`` cleared, serialized by protobuf's deterministic serializer: nodes,
-   attributes (Constant values and subgraphs included), inputs/outputs, opsets, metadata and the
-   initializers' names, dtypes and dims, but no weight bytes and no storage layout.
+   raw_data (a verbatim file range), external data (a verbatim range of a checked file of the
+   signed set), or typed repeated fields (decoded to little-endian bytes).
+3. Every other TensorProto (:func:`nested_tensors`: sparse initializers, node attributes,
+   subgraphs at any depth, functions, training graphs) with external data becomes a tensor
+   too, named by its place (``node[0]:value``), under the same confinement rules.
+4. Structure = the stripped model with the main-graph initializers' tensor-data fields,
+   ``data_location`` and ``external_data`` cleared, serialized by protobuf's deterministic
+   serializer: nodes, attributes (Constant values and subgraphs included), inputs/outputs,
+   opsets, metadata and the initializers' names, dtypes and dims, but no main-graph weight
+   bytes and no storage layout.
+
+:func:`runtime_graph` rebuilds the model for ONNX Runtime from the same buffers, with no file
+reference left (docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -325,13 +333,20 @@ def nested_tensors(model: Any) -> Iterator[tuple[str, Any]]:
 class _Walk:
     """One ONNX file walked: the stripped model, and a TensorSlice per tensor with bytes of its own."""
 
-    def __init__(self, path: Path, root: Path, files: ModelFiles) -> None:
+    def __init__(self, path: Path, root: Path, files: ModelFiles, *, loading: bool = False) -> None:
         import onnx
         from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
         self.path, self.root, self.files = path, root, files
+        # loading: the bytes go to ONNX Runtime, so every file read must be a private copy;
+        # in private mode the same rule already holds while verifying
+        self.loading = loading or files.private is not False
         self.where = where = str(path)
         self.rel = relative_posix(path, root)
+        if loading and not files.is_private(self.rel):
+            raise UnsafeModelError(
+                "not held in private memory: load only what verify_and_hold returned", path=where
+            )
         self.rel_dir = PurePosixPath(self.rel).parent
         view = files.view(self.rel)
         try:
@@ -380,6 +395,12 @@ class _Walk:
         if refused is not None:
             raise UnsafeModelError(
                 f"tensor {name!r}: external data {location!r} {refused}", path=where
+            )
+        if self.loading and not self.files.is_private(rel):
+            raise UnsafeModelError(
+                f"tensor {name!r}: external data {location!r} is not held in private memory "
+                "for loading (a weights checkpoint, or a model verified without copies)",
+                path=where,
             )
         data = self.files.view(rel)
         links = self.files.link_count(rel)
@@ -468,7 +489,12 @@ MEMORY_LOCATION = "modelguard-memory"
 
 
 def runtime_graph(
-    path: Path, *, root: Path, files: ModelFiles, keep: Callable[[TensorSlice], bool] | None = None
+    path: Path,
+    *,
+    root: Path,
+    files: ModelFiles,
+    keep: Callable[[TensorSlice], bool] | None = None,
+    loading: bool = True,
 ) -> tuple[bytes, list[TensorSlice]]:
     """The model for ONNX Runtime with no file reference left, and the tensors it takes from memory.
 
@@ -476,11 +502,13 @@ def runtime_graph(
     :data:`MEMORY_LOCATION`, to be handed over as OrtValues (``add_external_initializers``);
     every other external tensor (Constant values, subgraph initializers, sparse parts,
     functions) is written inline from ``files``. ``keep(tensor)``: False leaves a main-graph
-    initializer's bytes inline as well. Nothing in the result names a file.
+    initializer's bytes inline as well. Nothing in the result names a file. ``loading``: the
+    result goes to ONNX Runtime now, so every file it reads must be a private copy
+    (``verify_and_hold``); ``False`` when the graph is only written into a container.
     """
     import onnx
 
-    walk = _Walk(path, root, files)
+    walk = _Walk(path, root, files, loading=loading)
     memory: list[TensorSlice] = []
     for _, tensor, main, found in walk.found:
         if found is None:

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from modelguard import __version__
-from modelguard.errors import DigestMismatchError, FormatError, SignatureError, VerificationError
+from modelguard.errors import (
+    BadInputError,
+    DigestMismatchError,
+    FormatError,
+    SignatureError,
+    VerificationError,
+)
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.robustness.evaluate import GATE_METRIC, EvalConfig, EvalResult, proportion
 from modelguard.robustness.stats import Proportion
@@ -209,7 +215,15 @@ def certify(
     ledger_url: str | None = None,
     record: bool = True,
 ) -> IssuedCertificate:
-    """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry."""
+    """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry.
+
+    Only a model directory or ONNX file is certified: a certificate over a bare weights file
+    (``--arch`` + ``--weights``) would not be bound to the signed model the gate checks."""
+    if result.model.get("kind") == "arch+weights":
+        raise BadInputError(
+            "a certificate is bound to a signed model directory, not to a weights file: write "
+            "its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
+        )
     return issue_certificate(
         build_certificate(result), key, out_dir, name=name, ledger_url=ledger_url, record=record
     )

@@ -53,7 +53,7 @@ from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
 from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
 from modelguard.robustness.ibp import certified_mask, margin_lower_bounds
-from modelguard.robustness.onnx_model import OnnxClassifier
+from modelguard.robustness.onnx_model import OnnxClassifier, onnx_session_options
 from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS, profile_attack
 from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
 from modelguard.robustness.stats import Proportion
@@ -1001,17 +1001,39 @@ def evaluate_model_dir(
     progress: ProgressHook | None = None,
     device: str = "cpu",
     trusted_factory: str | None = None,
+    verified: Any = None,
 ) -> EvalResult:
-    """White-box evaluation of a model directory (``modelguard.json``), with ONNX parity."""
+    """White-box evaluation of a model directory (``modelguard.json``), with ONNX parity.
+
+    ``verified``: the model as verified (``modelguard.signing.model.VerifiedModel``): card,
+    weights and ONNX graph come from its buffers and its manifest is the identity; nothing is
+    read by path again.
+    """
     from modelguard.modelcard import load_model_dir
 
     directory = Path(model_dir)
     config = config.resolved()
-    model, card = load_model_dir(directory, trusted_factory=trusted_factory)
+    files = verified.files if verified is not None else None
+    model, card = load_model_dir(directory, trusted_factory=trusted_factory, files=files)
     data = load_data(config, num_classes=len(card.classes), input_shape=card.input_shape)
-    onnx_path = directory / card.onnx
-    onnx = OnnxClassifier(onnx_path) if onnx_path.is_file() else None
-    identity = model_identity(directory)
+    onnx: OnnxClassifier | None
+    if files is not None:
+        from modelguard.runtime import session_from_files
+
+        identity = {
+            "manifest_root": verified.manifest.layer_root,
+            "hash_algorithm": verified.manifest.hash_algorithm,
+            "files": {f.path: f.digest for f in verified.manifest.files},
+        }
+        onnx = (
+            OnnxClassifier(session_from_files(files, card.onnx, options=onnx_session_options()))
+            if card.onnx in files.members
+            else None
+        )
+    else:
+        onnx_path = directory / card.onnx
+        onnx = OnnxClassifier(onnx_path) if onnx_path.is_file() else None
+        identity = model_identity(directory)
     info = {
         "kind": "model-dir",
         "path": str(directory),

@@ -65,7 +65,11 @@ from modelguard.robustness.defenses import apply_defense
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
-from modelguard.signing.model import VerificationReport, sign_model, verify_model
+from modelguard.signing.model import (
+    VerifiedModel,
+    sign_model,
+    verify_and_hold,
+)
 
 HARDEN_KIND = "harden"
 RECERTIFY_KIND = "recertify"
@@ -90,24 +94,27 @@ class Trust:
         return self.policy.trusted_keys if self.policy is not None else list(self.keys)
 
 
-def verify_or_refuse(
+def verify_and_hold_or_refuse(
     path: Path, trust: Trust, *, what: str, signature_path: Path | None = None
-) -> VerificationReport:
-    """Verify a model (signature, digests, policy, ledger) or raise its typed error (exit 1)."""
-    report = verify_model(
-        path,
-        signature_path,
-        keys=trust.keys,
-        policy=trust.policy,
-        ledger_url=trust.ledger_url,
-        require_ledger=trust.require_ledger,
-    )
-    error = report.error()
-    if error is not None:
-        raise type(error)(f"{what} {path} failed verification: {error}", details=report.to_dict())
-    if report.manifest is None:
+) -> VerifiedModel:
+    """Verify a model (signature, digests, policy, ledger) or raise its typed error (exit 1),
+    keeping the verified bytes: the only ones to load afterwards."""
+    try:
+        verified = verify_and_hold(
+            path,
+            signature_path,
+            keys=trust.keys,
+            policy=trust.policy,
+            ledger_url=trust.ledger_url,
+            require_ledger=trust.require_ledger,
+        )
+    except VerificationError as error:
+        raise type(error)(
+            f"{what} {path} failed verification: {error.message}", details=error.details
+        ) from None
+    if verified.manifest is None:
         raise VerificationError(f"{what} {path}: the signature carries no modelguard manifest")
-    return report
+    return verified
 
 
 @dataclass
@@ -231,13 +238,16 @@ def harden_model(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     distributed.init_from_env()  # under torchrun: train with DDP across the ranks
     trust = Trust(keys, policy, ledger_url, require_ledger)
-    parent_report = verify_or_refuse(model_dir, trust, what="parent", signature_path=signature_path)
+    parent = verify_and_hold_or_refuse(
+        model_dir, trust, what="parent", signature_path=signature_path
+    )
+    parent_report = parent.report
     assert parent_report.manifest is not None
     parent_root = parent_report.manifest.layer_root
     member_models = []
     for member in members:
-        verify_or_refuse(Path(member), trust, what="ensemble member")
-        member_models.append(load_model_dir(member))
+        held = verify_and_hold_or_refuse(Path(member), trust, what="ensemble member")
+        member_models.append(load_model_dir(member, files=held.files))
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
             raise BadInputError(
@@ -250,7 +260,7 @@ def harden_model(
     parent_results, parent_config, parent_source = _parent_numbers(
         model_dir, parent_root, parent_certificate, trust.trusted_keys
     )
-    parent_model, card = load_model_dir(model_dir)
+    parent_model, card = load_model_dir(model_dir, files=parent.files)  # the verified bytes
     train = load_dataset(training_data_spec(data))
     defended = apply_defense(method, parent_model, card, train, options, members=member_models)
     distributed.leave()  # ranks > 0 exit here; rank 0 alone exports, signs, certifies, records
@@ -313,7 +323,7 @@ def harden_model(
         parent_results = None  # a different portfolio: re-run the parent like for like
         parent_source = "parent certificate has another evaluation config: parent re-evaluated"
     if parent_results is None:
-        parent_results = evaluate_model_dir(model_dir, config).results_dict()
+        parent_results = evaluate_model_dir(model_dir, config, verified=parent).results_dict()
     write_outputs(result, report_dir)
     issued = issue_certificate(statement, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
@@ -429,8 +439,10 @@ def recertify(
         subject["version"] = str(cert.predicate["model"]["version"])
     config = cert.config
     try:
-        verify_or_refuse(model_dir, trust, what="model", signature_path=signature_path)
-        rerun = evaluate_model_dir(model_dir, config)
+        held = verify_and_hold_or_refuse(
+            model_dir, trust, what="model", signature_path=signature_path
+        )
+        rerun = evaluate_model_dir(model_dir, config, verified=held)  # the verified bytes
         drifts = check_rerun(cert, rerun)
     except VerificationError as error:
         _record_recertify(cert, subject, actor, ledger_url, ok=False, drifts=[str(error)])

@@ -26,6 +26,18 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 FLOAT_INPUT_TYPES = ("tensor(float)",)
 
 
+def onnx_session_options() -> Any:
+    """Session options for evaluation: quiet, and threads as torch has them."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Attacks query small batches thousands of times: follow torch's thread setting
+    # rather than one thread per core, which only adds contention on small models.
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    return options
+
+
 class OnnxClassifier:
     """``OnnxClassifier(path_or_session)(x) -> logits`` on CPU, batched by ``batch_size``."""
 
@@ -44,14 +56,9 @@ class OnnxClassifier:
             path = Path(source)
             if not path.is_file():
                 raise BadInputError("ONNX model file not found", path=str(path))
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            # Attacks query small batches thousands of times: follow torch's thread setting
-            # rather than one thread per core, which only adds contention on small models.
-            options.intra_op_num_threads = max(1, torch.get_num_threads())
             try:
                 self.session = ort.InferenceSession(
-                    str(path), sess_options=options, providers=list(providers)
+                    str(path), sess_options=onnx_session_options(), providers=list(providers)
                 )
             except Exception as error:  # ORT raises its own exception types
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""

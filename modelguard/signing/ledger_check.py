@@ -64,6 +64,7 @@ from modelguard.errors import BadInputError
 from modelguard.keys import atomic_write
 from modelguard.manifest import Manifest
 from modelguard.safeio import read_regular
+from modelguard.transparency import policy_witness_reasons
 
 if TYPE_CHECKING:
     from modelguard.policy import Policy
@@ -198,10 +199,11 @@ def may_matter(body: bytes) -> bool:
     """False only for entries whose kind is certainly neither ``sign`` nor ``revoke``.
 
     A JSON string spells its letters out unless it uses a ``\\u`` escape, so an entry of
-    either kind contains ``"sign"`` or ``"revoke"`` verbatim, or a ``\\u`` somewhere.
+    either kind, in UTF-8, contains ``"sign"`` or ``"revoke"`` verbatim, or a ``\\u``
+    somewhere; JSON in UTF-16 or UTF-32 (which the parser also accepts) contains NUL bytes.
     Skipping the others saves parsing most entries on a first run over a large log.
     """
-    return b'"sign"' in body or b'"revoke"' in body or b"\\u" in body
+    return b'"sign"' in body or b'"revoke"' in body or b"\\u" in body or b"\x00" in body
 
 
 def sign_entry_targets(entry: Entry) -> list[str]:
@@ -301,6 +303,7 @@ def _prove(url: str, verifiers: Sequence[NoteVerifier], policy: Policy | None) -
     try:
         note, checkpoint = newest_trusted_checkpoint(log, verifiers)
         reasons = [r for check in _checkpoint_checks for r in check(note, checkpoint)]
+        reasons += policy_witness_reasons(note, policy)  # [ledger] witnesses, witness_quorum
         if reasons:
             raise _Refused(f"checkpoint of size {checkpoint.size}: " + "; ".join(reasons))
         directory = policy.ledger.state if policy and policy.ledger else None

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +50,7 @@ from modelguard.manifest import (
     compare_manifests,
     open_model,
 )
-from modelguard.policy import Policy, certificate_check, policy_from_keys
+from modelguard.policy import Policy, audit_check, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.layout import (
     build_layouts,
@@ -255,6 +256,13 @@ def sign_model(
                 )
             target, cosigned = cosign_dir(sig_path) / f"{kid}.sig", True
     model_name = name or path.resolve().name
+    try:
+        model_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            "the model's name is not valid UTF-8: give one with --name",
+            path=os.fsencode(path).decode("utf-8", "backslashreplace"),
+        ) from None
     predicate: dict[str, Any] = {
         "schema": PREDICATE_SCHEMA,
         "tool": "modelguard",
@@ -727,7 +735,7 @@ def _check_content(
     signed: list[_Signed],
     sig_ignore: list[str],
     threads: int | None,
-    private: bool,
+    private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
 ) -> ModelFiles | None:
     """Check every signer's files, tensors and structures; the opened model that verified."""
@@ -905,14 +913,45 @@ def _check_certificate(
                 "policy",
             )
         return
-    root = report.manifest.layer_root if report.manifest is not None else None
-    if root is None and files is not None:  # a plain OMS signature: the manifest of what verified
-        root = build_manifest(files.root, threads=threads, files=files).layer_root
+    root = _verified_root(report, files, threads)
     reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
     for reason in reasons:
         report.check("certificate", False, reason, "policy")
     if not reasons:
         report.check("certificate", True, "robustness certificate satisfies the policy", "policy")
+
+
+def _verified_root(
+    report: VerificationReport, files: ModelFiles | None, threads: int | None
+) -> str | None:
+    """The layer root of the bytes that verified (never the files re-read by path)."""
+    if report.manifest is not None:
+        return report.manifest.layer_root
+    if files is not None and report.ok:  # a plain OMS signature: the manifest of what verified
+        try:
+            return build_manifest(files.root, threads=threads, files=files).layer_root
+        except (FormatError, UnsafeModelError):
+            return None
+    return None
+
+
+def _check_audits(
+    report: VerificationReport,
+    policy: Policy,
+    model: Path,
+    files: ModelFiles | None,
+    threads: int | None,
+) -> None:
+    """Audit attestations must be bound to the layer root of the bytes that verified."""
+    if not policy.audits:
+        return
+    root = _verified_root(report, files, threads)
+    for requirement in policy.audits:
+        reasons = audit_check()(requirement, model, policy.trusted_keys, model_root=root)
+        for reason in reasons:
+            report.check("audit", False, reason, "policy")
+        if not reasons:
+            report.check("audit", True, f"{requirement.audit} audit satisfies the policy", "policy")
 
 
 def verify_model(
@@ -964,13 +1003,15 @@ def verify_and_hold(
     allow_rollback: bool = False,
     now: datetime | None = None,
     threads: int | None = None,
+    private: bool | Callable[[str], bool] = True,
 ) -> VerifiedModel:
     """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
 
     Every file of the model is copied once into private memory through one open descriptor,
     then hashed; the returned :class:`VerifiedModel` holds exactly those buffers, so whatever
     happens to the files on disk afterwards (renamed, replaced, rewritten in place, removed)
-    cannot reach what the caller loads.
+    cannot reach what the caller loads. ``private``: a predicate naming the files the caller
+    will load (the others are only mapped and hashed, and must not be loaded from).
     """
     report, files = _verify(
         Path(path),
@@ -982,7 +1023,7 @@ def verify_and_hold(
         allow_rollback=allow_rollback,
         now=now,
         threads=threads,
-        private=True,
+        private=private,
     )
     report.raise_if_failed()
     if files is None:
@@ -1001,7 +1042,7 @@ def _verify(
     allow_rollback: bool,
     now: datetime | None,
     threads: int | None,
-    private: bool,
+    private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
@@ -1035,6 +1076,7 @@ def _verify(
         )
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path, files, threads)
+    _check_audits(report, policy, path, files, threads)
     if require_ledger:
         from modelguard.signing.ledger_check import check_ledger
 

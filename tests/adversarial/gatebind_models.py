@@ -101,3 +101,27 @@ def one_line(err: str) -> str:
 
 def report_failures(out: str) -> list[str]:
     return list(json.loads(out)["failures"])
+
+
+def signed_and_unsigned_containers(
+    tmp_path: Path, good: np.ndarray, evil: np.ndarray, key: PrivateKey, identity: object
+) -> tuple[Path, Path]:
+    """``X/model.onnx.mgenc`` (weights ``good``, signed by ``key``) and an unsigned container
+    of weights ``evil``, encrypted to the same recipient (anyone holding the public key can)."""
+    from modelguard.encryption import encrypt_model
+
+    recipient = identity.public_key()  # type: ignore[attr-defined]
+    plain_mlp(tmp_path / "src" / "model.onnx", good)
+    plain_mlp(tmp_path / "bad" / "model.onnx", evil)
+    (tmp_path / "X").mkdir()
+    container = tmp_path / "X" / "model.onnx.mgenc"
+    encrypt_model(
+        tmp_path / "src" / "model.onnx",
+        container,
+        recipients=[recipient],
+        sign_key=key,
+        record=False,
+    )
+    unsigned = tmp_path / "evil.onnx.mgenc"
+    encrypt_model(tmp_path / "bad" / "model.onnx", unsigned, recipients=[recipient])
+    return container, unsigned

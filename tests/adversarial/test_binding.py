@@ -6,15 +6,22 @@ must fail with exit 1 and a message naming what was signed and what was given.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from gatebind_models import X, key_files, one_line, plain_mlp, run_cli
+from gatebind_models import (
+    X,
+    key_files,
+    one_line,
+    plain_mlp,
+    run_cli,
+    signed_and_unsigned_containers,
+)
 
-from modelguard.encryption import encrypt_model
 from modelguard.errors import SignatureError, VerificationError
 from modelguard.keys import generate_key
 from modelguard.policy import policy_from_keys, with_ledger_trust
@@ -70,9 +77,12 @@ def test_sibling_refused_with_a_policy(
     assert code == 1 and "not for 'evil.onnx'" in err
 
 
-def test_sibling_refused_with_require_ledger(tmp_path: Path) -> None:
+def test_sibling_refused_with_require_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = generate_key()
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("MODELGUARD_LEDGER_KEY", str(tmp_path / "ledger.db.note.pub"))
     model = plain_mlp(tmp_path / "X" / "model.onnx", GOOD)
     sign_model(model, key, ledger_url=ledger, version="1")
     evil = plain_mlp(tmp_path / "X" / "evil.onnx", EVIL)
@@ -107,19 +117,9 @@ def test_sibling_refused_by_open_session(signed_plain: dict) -> None:
 
 def test_unsigned_container_beside_a_signed_one(tmp_path: Path) -> None:
     key, identity = generate_key(), X25519PrivateKey.generate()
-    plain_mlp(tmp_path / "src" / "good.onnx", GOOD)
-    plain_mlp(tmp_path / "src" / "evil.onnx", EVIL)
-    (tmp_path / "X").mkdir()
-    good = tmp_path / "X" / "model.onnx.mgenc"
-    encrypt_model(
-        tmp_path / "src" / "good.onnx",
-        good,
-        recipients=[identity.public_key()],
-        sign_key=key,
-        record=False,
-    )
-    evil = tmp_path / "X" / "evil.onnx.mgenc"  # the adversary can encrypt to the public key
-    encrypt_model(tmp_path / "src" / "evil.onnx", evil, recipients=[identity.public_key()])
+    good, unsigned = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
+    evil = good.with_name("evil.onnx.mgenc")  # dropped next to the signed container
+    os.replace(unsigned, evil)
     report = verify_model(evil, keys=[key.public_key()])
     assert not report.ok and "not for 'evil.onnx.mgenc'" in str(report.error())
     with pytest.raises(SignatureError, match="'model.onnx.mgenc'"):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import NoteSigner, open_ledger
 from ledger.merkle import leaf_hash, node_id
@@ -339,3 +341,22 @@ def test_facts_learned_after_the_trust_state_count(world: World) -> None:
     assert not world.gate(world.v1).ok  # v2 still is newer than v1
     report = world.gate(v3)
     assert not report.ok and "bad v3" in failures(report, "revocation")[0]
+
+
+@settings(max_examples=200)
+@given(
+    kind=st.sampled_from(["sign", "revoke"]),
+    subject=st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3),
+    ensure_ascii=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]),
+)
+def test_the_first_run_prefilter_never_skips_a_sign_or_revoke_entry(
+    kind: str, subject: dict[str, str], ensure_ascii: bool, encoding: str
+) -> None:
+    """Whatever a writer's JSON looks like, an entry the parser reads as sign/revoke is kept."""
+    text = json.dumps({"kind": kind, "subject": subject}, ensure_ascii=ensure_ascii)
+    body = text.encode(encoding)
+    assert json.loads(body)["kind"] == kind
+    assert ledger_check.may_matter(body)
+    escaped = text.replace(f'"{kind}"', '"' + "".join(f"\\u{ord(c):04x}" for c in kind) + '"')
+    assert ledger_check.may_matter(escaped.encode(encoding))

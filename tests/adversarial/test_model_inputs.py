@@ -1,7 +1,8 @@
 """Bad input on the verify/run path exits 2 with one line, never 3 and never hangs.
 
 Non-UTF-8 file names, inputs of the wrong rank, size or type for ``run``, and non-regular
-files (FIFO, socket, a symlink to ``/dev/zero``) where a model file or an input is read.
+files (FIFO, socket, a symlink to ``/dev/zero``) inside a model directory (test_resources.py
+covers single model files, containers and input arrays).
 """
 
 from __future__ import annotations
@@ -94,15 +95,6 @@ def test_run_accepts_the_right_shape(signed: dict, capsys: pytest.CaptureFixture
     assert code == 0
 
 
-def test_run_input_fifo_is_refused(signed: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    fifo = signed["tmp"] / "x.npy"
-    os.mkfifo(fifo)
-    code, _, err = run_cli(
-        capsys, "run", str(signed["dir"]), "--key", str(signed["pub"]), "--input", str(fifo)
-    )
-    assert code == 2 and "FIFO" in one_line(err)
-
-
 @pytest.mark.parametrize("kind", ["fifo", "socket", "devzero"])
 def test_non_regular_file_in_a_model_directory(
     signed: dict, capsys: pytest.CaptureFixture[str], kind: str
@@ -126,3 +118,16 @@ def test_non_regular_file_in_a_model_directory(
     finally:
         if holder is not None:
             holder.close()
+
+
+def test_sign_a_directory_whose_name_is_not_utf8(
+    signed: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = _bytes_path(signed["tmp"], b"d\xfd")
+    os.mkdir(raw)
+    plain_mlp(Path(os.fsdecode(raw)) / "model.onnx", np.eye(4, dtype=np.float32))
+    priv, _ = key_files(signed["tmp"] / "k2", generate_key())
+    code, _, err = run_cli(capsys, "sign", os.fsdecode(raw), "--key", str(priv), "--no-ledger")
+    assert code == 2 and "--name" in one_line(err)
+    key = generate_key()
+    assert sign_model(Path(os.fsdecode(raw)), key, name="d", record=False).manifest.files

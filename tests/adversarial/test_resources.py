@@ -239,3 +239,10 @@ def test_a_growing_signature_is_cut_at_its_cap(
     limit = sig.stat().st_size + 10
     with pytest.raises(BadInputError, match="grew past"):
         safeio.read_regular(sig, max_size=limit)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ledger_export_file(world: World, kind: str, sockets: Any, capsys: Any) -> None:
+    special = make_special(world.tmp / "ledger.jsonl", kind, sockets)
+    code, err = run(capsys, "ledger", "verify", "--file", str(special))
+    refused(code, err, "ledger.jsonl", also=("not a regular file", "cannot read"))

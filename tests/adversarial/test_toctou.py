@@ -21,10 +21,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from gatebind_models import X, external_mlp, plain_mlp
+from gatebind_models import X, external_mlp, plain_mlp, signed_and_unsigned_containers
 
 import modelguard.signing.model as signing_model
-from modelguard.encryption import encrypt_model
 from modelguard.errors import BadInputError, VerificationError
 from modelguard.formats.onnx import MEMORY_LOCATION, nested_tensors
 from modelguard.keys import generate_key
@@ -148,23 +147,24 @@ def test_single_file_replaced_after_verification(
     assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
 
 
+def test_single_file_with_external_data_swapped_after_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single ONNX file signed on its own: its external data is read once with it."""
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD) / "model.onnx"
+    sign_model(model, key, record=False)
+    poison = tmp_path / "poison.bin"
+    poison.write_bytes(EVIL.tobytes())
+    _after_verification(monkeypatch, lambda: os.replace(poison, model.parent / "w.bin"))
+    assert np.array_equal(_session_output(model, keys=[key.public_key()]), X @ GOOD)
+
+
 def test_container_replaced_after_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, identity = generate_key(), X25519PrivateKey.generate()
-    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
-    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
-    (tmp_path / "X").mkdir()
-    container = tmp_path / "X" / "model.onnx.mgenc"
-    encrypt_model(
-        tmp_path / "src" / "model.onnx",
-        container,
-        recipients=[identity.public_key()],
-        sign_key=key,
-        record=False,
-    )
-    evil = tmp_path / "evil.onnx.mgenc"
-    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
+    container, evil = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
     _after_verification(monkeypatch, lambda: os.replace(evil, container))
     got = _session_output(container, keys=[key.public_key()], identity=identity)
     assert np.array_equal(got, X @ GOOD)
@@ -239,21 +239,9 @@ def test_concurrent_swapper_on_encrypted_container(
     tmp_path: Path, swapper: Callable[[Path, Path, Path, str], None]
 ) -> None:
     key, identity = generate_key(), X25519PrivateKey.generate()
-    plain_mlp(tmp_path / "src" / "model.onnx", GOOD)
-    plain_mlp(tmp_path / "bad" / "model.onnx", EVIL)
-    (tmp_path / "X").mkdir()
-    container = tmp_path / "X" / "model.onnx.mgenc"
-    encrypt_model(
-        tmp_path / "src" / "model.onnx",
-        container,
-        recipients=[identity.public_key()],
-        sign_key=key,
-        record=False,
-    )
+    container, evil = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
     good = tmp_path / "good.mgenc"
     shutil.copyfile(container, good)
-    evil = tmp_path / "evil.mgenc"
-    encrypt_model(tmp_path / "bad" / "model.onnx", evil, recipients=[identity.public_key()])
     swapper(container, good, evil, "rename")
     accepted, refused, wins = _race(
         lambda: _session_output(container, keys=[key.public_key()], identity=identity),
@@ -291,3 +279,116 @@ def test_certificate_gate_binds_to_the_verified_root(
     monkeypatch.setattr(policy_module, "_certificate_check", check)
     assert verify_model(model, policy=load_policy(policy_file)).ok
     assert seen == [signed.manifest.layer_root]
+
+
+def test_harden_parent_is_loaded_from_the_verified_bytes(tmp_path: Path) -> None:
+    """``harden`` trains from its parent: swapping the parent's weights or card after the
+    parent verified must not reach the model it loads (and then signs a child of)."""
+    torch = pytest.importorskip("torch")
+    from modelguard.modelcard import export_model_dir, load_model_dir
+    from modelguard.robustness.hardening import Trust, verify_and_hold_or_refuse
+    from modelguard.zoo import digits_cnn
+
+    def export(directory: Path, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = digits_cnn(width=4)
+        export_model_dir(
+            model,
+            directory,
+            factory="digits_cnn",
+            kwargs={"width": 4},
+            input_shape=(1, 8, 8),
+            classes=[str(i) for i in range(10)],
+        )
+        return model
+
+    key = generate_key()
+    good = export(tmp_path / "parent", 0)
+    export(tmp_path / "evil", 1)
+    sign_model(tmp_path / "parent", key, record=False)
+    held = verify_and_hold_or_refuse(
+        tmp_path / "parent", Trust(keys=[key.public_key()]), what="parent"
+    )
+    for name in ("model.safetensors", "modelguard.json"):
+        os.replace(tmp_path / "evil" / name, tmp_path / "parent" / name)
+    loaded, _ = load_model_dir(tmp_path / "parent", files=held.files)
+    for (name, want), got in zip(
+        good.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(want, got), name
+
+
+def test_external_data_in_a_checkpoint_is_not_loaded_from_a_mapping(tmp_path: Path) -> None:
+    """``run`` keeps safetensors/PyTorch files mapped (ONNX Runtime never reads them), so an
+    ONNX graph whose external data points into one is refused rather than loaded from a
+    mapping another process could rewrite in place after verification."""
+    from safetensors.numpy import save_file
+
+    from modelguard.errors import VerificationError
+
+    key = generate_key()
+    model = external_mlp(tmp_path / "m", GOOD, data="w.safetensors")
+    save_file({"w": GOOD}, str(model / "w.safetensors"))
+    header = 8 + int.from_bytes((model / "w.safetensors").read_bytes()[:8], "little")
+    graph = onnx.load(model / "model.onnx", load_external_data=False)
+    for entry in graph.graph.initializer[0].external_data:
+        if entry.key == "offset":
+            entry.value = str(header)
+    onnx.save(graph, model / "model.onnx")
+    sign_model(model, key, record=False)
+    assert signing_model.verify_model(model, keys=[key.public_key()]).ok
+    with pytest.raises(VerificationError, match="weights checkpoint"):
+        _session_output(model, keys=[key.public_key()])
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_model_verified_without_private_copies_is_not_loaded(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """Mapped buffers (``verify`` for CI) could change after verification: loading refuses them."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from modelguard.errors import UnsafeModelError
+    from modelguard.runtime import session_from_verified
+
+    key, identity = generate_key(), X25519PrivateKey.generate()
+    if encrypted:
+        model, _ = signed_and_unsigned_containers(tmp_path, GOOD, EVIL, key, identity)
+    else:
+        model = external_mlp(tmp_path / "m", GOOD)
+        sign_model(model, key, record=False)
+    mapped = signing_model.verify_and_hold(model, keys=[key.public_key()], private=False)
+    with pytest.raises(UnsafeModelError, match="private memory"):
+        session_from_verified(mapped, identity=identity, providers="cpu")
+    held = signing_model.verify_and_hold(model, keys=[key.public_key()])
+    session = session_from_verified(held, identity=identity, providers="cpu").session
+    assert np.array_equal(session.run(None, {"x": X})[0], X @ GOOD)
+
+
+def test_recertify_evaluates_the_verified_bytes(tmp_path: Path) -> None:
+    """``recertify`` re-runs a certified evaluation: with the model gone from disk after
+    verification, the evaluation still runs, on the verified bytes (nothing read by path)."""
+    torch = pytest.importorskip("torch")
+    from modelguard.modelcard import export_model_dir
+    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.hardening import Trust, verify_and_hold_or_refuse
+    from modelguard.zoo import digits_cnn
+
+    torch.manual_seed(0)
+    export_model_dir(
+        digits_cnn(width=4),
+        tmp_path / "model",
+        factory="digits_cnn",
+        kwargs={"width": 4},
+        input_shape=(1, 8, 8),
+        classes=[str(i) for i in range(10)],
+    )
+    key = generate_key()
+    sign_model(tmp_path / "model", key, record=False)
+    config = EvalConfig(attacks=["fgsm"], eps=[0.1], limit=16, soundness=False)
+    before = evaluate_model_dir(tmp_path / "model", config)
+    held = verify_and_hold_or_refuse(tmp_path / "model", Trust(keys=[key.public_key()]), what="m")
+    shutil.rmtree(tmp_path / "model")
+    after = evaluate_model_dir(tmp_path / "model", config, verified=held)
+    assert after.model["manifest_root"] == held.manifest.layer_root
+    assert after.results_dict() == before.results_dict()

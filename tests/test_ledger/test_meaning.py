@@ -78,3 +78,32 @@ def test_consistency_is_read_only_and_reports_edited_bodies(
     assert "entry 1" in err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM ledger_checkpoints").fetchone() == checkpoints
+
+
+def test_a_writer_given_only_the_public_key_appends_without_signing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI job that pins the ledger's public key for the gate may still record events."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    audit.record_event("t", subject={}, payload_digest="d0", actor="a", ledger_url=url)
+    monkeypatch.setenv(audit.ENV_NOTE_KEY, str(tmp_path / "l.db.note.pub"))
+    entry = audit.record_event("t", subject={}, payload_digest="d1", actor="a", ledger_url=url)
+    assert entry.index == 1
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        assert conn.execute("SELECT MAX(tree_size) FROM ledger_checkpoints").fetchone() == (1,)
+
+
+def test_encrypting_keeps_the_name_the_model_was_signed_with(tmp_path: Path) -> None:
+    from modelguard.encryption import encrypt_model
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    key = generate_key()
+    model = model_dir(tmp_path / "model")
+    signed = sign_model(model, key, name="digits-cnn", version="1", ledger_url=url)
+    encrypt_model(model, tmp_path / "out.enc", key=bytes(32), sign_key=key, ledger_url=url)
+    (event,) = audit.list_entries(url, kind="encrypt")[1]
+    assert event.subject["name"] == "digits-cnn"
+    assert event.subject["root"] == signed.manifest.layer_root
+    encrypt_model(model, tmp_path / "renamed.enc", key=bytes(32), sign_key=key, name="renamed",
+                  ledger_url=url)  # fmt: skip
+    assert audit.list_entries(url, kind="encrypt")[1][-1].subject["name"] == "renamed"

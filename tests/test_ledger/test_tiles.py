@@ -340,3 +340,16 @@ def test_cli_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert rc == 1 and not doc["ok"]
     rc, doc = run_cli(capsys, "ledger", "verify", "--tiles", str(out))
     assert rc == 2
+
+
+def test_export_never_publishes_an_older_checkpoint(
+    tmp_path: Path, log: Ledger, signer: NoteSigner
+) -> None:
+    fill(log, 3)
+    old = log.checkpoint(signer)
+    fill(log, 3, tag="n")
+    out = tmp_path / "tiles"
+    export_tiles(log, out, signer)
+    with pytest.raises(LedgerInputError, match="newer than the one to publish"):
+        export_tiles(log, out, signer, checkpoint_note=old)
+    assert verify_tiles(out, [signer.verifier()]).audit.size == 6

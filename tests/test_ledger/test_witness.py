@@ -250,6 +250,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     return int(done.value.code or 0), json.loads(out) if out.strip() else err
 
 
+def init_witness_cli(
+    capsys: pytest.CaptureFixture[str], state: Path, name: str, log_key: Path
+) -> tuple[int, Any]:
+    return run_cli(
+        capsys, "ledger", "witness", "init", str(state), "--name", name, "--log-key", str(log_key)
+    )
+
+
 def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
     with open_ledger(url, origin=ORIGIN) as log:
@@ -258,17 +266,7 @@ def test_cli_witness_and_cosign(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert rc == 0
     pub = tmp_path / "l.db.note.pub"
     state = tmp_path / "wstate"
-    rc, info = run_cli(
-        capsys,
-        "ledger",
-        "witness",
-        "init",
-        str(state),
-        "--name",
-        "w.example",
-        "--log-key",
-        str(pub),
-    )
+    rc, info = init_witness_cli(capsys, state, "w.example", pub)
     assert rc == 0 and list(info["logs"]) == [ORIGIN]
     assert (state / "witness.key").stat().st_mode & 0o777 == 0o600
     out = tmp_path / "cp.cosigned"
@@ -326,3 +324,75 @@ def test_gate_quorum_reasons(
     assert transparency.witness_quorum_reasons(cosigned, [vkey], 2)  # more than the keys
     with pytest.raises(Exception, match="no such witness key"):
         transparency.load_witness_key(tmp_path / "missing.pub")
+
+
+def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`verify --require-ledger` under `[ledger] witness_quorum = 1`: refused until cosigned."""
+    from modelguard.keys import generate_key, write_keypair
+    from modelguard.signing.model import sign_model
+    from tests.tinymodels import model_dir
+
+    key = generate_key()
+    _, pub = write_keypair(tmp_path / "keys", "signer", key, None)
+    url = f"sqlite:///{tmp_path / 'ledger' / 'l.db'}"
+    model = model_dir(tmp_path / "model")
+    sign_model(model, key, name="m", version="1", ledger_url=url)
+    note_pub = tmp_path / "ledger" / "l.db.note.pub"
+    state = tmp_path / "wstate"
+    init_witness_cli(capsys, state, "w.example", note_pub)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[signers]]\nname = "release"\npublic_key = "{pub}"\n\n'
+        f'[ledger]\nkey = "{note_pub}"\nstate = "{tmp_path / "gate-state"}"\n'
+        f'witnesses = ["{state / "witness.pub"}"]\nwitness_quorum = 1\n'
+    )
+    gate = ("verify", str(model), "--policy", str(policy), "--ledger", url, "--require-ledger")
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 1 and "witness cosignature" in json.dumps(report)
+    rc, _ = run_cli(capsys, "ledger", "cosign", "--witness", str(state), "--ledger", url)
+    assert rc == 0
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 0, report
+    # A cosignature by a witness the policy does not name does not count.
+    other = tmp_path / "other"
+    init_witness_cli(capsys, other, "x.example", note_pub)
+    with open_ledger(url) as log:
+        fill(log, 1, tag="later")
+    rc, _ = run_cli(capsys, "ledger", "cosign", "--witness", str(other), "--ledger", url)
+    assert rc == 0
+    rc, report = run_cli(capsys, *gate)
+    assert rc == 1 and "requires 1" in json.dumps(report)
+
+
+def test_cli_serve_over_loopback(tmp_path: Path, log: Ledger, log_key: NoteSigner) -> None:
+    """`modelguard ledger witness serve` as a process: a log gets cosignatures over HTTP."""
+    import subprocess
+    import sys
+
+    pub = tmp_path / "log.pub"
+    pub.write_text(log_key.verifier().to_key_string() + "\n")
+    state = tmp_path / "served"
+    Witness(state, Cosigner.generate("w.example"), {ORIGIN: [log_key.verifier()]}).save()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "modelguard", "ledger", "witness", "serve", str(state), "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        text = ""
+        while not text.rstrip().endswith("}"):
+            line = server.stdout.readline()
+            assert line, "the witness exited before saying where it listens"
+            text += line
+        url = json.loads(text)["url"]
+        assert url.startswith("http://127.0.0.1:")
+        fill(log, 4)
+        note = log.checkpoint(log_key)
+        line = collect_cosignature(log, note, http_transport(url))
+        assert require_cosignatures(note + line, [Witness.load(state).cosigner.verifier()], 1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

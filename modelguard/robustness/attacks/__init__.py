@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelguard.errors import BadInputError
+from modelguard.robustness.attacks.advgan import AdvGAN, AdvGANBlackBox
 from modelguard.robustness.attacks.apgd import APGD, APGDDLR
 from modelguard.robustness.attacks.apgdt import APGDT
 from modelguard.robustness.attacks.base import Attack, Classifier
@@ -40,6 +41,8 @@ ATTACKS: dict[str, type[Attack]] = {
     APGDDLR.name: APGDDLR,
     APGDT.name: APGDT,
     FABT.name: FABT,
+    AdvGAN.name: AdvGAN,
+    AdvGANBlackBox.name: AdvGANBlackBox,
 }
 
 
