@@ -387,7 +387,7 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
     ctx.say(f"   one flipped byte in a copy of the container, refused before decryption: {refused}")
 
 
-DEMO_EPS = [0.05, 0.1, 0.2]
+DEMO_EPS = [0.1, 0.2]  # the gate checks 0.1; fewer budgets keep the demo under 2 minutes
 # AutoAttack's composition with small budgets (modelguard/robustness/profiles.py), as a cascade.
 DEMO_ATTACKS = ["quick"]
 

@@ -98,7 +98,49 @@ def linear_classifier(in_features: int = 64, num_classes: int = 10) -> nn.Module
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
 
 
+class BasicBlock(nn.Module):
+    """He et al. 2016's basic residual block: two 3x3 conv + batch norm, identity or 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet_small(
+    num_classes: int = 10, channels: int = 3, width: int = 16, mean: float = 0.5, std: float = 0.25
+) -> nn.Module:
+    """A small ResNet-style network for 3 x 32 x 32 inputs (CIFAR-sized; 78k
+    parameters at width 16): a stem, three stages of one basic block (32, 16, 8 px), pooling."""
+    return nn.Sequential(
+        Normalize(mean, std),
+        nn.Conv2d(channels, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        BasicBlock(width, width, 1),
+        BasicBlock(width, 2 * width, 2),
+        BasicBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, num_classes),
+    )
+
+
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "resnet_small": resnet_small,
     "digits_cnn": digits_cnn,
     "digits_cnn_large": digits_cnn_large,
     "digits_mlp": digits_mlp,

@@ -20,6 +20,7 @@ from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
 from modelguard.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig
+from modelguard.robustness.smoothing import SmoothingConfig
 
 
 def _eps_list(text: str) -> list[float]:
@@ -92,6 +93,12 @@ def _render(run: EvaluationRun, console: Console) -> None:
             f"parity ok: max |logit diff| {parity['max_abs_diff']:.2g} over "
             f"{parity['inputs_compared']} inputs"
         )
+    for method, section in (result.certified or {}).items():
+        key = "radius" if method == "randomized_smoothing" else "eps"
+        certified = ", ".join(
+            f"{key} {r[key]}: {r['certified_accuracy']:.3f}" for r in section["certified_accuracy"]
+        )
+        console.print(f"certified ({method}, {section['norm']}): {certified}")
     for kind, path in run.outputs.items():
         console.print(f"{kind}: {path}")
     if run.certificate and run.certificate.ledger_entry is not None:
@@ -169,6 +176,25 @@ Examples:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
 @click.option("--no-soundness", is_flag=True, help="Skip the soundness checks (not recommended).")
+@click.option(
+    "--smoothing-sigma",
+    type=float,
+    default=None,
+    help="Also certify L2 robustness of the smoothed classifier by randomized smoothing "
+    "(Cohen et al. 2019) with this noise level (its own 'certified' section).",
+)
+@click.option(
+    "--ibp",
+    is_flag=True,
+    help="Also certify Linf robustness by interval bound propagation (small Linear/Conv/ReLU nets).",
+)
+@click.option(
+    "--smoothing-n",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Noise samples per example for CERTIFY (n0 = 100, alpha = 0.001).",
+)
 @sign_key_options(required=False, help="Private key: sign a certificate.", legacy=True)
 @click.option(
     "--ledger",
@@ -196,6 +222,9 @@ def evaluate(
     arch_kwargs: str,
     device: str,
     no_soundness: bool,
+    smoothing_sigma: float | None,
+    ibp: bool,
+    smoothing_n: int,
     sign_key: Path | None,
     sign_passphrase_env: str | None,
     sign_passphrase_file: Path | None,
@@ -236,6 +265,10 @@ def evaluate(
         attack_params=_params(params, surrogate),
         batch_size=batch_size,
         soundness=not no_soundness,
+        smoothing=None
+        if smoothing_sigma is None
+        else SmoothingConfig(sigma=smoothing_sigma, n=smoothing_n),
+        ibp=ibp,
     ).resolved()
     if out_dir is None:
         from modelguard.robustness.gate import robustness_dir_for

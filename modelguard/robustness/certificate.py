@@ -35,7 +35,7 @@ from modelguard.errors import (
     VerificationError,
 )
 from modelguard.keys import PrivateKey, PublicKey, key_id
-from modelguard.robustness.evaluate import EvalConfig, EvalResult, proportion
+from modelguard.robustness.evaluate import GATE_METRIC, EvalConfig, EvalResult, proportion
 from modelguard.robustness.stats import Proportion
 
 PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
@@ -74,6 +74,11 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
         "config": result.config.to_dict(),
         "environment": result.environment,
         "results": result.results_dict(),
+        # Certified (randomized smoothing) numbers: their own section, never mixed with the
+        # empirical results above, and about the smoothed classifier, not the base model.
+        "certified": result.certified,
+        # A detector system's two accountings, and which one the gate uses (null otherwise).
+        "detector": result.detector,
         "summary": {
             "norm": result.config.norm,
             "n": result.n,
@@ -93,6 +98,7 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
             "parity_ok": result.parity_ok,
             "soundness_warnings": result.soundness_warnings,
             "gradient_masking_suspected": bool(result.soundness_warnings),
+            "gate_metric": GATE_METRIC,
         },
     }
     _check_finite(predicate, "predicate")
@@ -415,7 +421,22 @@ def check_rerun(certificate: Certificate, rerun: EvalResult) -> list[str]:
             f"{recorded_data[:16]}..."
         )
     tolerance = float(certificate.predicate["config"].get("recertify_tolerance", 0.01))
-    return compare_results(certificate.predicate["results"], rerun, tolerance)
+    drifts = compare_results(certificate.predicate["results"], rerun, tolerance)
+    recorded_certified = certificate.predicate.get("certified") or {}
+    for method, section in recorded_certified.items():
+        key = "radius" if method == "randomized_smoothing" else "eps"
+        now = {
+            float(r[key]): float(r["certified_accuracy"])
+            for r in (rerun.certified or {}).get(method, {}).get("certified_accuracy", [])
+        }
+        for row in section["certified_accuracy"]:
+            at, value = float(row[key]), float(row["certified_accuracy"])
+            current = now.get(at)
+            if current is None or abs(current - value) > tolerance + 1e-12:
+                drifts.append(
+                    f"{method} certified accuracy at {key} {at}: recorded {value:.4f}, now {current}"
+                )
+    return drifts
 
 
 def require_rerun_matches(certificate: Certificate, rerun: EvalResult) -> None:
@@ -492,6 +513,8 @@ class EvaluationRun:
                 for c in self.result.soundness
             ],
             "parity": self.result.parity,
+            "worst_case": [{"eps": w["eps"], **w["robust"]} for w in self.result.worst_case],
+            "certified": self.result.certified,
             "outputs": {k: str(v) for k, v in self.outputs.items()},
             "certificate": self.certificate.to_dict() if self.certificate else None,
         }

@@ -6,8 +6,9 @@
 ((1, 8, 8), True)
 
 Specs: ``digits`` (scikit-learn's bundled digits, test split; no download), ``digits:train``,
-``digits:all``, a ``.npz`` file with arrays ``x`` and ``y``, or a folder with one sub-folder
-of images per class.
+``digits:all``, a ``.npz`` file with arrays ``x`` (N, C, H, W) in [0, 1] and ``y``, or a folder
+with one sub-folder of images per class (grayscale: 1 channel; any colour image: every image as
+3-channel RGB), e.g. 3 x 32 x 32 images.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from modelguard.errors import BadInputError, FormatError
 DIGITS_TEST_FRACTION = 0.2
 MAX_NPZ_BYTES = 4 << 30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def dataset_digest(x: np.ndarray, y: np.ndarray) -> str:
@@ -132,33 +135,43 @@ def _load_npz(path: Path) -> Dataset:
 
 
 def _load_image_folder(path: Path) -> Dataset:
+    """One sub-folder per class. Grayscale images load as 1 channel; if any image has colour,
+    every image loads as 3 channels (RGB), so (C, H, W) is the same for the whole set."""
     from PIL import Image
 
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
     if not class_dirs:
         raise FormatError("an image-folder data set needs one sub-folder per class", path=str(path))
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        for image_path in sorted(class_dir.iterdir()):
-            if image_path.suffix.lower() not in IMAGE_SUFFIXES or image_path.is_symlink():
-                continue
-            try:
-                with Image.open(image_path) as image:
-                    pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-            except OSError as error:
-                raise FormatError(f"unreadable image ({error})", path=str(image_path)) from error
-            if images and pixels.shape != images[0].shape:
-                raise FormatError(
-                    f"image size {pixels.shape} differs from {images[0].shape}",
-                    path=str(image_path),
-                )
-            images.append(pixels)
-            labels.append(label)
-    if not images:
+    files = [
+        (label, image_path)
+        for label, class_dir in enumerate(class_dirs)
+        for image_path in sorted(class_dir.iterdir())
+        if image_path.suffix.lower() in IMAGE_SUFFIXES and not image_path.is_symlink()
+    ]
+    if not files:
         raise FormatError("no images found", path=str(path))
-    x = np.stack(images)[:, None, :, :]
-    return Dataset(x, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs], str(path))
+    decoded: list[tuple[int, Path, Any]] = []
+    colour = False
+    for label, image_path in files:
+        try:
+            with Image.open(image_path) as image:
+                image.load()
+                colour = colour or image.mode not in GRAY_MODES
+                decoded.append((label, image_path, image.copy()))
+        except OSError as error:
+            raise FormatError(f"unreadable image ({error})", path=str(image_path)) from error
+    images: list[np.ndarray] = []
+    for _, image_path, image in decoded:
+        pixels = np.asarray(image.convert("RGB" if colour else "L"), dtype=np.float32) / 255.0
+        pixels = np.transpose(pixels, (2, 0, 1)) if colour else pixels[None, :, :]
+        if images and pixels.shape != images[0].shape:
+            raise FormatError(
+                f"image size {pixels.shape[1:]} differs from {images[0].shape[1:]}",
+                path=str(image_path),
+            )
+        images.append(pixels)
+    labels = np.asarray([label for label, _, _ in decoded], dtype=np.int64)
+    return Dataset(np.stack(images), labels, [d.name for d in class_dirs], str(path))
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Dataset:

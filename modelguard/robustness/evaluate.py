@@ -51,8 +51,11 @@ from modelguard.robustness import distributed
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
 from modelguard.robustness.data import Dataset, load_dataset
+from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
+from modelguard.robustness.ibp import certified_mask, margin_lower_bounds
 from modelguard.robustness.onnx_model import OnnxClassifier, onnx_session_options
-from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS
+from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS, profile_attack
+from modelguard.robustness.smoothing import SmoothingConfig, certify_dataset
 from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
@@ -70,6 +73,7 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "deepfool": {"steps": 50, "overshoot": 0.02},
     "cw": {"binary_search_steps": 4, "steps": 30, "lr": 0.1, "initial_const": 1.0},
     "square": {"n_queries": 300, "p_init": 0.3},
+    "square-l2": {"n_queries": 300, "p_init": 0.8},
     "transfer": {"base": "pgd-margin", "base_params": {"steps": 20}},
     # The papers' budgets (Croce & Hein 2020), as in the "standard" profile.
     "apgd-ce": {"steps": 100, "restarts": 1, "loss": "ce", "rho": 0.75, "eot_iter": 1},
@@ -112,6 +116,8 @@ class EvalConfig:
     version: int = EVAL_VERSION
     profile: str | None = None  # the named profile the portfolio came from (profiles.py)
     cascade: bool = False  # each attack runs only on the examples no earlier one broke
+    smoothing: SmoothingConfig | None = None  # certified L2 robustness (smoothing.py)
+    ibp: bool = False  # certified Linf robustness by interval bound propagation (ibp.py)
 
     def resolved(self) -> EvalConfig:
         """Validated copy with every attack's parameters filled in from ``EVAL_DEFAULTS``.
@@ -122,16 +128,17 @@ class EvalConfig:
         if len(self.attacks) == 1 and self.attacks[0] in PROFILES:
             profile = PROFILES[self.attacks[0]]
             params: dict[str, dict[str, Any]] = {}
-            for name in profile.attacks:
-                params[name] = dict(profile.params.get(name, {}))
-                if name in THREAT_NORM_ATTACKS:
-                    params[name]["norm"] = self.norm
+            attacks = [profile_attack(name, self.norm) for name in profile.attacks]
+            for name, used in zip(profile.attacks, attacks, strict=True):
+                params[used] = dict(profile.params.get(name, {}))
+                if used in THREAT_NORM_ATTACKS:
+                    params[used]["norm"] = self.norm
             for name, values in self.attack_params.items():
                 params.setdefault(name, {}).update(values)
             expanded = EvalConfig.from_dict(
                 {
                     **self.to_dict(),
-                    "attacks": list(profile.attacks),
+                    "attacks": attacks,
                     "attack_params": params,
                     "profile": profile.name,
                     "cascade": True,
@@ -154,6 +161,8 @@ class EvalConfig:
                 raise BadInputError(f"eps must be finite numbers >= 0, got {value}")
         if self.norm not in NORMS:
             raise BadInputError(f"unknown norm {self.norm!r} (expected 'linf' or 'l2')")
+        if self.ibp and self.norm != "linf":
+            raise BadInputError("interval bound propagation certifies the linf threat model only")
         if self.limit is not None and self.limit <= 0:
             raise BadInputError(f"limit must be positive, got {self.limit}")
         if self.batch_size <= 0:
@@ -194,6 +203,8 @@ class EvalConfig:
             version=self.version,
             profile=self.profile,
             cascade=bool(self.cascade),
+            smoothing=None if self.smoothing is None else self.smoothing.validated(),
+            ibp=bool(self.ibp),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +225,8 @@ class EvalConfig:
             "soundness": self.soundness,
             "profile": self.profile,
             "cascade": self.cascade,
+            "smoothing": None if self.smoothing is None else self.smoothing.to_dict(),
+            "ibp": self.ibp,
         }
 
     @classmethod
@@ -238,6 +251,10 @@ class EvalConfig:
                 data_digest=data.get("data_digest"),
                 profile=None if data.get("profile") is None else str(data["profile"]),
                 cascade=bool(data.get("cascade", False)),
+                smoothing=None
+                if data.get("smoothing") is None
+                else SmoothingConfig.from_dict(dict(data["smoothing"])),
+                ibp=bool(data.get("ibp", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise FormatError(
@@ -305,6 +322,9 @@ class EvalResult:
     soundness: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     samples: Samples | None = None
+    # Certified numbers by method ("randomized_smoothing", "ibp"); never mixed with results.
+    certified: dict[str, Any] | None = None
+    detector: dict[str, Any] | None = None  # a detector system's two accountings
 
     @property
     def n(self) -> int:
@@ -372,6 +392,8 @@ class EvalResult:
             "data": self.data,
             "environment": self.environment,
             "results": self.results_dict(),
+            "certified": self.certified,
+            "detector": self.detector,
             "timing": self.timing,
             "summary": self.summary(),
         }
@@ -567,7 +589,11 @@ class _Evaluator:
         self.cache: dict[str, float] = {}
         self.timing: dict[str, float] = {}
         self.done = 0
-        self.total = len(config.attacks) * len(config.eps) + (1 if config.soundness else 0)
+        self.total = (
+            len(config.attacks) * len(config.eps)
+            + (1 if config.soundness else 0)
+            + (1 if config.smoothing is not None else 0)
+        )
 
     def tick(self, label: str) -> None:
         self.done += 1
@@ -792,6 +818,62 @@ def _threat_config(config: dict[str, Any], eps: float, norm: str) -> dict[str, A
     return {**config, "threat_eps": eps, "threat_norm": norm}
 
 
+GATE_METRIC = "worst-case robust accuracy; a detector's rejection counts as an error"
+
+
+def detector_accounting(
+    detector: SqueezeDetector,
+    data: Dataset,
+    config: EvalConfig,
+    worst_case: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Both numbers for a detector-plus-classifier system, per eps, each with n and 95% CI.
+
+    ``robust_accuracy_rejection_is_error``: the portfolio's worst case, where the "reject"
+    output counts as a wrong answer (what the certificate's summary and the policy gate use);
+    ``correct_or_rejected_adaptive``: the fraction of examples the system answers correctly
+    or rejects under an adaptive, detector-aware PGD (:func:`evaluate_detector`).
+    """
+    report = evaluate_detector(detector, data, eps=config.eps, seed=config.seed)
+    n = len(data)
+    return {
+        "gate_uses": "robust_accuracy_rejection_is_error",
+        "robust_accuracy_rejection_is_error": {str(w["eps"]): w["robust"] for w in worst_case},
+        "correct_or_rejected_adaptive": {
+            eps: proportion(row["robust_accuracy_worst_case"], n)
+            for eps, row in report["per_eps"].items()
+        },
+        "detector_report": report,
+    }
+
+
+def ibp_section(model: nn.Module, data: Dataset, config: EvalConfig) -> dict[str, Any]:
+    """Certified accuracy by interval bound propagation at each evaluated eps (Linf)."""
+    device = next(iter(model.parameters())).device
+    rows = []
+    for eps in config.eps:
+        hits = 0
+        for start in range(0, len(data), config.batch_size):
+            x = torch.from_numpy(data.x[start : start + config.batch_size]).to(device)
+            y = torch.from_numpy(data.y[start : start + config.batch_size]).to(device)
+            hits += int(certified_mask(model, x, y, eps=eps).sum())
+        rows.append(
+            {
+                "eps": eps,
+                "certified_accuracy": hits / len(data),
+                "certified": Proportion.of(correct=hits, n=len(data)).to_dict(),
+            }
+        )
+    return {
+        "method": "interval-bound-propagation",
+        "describes": "the PyTorch model (the deployed ONNX graph computes the same function "
+        "within the parity tolerance); no input in the Linf ball changes its class",
+        "norm": "linf",
+        "n": len(data),
+        "certified_accuracy": rows,
+    }
+
+
 def run_evaluation(
     *,
     torch_model: nn.Module | None,
@@ -813,6 +895,15 @@ def run_evaluation(
         torch_model = torch_model.to(dev).eval()
     if onnx is not None:
         onnx.check_input_shape(data.x.shape[1:], source=f"data set {config.data!r}")
+    if config.ibp:  # fail fast on a network interval bounds do not cover, before any work
+        if torch_model is None:
+            raise BadInputError("interval bound propagation needs the PyTorch model")
+        margin_lower_bounds(
+            torch_model,
+            torch.from_numpy(data.x[:1]).to(dev),
+            torch.from_numpy(data.y[:1]).to(dev),
+            0.0,
+        )
     for name in config.attacks:  # fail fast on a bad portfolio or parameters, before any work
         cls = ATTACKS[name]
         if not cls.score_based and torch_model is None:
@@ -835,6 +926,31 @@ def run_evaluation(
         checks = [c.to_dict() for c in run_soundness_checks(evaluator, outcome)]
         evaluator.timing["soundness"] = time.perf_counter() - started
         evaluator.tick("soundness checks")
+    detector = None
+    if isinstance(torch_model, SqueezeDetector):
+        started = time.perf_counter()
+        detector = detector_accounting(torch_model, data, config, outcome["worst_case"])
+        evaluator.timing["detector"] = time.perf_counter() - started
+    certified: dict[str, Any] = {}
+    if config.ibp:
+        assert torch_model is not None
+        started = time.perf_counter()
+        certified["ibp"] = ibp_section(torch_model, data, config)
+        evaluator.timing["ibp"] = time.perf_counter() - started
+    if config.smoothing is not None:
+        started = time.perf_counter()
+        base: Classifier = onnx if onnx is not None else evaluator.primary()
+        certified["randomized_smoothing"] = certify_dataset(
+            base,
+            data.x,
+            data.y,
+            config.smoothing,
+            num_classes=len(data.classes),
+            seed=config.seed,
+            model_name="deployed ONNX" if onnx is not None else "PyTorch",
+        )
+        evaluator.timing["smoothing"] = time.perf_counter() - started
+        evaluator.tick("randomized smoothing")
     recorded = config
     if recorded.data_digest is None:
         recorded = EvalConfig.from_dict({**config.to_dict(), "data_digest": data.digest})
@@ -860,6 +976,8 @@ def run_evaluation(
         soundness=checks,
         timing=evaluator.timing,
         samples=outcome["samples"],
+        certified=certified or None,
+        detector=detector,
     )
 
 

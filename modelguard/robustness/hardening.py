@@ -63,7 +63,6 @@ from modelguard.robustness.certificate import (
 )
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.defenses import apply_defense
-from modelguard.robustness.defenses.detector import SqueezeDetector, evaluate_detector
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
@@ -331,13 +330,9 @@ def harden_model(
     issued = issue_certificate(statement, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
     comparison = compare(parent_results, result)
-    if isinstance(defended.model, SqueezeDetector):
-        # The plain evaluation counts a rejection as an error; this is the detector's own view:
-        # FPR, ROC AUC, and "rejected or correct" under an attack that knows the detector.
-        eval_data = load_dataset(config.data).subset(config.limit)
-        defended.report["detector"] = evaluate_detector(
-            defended.model, eval_data, eps=config.eps, seed=config.seed
-        )
+    if result.detector is not None:
+        # Both accountings (the certificate records them and which one the gate uses).
+        defended.report["detector"] = result.detector
     training = defended.summary()
     details = {
         "method": method,

@@ -16,7 +16,8 @@ defenses: APGD-CE and APGD-DLR with the gradient averaged over 20 forward passes
 A profile fills in every attack's parameters (a user's ``--param`` overrides one), and the
 certificate records the profile's name, ``cascade: true`` and every resolved parameter. The
 plain attack names (``fgsm,pgd,...``) keep working and run every attack on every example.
-Square attacks the deployed ONNX graph (score-based); the rest attack the PyTorch model.
+Square attacks the deployed ONNX graph (score-based); the rest attack the PyTorch model. With
+``--norm l2`` the APGD and FAB attacks run in L2 and Square is replaced by ``square-l2``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class Profile:
 
 # Attacks that take the threat model's norm from the evaluation (the others are Linf-only).
 THREAT_NORM_ATTACKS = frozenset({"apgd-ce", "apgd-dlr", "apgd-t", "fab-t"})
+
+# The L2 threat model swaps in each attack's L2 counterpart where it is a separate attack.
+L2_COUNTERPARTS = {"square": "square-l2"}
+
+
+def profile_attack(name: str, norm: str) -> str:
+    """The attack a profile runs for ``name`` in the threat model ``norm``."""
+    return L2_COUNTERPARTS.get(name, name) if norm == "l2" else name
+
 
 PROFILES: dict[str, Profile] = {
     "standard": Profile(

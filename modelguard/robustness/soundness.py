@@ -20,7 +20,8 @@ Checks (tolerances in accuracy points, 1 point = 0.01):
   mid-grey; L2 4.0) brings robust accuracy to at most chance (1 / classes) + 1 point;
 - ``pgd_convergence``: doubling PGD's steps changes robust accuracy by < 1 point (middle eps);
 - ``black_box_not_stronger``: no score-based attack beats the best gradient attack by more
-  than 1 point at any eps (else the gradients are broken);
+  than 1 point at any eps (else the gradients are broken); in a cascade (profiles), the
+  score-based attacks break at most 1 point of examples that every gradient attack missed;
 - ``input_gradients``: no NaN input gradient, and at most 1% of correctly classified inputs
   with an exactly-zero cross-entropy gradient (saturated softmax);
 - ``ce_vs_margin``: cross-entropy PGD is not weaker than logit-margin PGD by more than
@@ -179,7 +180,13 @@ def check_convergence(ctx: EvaluationContext, eps: float) -> Check:
     return Check("pgd_convergence", status, detail, values)
 
 
-def check_black_box(table: dict[str, dict[float, float]], attacks: list[str]) -> Check:
+def check_black_box(
+    table: dict[str, dict[float, float]],
+    attacks: list[str],
+    cascade: dict[float, dict[str, int]] | None = None,
+    count: int = 1,
+) -> Check:
+    """``cascade``: per eps, how many examples each attack broke first (cascade mode)."""
     black = [a for a in attacks if ATTACKS[a].score_based]
     white = [a for a in attacks if not ATTACKS[a].score_based and not ATTACKS[a].minimum_norm]
     if not black or not white:
@@ -188,6 +195,24 @@ def check_black_box(table: dict[str, dict[float, float]], attacks: list[str]) ->
             "needs both a score-based and an eps-bounded gradient attack in the portfolio",
         )  # fmt: skip
     bad, values = [], {}
+    if cascade is not None:
+        # A cascade's rows are cumulative: the signal is how many examples the score-based
+        # attacks broke that every gradient attack before them had missed.
+        for eps, first in sorted(cascade.items()):
+            extra = sum(first.get(a, 0) for a in black) / count
+            values[str(eps)] = {"broken_only_by_black_box": extra}
+            if extra > POINT:
+                bad.append(f"eps={eps}: black-box attacks alone broke {extra:.3f} more")
+        if bad:
+            return Check(
+                "black_box_not_stronger", "warn",
+                "score-based attacks break examples gradient attacks missed (gradient masking): "
+                + "; ".join(bad), values,
+            )  # fmt: skip
+        return Check(
+            "black_box_not_stronger", "pass",
+            "score-based attacks broke at most 1 point beyond the gradient attacks", values,
+        )  # fmt: skip
     for eps in sorted(table[black[0]]):
         best_white = min(table[a][eps] for a in white)
         best_black = min(table[a][eps] for a in black)
@@ -262,7 +287,13 @@ def run_soundness_checks(ctx: EvaluationContext, outcome: dict[str, Any]) -> lis
     """Every check; extra attack runs go through ``ctx.robust_accuracy`` (cached)."""
     table = _table(outcome)
     eps_list = list(ctx.config.eps)
-    checks = [check_monotone(table), check_black_box(table, list(ctx.config.attacks))]
+    cascade = (
+        {r["eps"]: r["broken_by"] for r in outcome["worst_case"]} if ctx.config.cascade else None
+    )
+    checks = [
+        check_monotone(table),
+        check_black_box(table, list(ctx.config.attacks), cascade, len(ctx.data.y)),
+    ]
     if not isinstance(ctx.primary(), nn.Module):
         reason = "black-box evaluation: no gradients to check"
         for name in (

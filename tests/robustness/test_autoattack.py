@@ -117,6 +117,17 @@ def test_attacks_are_registered_seeded_and_batched_consistently() -> None:
     assert fab.config()["n_targets"] == 2 and ATTACKS["fab-t"].minimum_norm
 
 
+def test_square_l2_stays_in_the_ball_and_fools_a_linear_model() -> None:
+    model, x, y, v, m0 = binary_linear()
+    eps = 1.5 * float((m0.abs() / v.norm(dim=1)).max())  # every example is breakable
+    attack = build_attack("square-l2", model, eps=eps, n_queries=300, seed=0)
+    x_adv = attack(x, y)
+    assert bool(((x_adv - x).flatten(1).norm(dim=1) <= eps + 1e-5).all())
+    with torch.no_grad():
+        fooled = (model(x_adv).argmax(1) != y).float().mean()
+    assert fooled >= 0.5 and attack.queries > 0
+
+
 def test_profiles_expand_and_record_every_parameter() -> None:
     config = EvalConfig(attacks=["standard"], eps=[0.1], attack_params={"square": {"p_init": 0.5}})
     resolved = config.resolved()
@@ -133,6 +144,8 @@ def test_profiles_expand_and_record_every_parameter() -> None:
     )
     l2 = EvalConfig(attacks=["quick"], eps=[0.5], norm="l2").resolved()
     assert l2.attack_params["apgd-ce"]["norm"] == "l2"
+    assert l2.attacks == ["apgd-ce", "apgd-t", "fab-t", "square-l2"]
+    assert l2.attack_params["square-l2"] == {"n_queries": 500, "p_init": 0.8}
     plain = EvalConfig(attacks=["fgsm", "pgd"], eps=[0.1]).resolved()
     assert plain.profile is None and not plain.cascade
 
@@ -178,3 +191,14 @@ def test_pgd_at_child_beats_its_parent_by_ten_points(
     row = result.comparison["worst_case"][0]
     assert row["eps"] == 0.1
     assert row["child_worst_case"] >= row["parent_worst_case"] + 0.10, row
+
+
+def test_black_box_check_in_a_cascade_counts_what_only_square_broke() -> None:
+    from modelguard.robustness.soundness import check_black_box
+
+    attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    table = {a: {0.1: 0.5} for a in attacks}  # cumulative rows: not the signal in a cascade
+    masked = check_black_box(table, attacks, {0.1: {"apgd-ce": 40, "square": 5}}, 100)
+    assert masked.status == "warn" and "0.050 more" in masked.detail
+    honest = check_black_box(table, attacks, {0.1: {"apgd-ce": 40, "fab-t": 9, "square": 1}}, 100)
+    assert honest.status == "pass"

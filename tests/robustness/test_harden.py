@@ -269,3 +269,26 @@ def test_harden_distill_passes_five_runs_in_a_row(
             assert result.evaluation["parity_ok"]
     finally:
         torch.set_num_threads(before)
+
+
+def test_detector_certificate_reports_both_accountings_and_names_the_gated_one(
+    world: dict,
+) -> None:
+    from modelguard.robustness.certificate import load_certificate
+
+    harden(world, out="detected", method="detector", options={"bits": 3, "fpr": 0.1})
+    child = world["tmp"] / "detected"
+    cert = load_certificate(certificate_path_for(child), [world["key"].public_key()])
+    section = cert.predicate["detector"]
+    assert section["gate_uses"] == "robust_accuracy_rejection_is_error"
+    gated = section["robust_accuracy_rejection_is_error"]["0.1"]
+    system = section["correct_or_rejected_adaptive"]["0.1"]
+    assert gated["n"] == system["n"] == 40 and len(system["ci95"]) == 2
+    # the gate's number is the summary's worst case (rejections counted as errors)
+    assert cert.robust_accuracy_at_least(0.1) == gated["value"]
+    assert "rejection counts as an error" in cert.predicate["summary"]["gate_metric"]
+    harden(world, out="plain")
+    plain = load_certificate(
+        certificate_path_for(world["tmp"] / "plain"), [world["key"].public_key()]
+    )
+    assert plain.predicate["detector"] is None

@@ -208,6 +208,27 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return int(info.value.code), out.out, out.err
 
 
+def test_cli_runs_a_profile_with_certified_sections_and_intervals(
+    digits_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    code, stdout, _ = run_cli(
+        capsys, "eval", str(digits_model_dir), "--attacks", "quick", "--eps", "0.01",
+        "--limit", "8", "--param", "square.n_queries=20", "--no-soundness", "--ibp",
+        "--smoothing-sigma", "0.25", "--smoothing-n", "50", "--out", str(tmp_path / "e"),
+        "--no-ledger", "--json",
+    )  # fmt: skip
+    assert code == 0
+    document = json.loads(stdout)
+    assert set(document["certified"]) == {"ibp", "randomized_smoothing"}
+    worst = document["worst_case"][0]
+    assert worst["n"] == 8 and worst["ci95"][0] <= worst["value"] <= worst["ci95"][1]
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["config"]["profile"] == "quick" and report["config"]["cascade"]
+    assert report["config"]["attack_params"]["square"]["n_queries"] == 20
+    html = (tmp_path / "e" / "report.html").read_text()
+    assert "95% CI" in html and "interval bound propagation" in html
+
+
 def test_cli_writes_reports_and_a_certificate(
     digits_model_dir: Path, tmp_path: Path, capsys
 ) -> None:

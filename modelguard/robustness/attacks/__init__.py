@@ -22,7 +22,7 @@ from modelguard.robustness.attacks.fab import FABT
 from modelguard.robustness.attacks.fgsm import FGSM
 from modelguard.robustness.attacks.mifgsm import MIFGSM
 from modelguard.robustness.attacks.pgd import BIM, PGD, PGDL2, PGDMargin
-from modelguard.robustness.attacks.square import SquareAttack
+from modelguard.robustness.attacks.square import SquareAttack, SquareAttackL2
 from modelguard.robustness.attacks.transfer import TransferAttack
 
 ATTACKS: dict[str, type[Attack]] = {
@@ -35,6 +35,7 @@ ATTACKS: dict[str, type[Attack]] = {
     DeepFool.name: DeepFool,
     CarliniWagnerL2.name: CarliniWagnerL2,
     SquareAttack.name: SquareAttack,
+    SquareAttackL2.name: SquareAttackL2,
     TransferAttack.name: TransferAttack,
     APGD.name: APGD,
     APGDDLR.name: APGDDLR,
