@@ -42,6 +42,10 @@ from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_has
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+# What a signature's manifest uses (docs/signature.md): tensors, structures and the byte layout
+# in BLAKE3, whole files in SHA-256 (the same digests as the OMS resources, computed once).
+SIGNING_LAYER_HASH = "blake3"
+SIGNING_FILE_HASH = "sha256"
 RECORD_FORMATS = ("onnx", "safetensors", "pytorch", "raw")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -92,14 +96,16 @@ class FileRecord:
         return next((t for t in self.tensors if t.name == name), None)
 
 
-def _leaves(hash_algorithm: str, files: Iterable[FileRecord]) -> list[bytes]:
+def _leaves(
+    hash_algorithm: str, files: Iterable[FileRecord], file_algorithm: str | None = None
+) -> list[bytes]:
     leaves: list[bytes] = []
     for record in files:
         leaves.append(
             rfc8785.dumps(
                 {
                     "kind": "file",
-                    "hash_algorithm": hash_algorithm,
+                    "hash_algorithm": file_algorithm or hash_algorithm,
                     "path": record.path,
                     "format": record.format,
                     "size": record.size,
@@ -138,19 +144,46 @@ def _leaves(hash_algorithm: str, files: Iterable[FileRecord]) -> list[bytes]:
 
 @dataclass(frozen=True)
 class Manifest:
-    hash_algorithm: str
+    hash_algorithm: (
+        str  # tensor and structure digests (and file digests unless file_hash_algorithm)
+    )
     files: tuple[FileRecord, ...]  # sorted by path
     layer_root: str  # hex RFC 9162 Merkle tree hash over layer_leaves()
     version: int = MANIFEST_VERSION
+    # whole-file digests, when another function than hash_algorithm (None: the same)
+    file_hash_algorithm: str | None = None
 
     @classmethod
-    def create(cls, hash_algorithm: str, files: Iterable[FileRecord]) -> Manifest:
+    def create(
+        cls,
+        hash_algorithm: str,
+        files: Iterable[FileRecord],
+        file_hash_algorithm: str | None = None,
+    ) -> Manifest:
         ordered = tuple(sorted(files, key=lambda f: f.path))
-        return cls(hash_algorithm, ordered, root_hash(_leaves(hash_algorithm, ordered)).hex())
+        if file_hash_algorithm == hash_algorithm:
+            file_hash_algorithm = None
+        leaves = _leaves(hash_algorithm, ordered, file_hash_algorithm)
+        return cls(
+            hash_algorithm,
+            ordered,
+            root_hash(leaves).hex(),
+            file_hash_algorithm=file_hash_algorithm,
+        )
+
+    @property
+    def file_algorithm(self) -> str:
+        """The function of the whole-file digests."""
+        return self.file_hash_algorithm or self.hash_algorithm
+
+    @property
+    def scheme(self) -> tuple[str, str]:
+        """(tensor and structure hash, whole-file hash): two manifests compare only if equal."""
+        return self.hash_algorithm, self.file_algorithm
 
     def layer_leaves(self) -> list[bytes]:
         """Leaf data in tree order: per file a file leaf, a structure leaf, then tensor leaves."""
-        return _leaves(self.hash_algorithm, self.files)
+        return _leaves(self.hash_algorithm, self.files, self.file_hash_algorithm)
 
     def leaf_index(self, path: str, tensor: str | None = None) -> int:
         """Index of a file's leaf (tensor None) or of one tensor's leaf, for membership proofs."""
@@ -179,12 +212,15 @@ class Manifest:
         return sum(len(f.tensors) for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "hash_algorithm": self.hash_algorithm,
             "layer_root": self.layer_root,
             "files": [f.to_dict() for f in self.files],
         }
+        if self.file_hash_algorithm is not None:
+            out["file_hash_algorithm"] = self.file_hash_algorithm
+        return out
 
     def canonical_json(self) -> bytes:
         """RFC 8785 (JCS) bytes of :meth:`to_dict`."""
@@ -193,19 +229,26 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """Validate and rebuild; FormatError names the first problem (including a wrong layer_root)."""
-        _keys(data, {"version", "hash_algorithm", "layer_root", "files"}, "manifest")
+        required = {"version", "hash_algorithm", "layer_root", "files"}
+        optional = {"file_hash_algorithm"} if isinstance(data, Mapping) else set()
+        _keys(data, required | (optional & set(data)), "manifest")
         if data["version"] != MANIFEST_VERSION:
             raise FormatError(f"manifest: unsupported version {data['version']!r}")
         algorithm = data["hash_algorithm"]
         if algorithm not in HASH_ALGORITHMS:
             raise FormatError(f"manifest: unknown hash_algorithm {algorithm!r}")
+        file_algorithm = data.get("file_hash_algorithm")
+        if file_algorithm is not None and (
+            file_algorithm not in HASH_ALGORITHMS or file_algorithm == algorithm
+        ):
+            raise FormatError(f"manifest: bad file_hash_algorithm {file_algorithm!r}")
         if not isinstance(data["files"], list):
             raise FormatError("manifest: files must be a list")
         files = tuple(_file_from_dict(f) for f in data["files"])
         paths = [f.path for f in files]
         if paths != sorted(set(paths)):
             raise FormatError("manifest: files must be sorted by path and unique")
-        manifest = cls.create(algorithm, files)
+        manifest = cls.create(algorithm, files, file_algorithm)
         if data["layer_root"] != manifest.layer_root:
             raise FormatError(
                 f"manifest: layer_root {data['layer_root']!r} does not match its leaves ({manifest.layer_root})"
@@ -421,59 +464,39 @@ def hash_bytes(data: bytes, algorithm: str) -> str:
 
 
 @dataclass
-class _Job:
+class HashJob:
+    """One digest to compute: ``length`` bytes of file ``rel`` (read through ``view``)."""
+
     key: tuple[str, ...]
+    rel: str  # the model file whose buffer is read (its pages are dropped once all its jobs ran)
     size: int
     view: Callable[[], memoryview]
+    algorithm: str
 
 
-@dataclass
-class _Plan:
-    files: dict[str, tuple[int, str, ParsedModel | None]] = field(
-        default_factory=dict
-    )  # path -> (size, format, parsed)
-    jobs: list[_Job] = field(default_factory=list)
-
-
-def _plan(files: ModelFiles) -> _Plan:
-    plan = _Plan()
-    for rel in files.members:
-        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
-        view = files.view(rel)
-        plan.files[rel] = (view.nbytes, parsed.format if parsed else "raw", parsed)
-        plan.jobs.append(_Job(("file", rel), view.nbytes, (lambda v: lambda: v)(view)))
-        if parsed is not None:
-            for t in parsed.tensors:
-                plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
-    return plan
-
-
-def build_manifest(
-    path: Path,
+def run_hash_jobs(
+    files: ModelFiles,
+    jobs: Sequence[HashJob],
     *,
-    hash_algorithm: str = "sha256",
-    allow_symlinks: bool = False,
-    ignore_paths: Sequence[str] = (),
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
-    files: ModelFiles | None = None,
-) -> Manifest:
-    """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
+) -> dict[tuple[str, ...], str]:
+    """Every job's hex digest, computed concurrently, one file after another.
 
-    ``threads``: worker threads (default: CPU count). ``progress(n)`` is called from worker
-    threads with the number of bytes just hashed (file bytes, then tensor bytes again).
-    ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
+    Jobs run grouped by file (in ``files.members`` order, largest first inside a file), so two
+    threads share one file's pages and a file's pages are released (:meth:`ModelFiles.drop_pages`,
+    read-only mappings only) as soon as its last job finished: resident memory follows the files
+    in flight, not the model. Each job's bytes go through its own function exactly once.
     """
-    check_algorithm(hash_algorithm)
-    if chunk_size <= 0:
-        raise BadInputError("chunk size must be positive")
-    workers = threads if threads is not None else (os.cpu_count() or 1)
+    workers = threads if threads is not None else default_threads()
     if workers < 1:
         raise BadInputError("threads must be at least 1")
-    if files is None:
-        files = open_model(Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths)
-    plan = _plan(files)
+    order = {rel: i for i, rel in enumerate(files.members)}
+    ordered = sorted(jobs, key=lambda j: (order.get(j.rel, len(order)), -j.size, j.key))
+    pending: dict[str, int] = {}
+    for job in ordered:
+        pending[job.rel] = pending.get(job.rel, 0) + 1
     lock = threading.Lock()
 
     def advance(n: int) -> None:
@@ -481,23 +504,156 @@ def build_manifest(
             with lock:
                 progress(n)
 
-    def run(job: _Job) -> tuple[tuple[str, ...], str]:
-        return job.key, hash_view(
-            job.view(),
-            hash_algorithm,
-            chunk_size=chunk_size,
-            parallel=workers > 1,
-            progress=advance,
+    def run(job: HashJob) -> tuple[tuple[str, ...], str]:
+        view = job.view()
+        try:
+            digest = hash_view(
+                view, job.algorithm, chunk_size=chunk_size, parallel=False, progress=advance
+            )
+        finally:
+            view.release()
+        with lock:
+            pending[job.rel] -= 1
+            last = pending[job.rel] == 0
+        if last:
+            files.drop_pages(job.rel)
+        return job.key, digest
+
+    if workers == 1 or len(ordered) <= 1:
+        return dict(run(job) for job in ordered)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
+        return dict(pool.map(run, ordered))
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (``taskset`` and cgroups respected where visible)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# A tiled file's bytes between tensors are cut into segments of at most this many bytes.
+GAP_SEGMENT = 64 * 1024 * 1024
+
+# (offset, length, tensor name or None for a gap, hex digest) tiling one file
+LayoutSegment = tuple[int, int, str | None, str]
+
+
+@dataclass
+class _Plan:
+    files: dict[str, tuple[int, str, ParsedModel | None]] = field(
+        default_factory=dict
+    )  # path -> (size, format, parsed)
+    jobs: list[HashJob] = field(default_factory=list)
+    # file -> [(offset, length, tensor name or None)] when every tensor lies verbatim in a file
+    tiles: dict[str, list[tuple[int, int, str | None]]] | None = None
+
+
+def file_slice(files: ModelFiles, rel: str, offset: int, length: int) -> Callable[[], memoryview]:
+    """A reader of ``length`` bytes of ``rel`` at ``offset`` (from the model's one buffer)."""
+    return lambda: files.view(rel)[offset : offset + length]
+
+
+def _tiles(
+    files: ModelFiles, parsed: Mapping[str, ParsedModel | None]
+) -> dict[str, list[tuple[int, int, str | None]]] | None:
+    """Tensor and gap ranges tiling each file that holds tensors; None if some tensor is not verbatim."""
+    placed: dict[str, list[tuple[int, int, str]]] = {}
+    for model in parsed.values():
+        if model is None:
+            continue
+        for tensor in model.tensors:
+            if tensor.location is None or tensor.location[2] != tensor.nbytes:
+                return None
+            where, offset, length = tensor.location
+            if where not in files.members:
+                return None
+            placed.setdefault(where, []).append((offset, length, tensor.name))
+    tiles: dict[str, list[tuple[int, int, str | None]]] = {}
+    for where, tensors in placed.items():
+        size = files.size(where)
+        segments: list[tuple[int, int, str | None]] = []
+        cursor = 0
+        for offset, length, name in sorted(tensors):
+            if offset < cursor or offset + length > size:
+                return None  # overlapping or out-of-range tensors: no tiling
+            segments += _gap_ranges(cursor, offset)
+            segments.append((offset, length, name))
+            cursor = offset + length
+        segments += _gap_ranges(cursor, size)
+        tiles[where] = segments
+    return tiles
+
+
+def _gap_ranges(start: int, end: int) -> list[tuple[int, int, str | None]]:
+    return [(at, min(GAP_SEGMENT, end - at), None) for at in range(start, end, GAP_SEGMENT)]
+
+
+def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: bool) -> _Plan:
+    plan = _Plan()
+    for rel in files.members:
+        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
+        size = files.size(rel)
+        plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
+        plan.jobs.append(
+            HashJob(("file", rel), rel, size, file_slice(files, rel, 0, size), file_algorithm)
         )
+        if parsed is not None:
+            for t in parsed.tensors:
+                where = t.location[0] if t.location is not None else rel
+                plan.jobs.append(
+                    HashJob(("tensor", rel, t.name), where, t.nbytes, t.read, hash_algorithm)
+                )
+    if tile:
+        plan.tiles = _tiles(files, {rel: entry[2] for rel, entry in plan.files.items()})
+        for where, segments in (plan.tiles or {}).items():
+            for offset, length, name in segments:
+                if name is None:
+                    job = HashJob(
+                        ("gap", where, str(offset)),
+                        where,
+                        length,
+                        file_slice(files, where, offset, length),
+                        hash_algorithm,
+                    )
+                    plan.jobs.append(job)
+    return plan
 
-    # largest first, so one big tensor does not start last and leave the other threads idle
-    jobs = sorted(plan.jobs, key=lambda j: (-j.size, j.key))
-    if workers == 1:
-        digests = dict(run(job) for job in jobs)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
-            digests = dict(pool.map(run, jobs))
 
+@dataclass(frozen=True)
+class Scan:
+    """One pass over a model: its manifest and, when every tensor lies verbatim, its byte layout."""
+
+    manifest: Manifest
+    # file -> segments tiling it (tensor digests from the manifest, gaps hashed in the same pass)
+    layout: dict[str, list[LayoutSegment]] | None
+
+
+def scan_model(
+    files: ModelFiles,
+    *,
+    hash_algorithm: str = SIGNING_LAYER_HASH,
+    file_hash_algorithm: str | None = SIGNING_FILE_HASH,
+    layout: bool = True,
+    threads: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+) -> Scan:
+    """Parse each file once and compute every digest once, concurrently, from the same buffers.
+
+    Whole files are hashed with ``file_hash_algorithm`` (default: SHA-256, the OMS resource
+    digests), tensors, structures and the gaps between tensors with ``hash_algorithm`` (default
+    BLAKE3). No byte goes through the same function twice.
+    """
+    check_algorithm(hash_algorithm)
+    file_algorithm = check_algorithm(file_hash_algorithm or hash_algorithm)
+    if chunk_size <= 0:
+        raise BadInputError("chunk size must be positive")
+    plan = _plan(files, hash_algorithm, file_algorithm, layout)
+    digests = run_hash_jobs(
+        files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress
+    )
     records = []
     for rel, (size, kind, parsed) in plan.files.items():
         tensors: tuple[TensorRecord, ...] = ()
@@ -511,7 +667,64 @@ def build_manifest(
         records.append(
             FileRecord(rel, size, digests[("file", rel)], kind, structure_digest, tensors)
         )
-    return Manifest.create(hash_algorithm, records)
+    manifest = Manifest.create(hash_algorithm, records, file_algorithm)
+    tiled: dict[str, list[LayoutSegment]] | None = None
+    if plan.tiles is not None:
+        by_name = {
+            (t.location[0], t.location[1], t.name): digests[("tensor", rel, t.name)]
+            for rel, (_, _, parsed) in plan.files.items()
+            if parsed is not None
+            for t in parsed.tensors
+            if t.location is not None
+        }
+        tiled = {
+            where: [
+                (
+                    offset,
+                    length,
+                    name,
+                    digests[("gap", where, str(offset))]
+                    if name is None
+                    else by_name[(where, offset, name)],
+                )
+                for offset, length, name in segments
+            ]
+            for where, segments in plan.tiles.items()
+        }
+    return Scan(manifest, tiled)
+
+
+def build_manifest(
+    path: Path,
+    *,
+    hash_algorithm: str = "sha256",
+    file_hash_algorithm: str | None = None,
+    allow_symlinks: bool = False,
+    ignore_paths: Sequence[str] = (),
+    threads: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+    files: ModelFiles | None = None,
+) -> Manifest:
+    """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
+
+    ``threads``: worker threads (default: the CPUs available). ``progress(n)`` is called from
+    worker threads with the number of bytes just hashed (file bytes, then tensor bytes again).
+    ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
+    ``file_hash_algorithm``: hash whole files with another function (what signatures do:
+    :data:`SIGNING_FILE_HASH` files, :data:`SIGNING_LAYER_HASH` tensors).
+    """
+    if files is None:
+        files = open_model(Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths)
+    return scan_model(
+        files,
+        hash_algorithm=hash_algorithm,
+        file_hash_algorithm=file_hash_algorithm,
+        layout=False,
+        threads=threads,
+        chunk_size=chunk_size,
+        progress=progress,
+    ).manifest
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -632,9 +845,10 @@ def compare_manifests(
     expected: Manifest, actual: Manifest, *, rename: Mapping[str, str] | None = None
 ) -> ManifestDiff:
     """What differs between two manifests (``rename`` maps actual paths onto expected ones)."""
-    if expected.hash_algorithm != actual.hash_algorithm:
+    if expected.scheme != actual.scheme:
         raise BadInputError(
-            f"cannot compare manifests hashed with {expected.hash_algorithm} and {actual.hash_algorithm}"
+            f"cannot compare manifests hashed with {'/'.join(expected.scheme)} and "
+            f"{'/'.join(actual.scheme)}"
         )
     rename = rename or {}
     ours = {f.path: f for f in expected.files}

@@ -272,6 +272,20 @@ class ModelFiles:
             os.close(directory)
         return view, links
 
+    def drop_pages(self, rel: str) -> None:
+        """Let the kernel reclaim ``rel``'s resident pages once they are hashed (mappings only).
+
+        A read-only shared file mapping reads the page cache again on the next access, so this
+        changes nothing a reader sees, only the process's resident set; private copies are kept.
+        """
+        with self._lock:
+            view = self._views.get(rel)
+        if view is None or self.is_private(rel) or not isinstance(view.obj, mmap.mmap):
+            return
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is not None and view.nbytes:
+            view.obj.madvise(advice)
+
     def close(self) -> None:
         """Drop every buffer (an mmap is unmapped once nothing else holds a view of it)."""
         with self._lock:
