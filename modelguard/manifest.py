@@ -505,13 +505,11 @@ def run_hash_jobs(
                 progress(n)
 
     def run(job: HashJob) -> tuple[tuple[str, ...], str]:
-        view = job.view()
-        try:
+        # an own view of the reader's buffer (a reader may hand out the same view every time)
+        with memoryview(job.view()) as view:
             digest = hash_view(
                 view, job.algorithm, chunk_size=chunk_size, parallel=False, progress=advance
             )
-        finally:
-            view.release()
         with lock:
             pending[job.rel] -= 1
             last = pending[job.rel] == 0
