@@ -472,6 +472,7 @@ class HashJob:
     size: int
     view: Callable[[], memoryview]
     algorithm: str
+    offset: int | None = None  # where the bytes lie in ``rel`` (None: decoded, not the file's)
 
 
 def run_hash_jobs(
@@ -484,10 +485,11 @@ def run_hash_jobs(
 ) -> dict[tuple[str, ...], str]:
     """Every job's hex digest, computed concurrently, one file after another.
 
-    Jobs run grouped by file (in ``files.members`` order, largest first inside a file), so two
-    threads share one file's pages and a file's pages are released (:meth:`ModelFiles.drop_pages`,
-    read-only mappings only) as soon as its last job finished: resident memory follows the files
-    in flight, not the model. Each job's bytes go through its own function exactly once.
+    Jobs run grouped by file (in ``files.members`` order, largest first inside a file), so the
+    threads share one file's pages; each chunk's pages are released once hashed, and a file's
+    once its last job finished (:meth:`ModelFiles.drop_pages`, read-only mappings only): resident
+    memory is a few chunks per thread, whatever the model's size. Each job's bytes go through
+    its own function exactly once.
     """
     workers = threads if threads is not None else default_threads()
     if workers < 1:
@@ -505,11 +507,16 @@ def run_hash_jobs(
                 progress(n)
 
     def run(job: HashJob) -> tuple[tuple[str, ...], str]:
+        hasher = new_hasher(job.algorithm)
         # an own view of the reader's buffer (a reader may hand out the same view every time)
         with memoryview(job.view()) as view:
-            digest = hash_view(
-                view, job.algorithm, chunk_size=chunk_size, parallel=False, progress=advance
-            )
+            for start in range(0, view.nbytes, chunk_size):
+                chunk = view[start : start + chunk_size]
+                hasher.update(chunk)
+                advance(chunk.nbytes)
+                if job.offset is not None:
+                    files.drop_pages(job.rel, job.offset + start, chunk.nbytes)
+        digest = hasher.hexdigest()
         with lock:
             pending[job.rel] -= 1
             last = pending[job.rel] == 0
@@ -595,13 +602,13 @@ def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: boo
         size = files.size(rel)
         plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
         plan.jobs.append(
-            HashJob(("file", rel), rel, size, file_slice(files, rel, 0, size), file_algorithm)
+            HashJob(("file", rel), rel, size, file_slice(files, rel, 0, size), file_algorithm, 0)
         )
         if parsed is not None:
             for t in parsed.tensors:
-                where = t.location[0] if t.location is not None else rel
+                where, at = (t.location[0], t.location[1]) if t.location else (rel, None)
                 plan.jobs.append(
-                    HashJob(("tensor", rel, t.name), where, t.nbytes, t.read, hash_algorithm)
+                    HashJob(("tensor", rel, t.name), where, t.nbytes, t.read, hash_algorithm, at)
                 )
     if tile:
         plan.tiles = _tiles(files, {rel: entry[2] for rel, entry in plan.files.items()})
@@ -614,6 +621,7 @@ def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: boo
                         length,
                         file_slice(files, where, offset, length),
                         hash_algorithm,
+                        offset,
                     )
                     plan.jobs.append(job)
     return plan

@@ -98,9 +98,7 @@ def test_sign_hashes_each_byte_once_per_function(tmp_path: Path, fed: Counter[st
     assert set(fed) == {"sha256", "blake3"}
     signed = result.manifest
     assert signed.scheme == ("blake3", "sha256")
-    resources = {
-        r["name"]: r["digest"] for r in result.statement["predicate"]["resources"]
-    }
+    resources = {r["name"]: r["digest"] for r in result.statement["predicate"]["resources"]}
     assert resources == {f.path: f.digest for f in signed.files}  # one SHA-256 pass, shared
 
 
@@ -249,3 +247,15 @@ def test_the_scan_layout_tiles_every_file_with_tensors(tmp_path: Path) -> None:
             assert offset == cursor
             cursor += length
         assert cursor == (model / path).stat().st_size
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_released_pages_read_back_the_same_bytes(tmp_path: Path, private: bool) -> None:
+    """Dropping a mapping's pages changes only residency; a private copy is never dropped."""
+    model = sharded(tmp_path / "m")
+    files = open_model(model, private=private)
+    before = bytes(files.view(SHARD1))
+    files.drop_pages(SHARD1, 1, 5000)
+    files.drop_pages(SHARD1)
+    assert bytes(files.view(SHARD1)) == before
+    assert scan_model(files).manifest == scan_model(open_model(model)).manifest

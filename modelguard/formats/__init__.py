@@ -272,19 +272,27 @@ class ModelFiles:
             os.close(directory)
         return view, links
 
-    def drop_pages(self, rel: str) -> None:
-        """Let the kernel reclaim ``rel``'s resident pages once they are hashed (mappings only).
+    def drop_pages(self, rel: str, offset: int = 0, length: int | None = None) -> None:
+        """Let the kernel reclaim resident pages of ``rel`` once hashed (read-only mappings only).
 
         A read-only shared file mapping reads the page cache again on the next access, so this
-        changes nothing a reader sees, only the process's resident set; private copies are kept.
+        changes nothing a reader sees, only the process's resident set; private copies are
+        never touched. ``offset``/``length``: a byte range (whole pages inside it), default all.
         """
         with self._lock:
             view = self._views.get(rel)
-        if view is None or self.is_private(rel) or not isinstance(view.obj, mmap.mmap):
-            return
         advice = getattr(mmap, "MADV_DONTNEED", None)
-        if advice is not None and view.nbytes:
-            view.obj.madvise(advice)
+        if view is None or advice is None or self.is_private(rel):
+            return
+        mapped = view.obj
+        if not isinstance(mapped, mmap.mmap):
+            return
+        end = view.nbytes if length is None else min(view.nbytes, offset + length)
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        # whole pages only, but the mapping's last page may be partial
+        stop = end if end == view.nbytes else end // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            mapped.madvise(advice, start, stop - start)
 
     def close(self) -> None:
         """Drop every buffer (an mmap is unmapped once nothing else holds a view of it)."""

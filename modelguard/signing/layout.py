@@ -158,7 +158,12 @@ def check_layouts(
                 labels[key] = (path, label, s.digest)
                 jobs.append(
                     HashJob(
-                        key, path, s.length, file_slice(files, path, s.offset, s.length), algorithm
+                        key,
+                        path,
+                        s.length,
+                        file_slice(files, path, s.offset, s.length),
+                        algorithm,
+                        s.offset,
                     )
                 )
         elif whole_files is not None:
@@ -166,7 +171,12 @@ def check_layouts(
             labels[key] = (path, "file", whole_files[path])
             jobs.append(
                 HashJob(
-                    key, path, size, file_slice(files, path, 0, size), file_algorithm or algorithm
+                    key,
+                    path,
+                    size,
+                    file_slice(files, path, 0, size),
+                    file_algorithm or algorithm,
+                    0,
                 )
             )
     digests = run_hash_jobs(files, jobs, threads=threads)

@@ -131,7 +131,7 @@ def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
 def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str]:
     """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``.
 
-    Files are hashed concurrently (one SHA-256 pass each), one file's pages after the other.
+    Files are hashed concurrently (one SHA-256 pass each), their pages released as they go.
     """
     jobs = [
         HashJob(
@@ -140,6 +140,7 @@ def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str
             files.size(rel),
             file_slice(files, rel, 0, files.size(rel)),
             "sha256",
+            0,
         )
         for rel in files.members
     ]
