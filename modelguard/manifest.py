@@ -29,16 +29,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 import rfc8785
 
 from ledger.merkle import root_hash
 from modelguard.errors import BadInputError, FormatError, UnsafeModelError
 from modelguard.formats import DTYPE_BITS, ModelFiles, ParsedModel, TensorSlice, parse_model_file
 from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
@@ -882,6 +884,7 @@ def compare_manifests(
 def _as_float(data: memoryview, dtype: str) -> np.ndarray | None:
     """Tensor bytes as float64 values, or None for dtypes without a plain numeric reading."""
     import ml_dtypes
+    import numpy as np
 
     plain = {
         "float64": "<f8",
@@ -915,6 +918,8 @@ def change_stats(
     a: TensorSlice, b: TensorSlice, *, chunk_elements: int = 1 << 22
 ) -> tuple[float | None, float | None]:
     """(max |b - a|, ||b - a||_2) computed in bounded chunks; (None, None) when not comparable."""
+    import numpy as np  # only diffs need it: signing and verifying start without numpy
+
     if a.dtype != b.dtype or a.shape != b.shape:
         return None, None
     bits = DTYPE_BITS[a.dtype]
