@@ -20,6 +20,7 @@ the JSON document and of the Merkle leaves is specified in docs/manifest.md.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -34,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import rfc8785
 
-from ledger.merkle import root_hash
-from modelguard.errors import BadInputError, FormatError, UnsafeModelError
+from ledger.errors import ProofError
+from ledger.merkle import inclusion_path_ranges, leaf_hash, root_from_inclusion_proof, root_hash
+from modelguard.errors import BadInputError, DigestMismatchError, FormatError, UnsafeModelError
 from modelguard.formats import DTYPE_BITS, ModelFiles, ParsedModel, TensorSlice, parse_model_file
 from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
 
@@ -327,6 +329,98 @@ def _file_from_dict(data: Any) -> FileRecord:
         data["format"],
         None if structure is None else _digest(structure, "structure digest"),
         tuple(tensors),
+    )
+
+
+# --- tensor inclusion proofs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorProof:
+    """RFC 9162 inclusion proof: one tensor's leaf is in a manifest's layer root.
+
+    Whoever holds a trusted layer root (a verified signature's, or a ledger entry's) can check
+    one tensor with this proof and the tensor's bytes alone, without the rest of the manifest.
+    """
+
+    layer_root: str
+    tree_size: int
+    leaf_index: int
+    leaf: dict[str, Any]  # the tensor leaf's JSON object (docs/manifest.md)
+    audit_path: tuple[str, ...]  # hex node hashes, bottom first (RFC 9162 PATH)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer_root": self.layer_root,
+            "tree_size": self.tree_size,
+            "leaf_index": self.leaf_index,
+            "leaf": self.leaf,
+            "audit_path": list(self.audit_path),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TensorProof:
+        _keys(data, {"layer_root", "tree_size", "leaf_index", "leaf", "audit_path"}, "proof")
+        leaf = data["leaf"]
+        _keys(
+            leaf,
+            {"kind", "hash_algorithm", "path", "name", "dtype", "shape", "nbytes", "digest"},
+            "proof leaf",
+        )
+        if leaf["kind"] != "tensor" or leaf["hash_algorithm"] not in HASH_ALGORITHMS:
+            raise FormatError("proof leaf is not a tensor leaf with a known hash algorithm")
+        path = data["audit_path"]
+        if not isinstance(path, list) or len(path) > 64:
+            raise FormatError("proof audit_path must be a list of at most 64 digests")
+        return cls(
+            _digest(data["layer_root"], "proof layer_root"),
+            _int(data["tree_size"], "proof tree_size"),
+            _int(data["leaf_index"], "proof leaf_index"),
+            dict(leaf),
+            tuple(_digest(h, "proof node") for h in path),
+        )
+
+    def check(self, layer_root: str, data: bytes | memoryview | None = None) -> None:
+        """Raise :class:`DigestMismatchError` unless the leaf is in ``layer_root`` (the trusted
+        root, never the proof's own) and, when given, ``data`` hashes to the leaf's digest."""
+        name = f"tensor {self.leaf['name']!r} in {self.leaf['path']!r}"
+        try:
+            implied = root_from_inclusion_proof(
+                self.leaf_index,
+                self.tree_size,
+                leaf_hash(bytes(rfc8785.dumps(self.leaf))),
+                [bytes.fromhex(h) for h in self.audit_path],
+            )
+        except ProofError as error:
+            raise DigestMismatchError(f"{name}: {error}") from None
+        if implied.hex() != layer_root:
+            raise DigestMismatchError(f"{name}: the proof does not lead to layer root {layer_root}")
+        if data is not None:
+            view = memoryview(data).cast("B")
+            if view.nbytes != self.leaf["nbytes"] or (
+                hash_view(view, self.leaf["hash_algorithm"]) != self.leaf["digest"]
+            ):
+                raise DigestMismatchError(f"{name}: the bytes differ from the proven digest")
+
+
+def prove_tensor(manifest: Manifest, name: str, path: str | None = None) -> TensorProof:
+    """The inclusion proof of tensor ``name`` (in file ``path`` when several files hold one)."""
+    holders = [f.path for f in manifest.files if f.tensor(name) is not None]
+    if path is not None:
+        holders = [p for p in holders if p == path]
+    if not holders:
+        raise BadInputError(
+            f"no tensor {name!r} in the manifest" + (f" file {path!r}" if path else "")
+        )
+    if len(holders) > 1:
+        raise BadInputError(
+            f"tensor {name!r} is in several files ({', '.join(holders)}): name the file"
+        )
+    leaves = manifest.layer_leaves()
+    index = manifest.leaf_index(holders[0], name)
+    audit = [root_hash(leaves[lo:hi]).hex() for lo, hi in inclusion_path_ranges(index, len(leaves))]
+    return TensorProof(
+        manifest.layer_root, len(leaves), index, json.loads(leaves[index]), tuple(audit)
     )
 
 

@@ -18,11 +18,19 @@ import pytest
 
 import modelguard.manifest as manifest_module
 import modelguard.signing.model as model_module
-from modelguard.errors import FormatError
-from modelguard.keys import generate_key
-from modelguard.manifest import Manifest, build_manifest, open_model, scan_model
+from modelguard.cli import main as cli_main
+from modelguard.errors import BadInputError, DigestMismatchError, FormatError
+from modelguard.keys import generate_key, write_keypair
+from modelguard.manifest import (
+    Manifest,
+    TensorProof,
+    build_manifest,
+    open_model,
+    prove_tensor,
+    scan_model,
+)
 from modelguard.policy import policy_from_keys
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.model import sign_model, signed_manifest, verify_model
 from tests.tinymodels import tiny_safetensors
 
 KEY = generate_key()
@@ -259,3 +267,85 @@ def test_released_pages_read_back_the_same_bytes(tmp_path: Path, private: bool) 
     files.drop_pages(SHARD1)
     assert bytes(files.view(SHARD1)) == before
     assert scan_model(files).manifest == scan_model(open_model(model)).manifest
+
+
+def test_partial_verification_checks_named_tensors_and_every_non_tensor_byte(
+    tmp_path: Path, fed: Counter[str]
+) -> None:
+    model = sharded(tmp_path / "m")
+    total, tiled, _ = sizes(model)
+    sign_model(model, KEY, record=False)
+    fed.clear()
+    report = verify_model(model, keys=[KEY.public_key()], tensors=["a1", "b0"])
+    assert report.ok and report.partial == ["a1", "b0"], report.failures
+    assert any("3 other tensor(s) NOT checked" in c.detail for c in report.checks)
+    assert report.manifest is not None
+    left_out = [t for f in report.manifest.files for t in f.tensors if t.name not in ("a1", "b0")]
+    skipped = sum(t.nbytes for t in left_out)
+    assert fed["blake3"] == tiled - skipped  # only the named tensors and the gaps
+    # a change in a tensor left out goes unnoticed, and the report said so; in a named one or
+    # in a header it is caught
+    flip(model / SHARD1, tensor_offset(model / SHARD1, "a2"))
+    assert verify_model(model, keys=[KEY.public_key()], tensors=["a1"]).ok
+    report = verify_model(model, keys=[KEY.public_key()], tensors=["a2"])
+    assert not report.ok and any("tensor 'a2'" in f for f in report.failures)
+    flip(model / SHARD1, 20)
+    assert not verify_model(model, keys=[KEY.public_key()], tensors=["a1"]).ok
+
+
+def test_partial_verification_refuses_unknown_tensor_names(tmp_path: Path) -> None:
+    model = sharded(tmp_path / "m")
+    sign_model(model, KEY, record=False)
+    with pytest.raises(BadInputError, match="no tensor 'nope'"):
+        verify_model(model, keys=[KEY.public_key()], tensors=["a1", "nope"])
+
+
+def test_tensor_inclusion_proof_against_the_signed_root(tmp_path: Path) -> None:
+    model = sharded(tmp_path / "m")
+    signed = sign_model(model, KEY, record=False).manifest
+    assert signed_manifest(model) == signed
+    proof = prove_tensor(signed, "b1")
+    data = open_model(model).view(SHARD2)
+    start = tensor_offset(model / SHARD2, "b1")
+    tensor = data[start : start + proof.leaf["nbytes"]]
+    again = TensorProof.from_dict(json.loads(json.dumps(proof.to_dict())))
+    again.check(signed.layer_root, tensor)
+    with pytest.raises(DigestMismatchError, match="bytes differ"):
+        again.check(signed.layer_root, bytes(tensor[:-1]) + b"\x00")
+    with pytest.raises(DigestMismatchError, match="does not lead"):
+        again.check("00" * 32, tensor)
+    forged = TensorProof.from_dict({**proof.to_dict(), "leaf": {**proof.leaf, "digest": "11" * 32}})
+    with pytest.raises(DigestMismatchError, match="does not lead"):
+        forged.check(signed.layer_root)
+    with pytest.raises(DigestMismatchError):
+        TensorProof.from_dict({**proof.to_dict(), "leaf_index": proof.leaf_index + 1}).check(
+            signed.layer_root
+        )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    with pytest.raises(SystemExit) as done:
+        cli_main.main(list(args))
+    out = capsys.readouterr().out
+    return int(done.value.code or 0), json.loads(out) if out.strip().startswith("{") else out
+
+
+def test_cli_verify_tensors_and_manifest_prove(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = sharded(tmp_path / "m")
+    _, pub = write_keypair(tmp_path / "keys", "k", KEY, None)
+    signed = sign_model(model, KEY, record=False).manifest
+    code, report = run_cli(
+        capsys, "verify", str(model), "--key", str(pub), "--tensors", "a0,b1", "--json"
+    )
+    assert code == 0 and report["partial_tensors"] == ["a0", "b1"]
+    code, report = run_cli(capsys, "verify", str(model), "--key", str(pub), "--json")
+    assert code == 0 and report["partial_tensors"] is None
+    code, _ = run_cli(capsys, "verify", str(model), "--key", str(pub), "--tensors", "zz")
+    assert code == 2
+    out = tmp_path / "a0.proof.json"
+    code, proof = run_cli(capsys, "manifest", str(model), "--prove", "a0", "-o", str(out), "--json")
+    assert code == 0 and proof == json.loads(out.read_text())
+    assert proof["layer_root"] == signed.layer_root
+    TensorProof.from_dict(proof).check(signed.layer_root)

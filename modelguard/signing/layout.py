@@ -27,7 +27,7 @@ digest is the check). docs/signature.md gives the security argument.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +126,14 @@ def check_layouts(
     algorithm: str,
     file_algorithm: str | None = None,
     threads: int | None = None,
+    only: Callable[[Segment], bool] | None = None,
 ) -> list[str]:
     """Hash every segment (``algorithm``) and every ``whole_files`` path (``file_algorithm``).
 
     Returns the paths (and tensor or gap names) that differ; empty when every byte matches.
     ``model``: a path, or the model's :class:`ModelFiles` (the buffers then used are these).
     Each byte is hashed once, all cores at once, one file's pages released after the other.
+    ``only``: hash just the segments it selects (partial verification); sizes are still checked.
     """
     files = _files(model)
     problems: list[str] = []
@@ -149,6 +151,8 @@ def check_layouts(
                 problems.append(f"{path}: size")
                 continue
             for s in segments:
+                if only is not None and not only(s):
+                    continue
                 label = (
                     f"tensor {s.tensor!r}"
                     if s.tensor

@@ -19,6 +19,7 @@ model, next to a single-file model), an OpenSSF Model Signing v1.0 bundle that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,12 +54,14 @@ from modelguard.manifest import (
     compare_manifests,
     file_slice,
     open_model,
+    prove_tensor,
     run_hash_jobs,
     scan_model,
 )
 from modelguard.policy import Policy, audit_check, certificate_check, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.layout import (
+    Segment,
     check_layouts,
     layouts_from_dict,
     layouts_from_scan,
@@ -126,6 +129,13 @@ def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
         if prefix and parts[: len(prefix)] == prefix:
             return True
     return False
+
+
+def signed_manifest(path: Path, *, threads: int | None = None) -> Manifest:
+    """The manifest a signature of ``path`` records (signing's hashes, signature files left out)."""
+    path = Path(path)
+    ignore = signing_ignore_paths(path, default_signature_path(path))
+    return scan_model(open_model(path, ignore_paths=ignore), layout=False, threads=threads).manifest
 
 
 def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str]:
@@ -393,6 +403,8 @@ class VerificationReport:
     subject_digest: str | None = None
     layer_detail: bool = False
     ledger: dict[str, Any] | None = None
+    # the tensors checked when verification was partial (verify --tensors); None: every byte
+    partial: list[str] | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -436,6 +448,7 @@ class VerificationReport:
             "checks": [c.to_dict() for c in self.checks],
             "failures": self.failures,
             "ledger": self.ledger,
+            "partial_tensors": self.partial,
         }
 
 
@@ -692,6 +705,7 @@ def _fast_check(
     threads: int | None,
     done: dict[str, bool],
     allowed: Sequence[str],
+    tensors: frozenset[str] | None = None,
 ) -> bool:
     """Every byte through the signed layout's tensor and gap digests, hashed in parallel.
 
@@ -715,7 +729,19 @@ def _fast_check(
     if ({"."} if files.single else set(files.members)) != set(resources):
         return False
     whole = {f.path: f.digest for f in item.manifest.files if f.path not in layouts}
-    key = json.dumps([extra["layout"], sorted(whole.items()), files.ignore], sort_keys=True)
+    only = None
+    if tensors is not None:
+        placed = {s.tensor for v in layouts.values() for s in v if s.tensor is not None}
+        if not tensors <= placed:
+            return False  # a named tensor is not stored verbatim: check everything
+        for record in item.manifest.files:  # each named leaf is in the signed root (RFC 9162)
+            for name in sorted(tensors & {t.name for t in record.tensors}):
+                prove_tensor(item.manifest, name, record.path).check(item.manifest.layer_root)
+        only = functools.partial(_selected, tensors)
+    key = json.dumps(
+        [extra["layout"], sorted(whole.items()), files.ignore, sorted(tensors or ())],
+        sort_keys=True,
+    )
     if key not in done:
         done[key] = not check_layouts(
             files,
@@ -724,10 +750,25 @@ def _fast_check(
             algorithm=item.manifest.hash_algorithm,
             file_algorithm=item.manifest.file_algorithm,
             threads=threads,
+            only=only,
         ) and _references_ok(files, item.manifest)
     if not done[key]:
         return False
     who = _signer_label(item.signer)
+    if tensors is not None:
+        rest = item.manifest.tensor_count - len(tensors)
+        report.check(
+            "files",
+            True,
+            f"{who}: PARTIAL: every non-tensor byte and the {len(tensors)} named tensor(s) match "
+            f"(each proven in the signed layer root); {rest} other tensor(s) NOT checked",
+            "digest",
+        )
+        report.partial = sorted(tensors)
+        if report.manifest is None:
+            report.manifest = item.manifest
+        report.layer_detail = True
+        return True
     segments = sum(len(v) for v in layouts.values())
     report.check(
         "files",
@@ -770,6 +811,10 @@ def _reference_problem(files: ModelFiles, onnx_files: Sequence[str] | None = Non
     return None
 
 
+def _selected(tensors: frozenset[str], segment: Segment) -> bool:
+    return segment.tensor is None or segment.tensor in tensors
+
+
 def _check_content(
     report: VerificationReport,
     model: Path,
@@ -779,6 +824,7 @@ def _check_content(
     private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
     allowed: Sequence[str] = ("sha256",),
+    tensors: frozenset[str] | None = None,
 ) -> ModelFiles | None:
     """Check every signer's files, tensors and structures; the opened model that verified.
 
@@ -810,7 +856,13 @@ def _check_content(
             opened[ignore] = open_model(model, ignore_paths=ignore, private=private)
         files = opened[ignore]
         first = first or files
-        if _fast_check(report, files, item, threads, fast, allowed):
+        if tensors is not None and item.manifest is not None:
+            unknown = sorted(tensors - {t.name for f in item.manifest.files for t in f.tensors})
+            if unknown:
+                raise BadInputError(
+                    f"no tensor {', '.join(map(repr, unknown))} in the signed manifest"
+                )
+        if _fast_check(report, files, item, threads, fast, allowed, tensors):
             continue
         scheme = item.manifest.scheme if item.manifest is not None else None
         cache_key = (ignore, scheme)
@@ -855,9 +907,9 @@ def _check_content(
         for line in lines:
             report.check("layers", False, f"{who}: {line}", "digest")
         if not lines:
-            tensors = item.manifest.tensor_count
+            count = item.manifest.tensor_count
             report.check(
-                "layers", True, f"{who}: all {tensors} tensor and structure digests match", "digest"
+                "layers", True, f"{who}: all {count} tensor and structure digests match", "digest"
             )
     return first
 
@@ -1020,6 +1072,7 @@ def verify_model(
     now: datetime | None = None,
     threads: int | None = None,
     ignore_unsigned_files: bool = False,
+    tensors: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
 
@@ -1029,6 +1082,10 @@ def verify_model(
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
     Each file is read once, through one descriptor (see :func:`verify_and_hold`).
+
+    ``tensors``: partial verification: only these tensors plus every non-tensor byte (headers,
+    graphs, files without tensors) are hashed, each named tensor proven in the signed layer
+    root; ``report.partial`` lists them. Needs a signed layout (else everything is checked).
     """
     report, _ = _verify(
         Path(path),
@@ -1042,6 +1099,7 @@ def verify_model(
         threads=threads,
         private=False,
         ignore_unsigned_files=ignore_unsigned_files,
+        tensors=frozenset(tensors) if tensors is not None else None,
     )
     return report
 
@@ -1098,6 +1156,7 @@ def _verify(
     threads: int | None,
     private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
+    tensors: frozenset[str] | None = None,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
@@ -1134,6 +1193,7 @@ def _verify(
             private,
             ignore_unsigned_files,
             policy.allowed_hash_algorithms,
+            tensors,
         )
     _check_policy(report, policy, signed, now or _now())
     _check_certificate(report, policy, path, sig_path, files, threads)
