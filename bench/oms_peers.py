@@ -17,9 +17,9 @@ Commands (same ECDSA P-256 key, signatures written outside the model, no ledger)
 - ``modelguard sign MODEL --key K --signature S --no-ledger`` / ``verify MODEL --key P
   --signature S``, default (SHA-256 OMS resources) and ``--hash blake3``.
 
-Memory: peak RSS from ``wait4`` (``ru_maxrss``), and the peaks of anonymous and file-backed
-resident memory sampled every 10 ms from ``/proc/PID/status`` (RssAnon, RssFile).
-``--scaling`` reruns modelguard under ``taskset -c 0`` (one core) to give the 1 -> 2 core slope.
+Memory: peak RSS as GNU ``/usr/bin/time`` reports it (``%M``), and the peaks of anonymous and
+file-backed resident memory sampled every 10 ms from ``/proc/PID/status`` (RssAnon, RssFile).
+``--scaling`` reruns every command under ``taskset -c 0`` (one core) to give the 1 -> 2 core slope.
 """
 
 from __future__ import annotations
@@ -125,6 +125,17 @@ class Row:
 
 
 def _sample(pid: int, peaks: dict[str, int], done: threading.Event) -> None:
+    """Peak RssAnon/RssFile of the command, the child of ``/usr/bin/time`` (pid ``pid``)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while not done.is_set():
+        try:
+            found = children.read_text().split()
+        except OSError:
+            return
+        if found:
+            pid = int(found[0])
+            break
+        done.wait(0.002)
     status = Path(f"/proc/{pid}/status")
     while not done.is_set():
         try:
@@ -142,12 +153,15 @@ def run_once(row: Row) -> Run:
     for name in row.before:
         Path(name).unlink(missing_ok=True)
     start = time.perf_counter()
-    child = subprocess.Popen(row.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # GNU time's own child is forked from a small process: its maxrss is the command's alone
+    # (a child forked from this Python would count this process's pages until it execs)
+    argv = ["/usr/bin/time", "-f", "maxrss_kib=%M", *row.argv]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peaks: dict[str, int] = {}
     done = threading.Event()
     sampler = threading.Thread(target=_sample, args=(child.pid, peaks, done))
     sampler.start()
-    _, status, usage = os.wait4(child.pid, 0)
+    _, status, _ = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
@@ -156,9 +170,8 @@ def run_once(row: Row) -> Run:
         raise SystemExit(
             f"{row.label} failed ({status}): {' '.join(row.argv)}\n{out.decode()}{err.decode()}"
         )
-    return Run(
-        wall, usage.ru_maxrss / 1024, peaks.get("RssAnon", 0) / 1024, peaks.get("RssFile", 0) / 1024
-    )
+    maxrss = int(err.decode().rsplit("maxrss_kib=", 1)[1].split()[0])
+    return Run(wall, maxrss / 1024, peaks.get("RssAnon", 0) / 1024, peaks.get("RssFile", 0) / 1024)
 
 
 def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> list[list[Row]]:
@@ -170,7 +183,17 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
     sign = [
         Row(
             f"{case} sign: model_signing",
-            [ms, "sign", "key", str(model), "--private_key", str(priv), "--signature", ms_sig],
+            [
+                *pin,
+                ms,
+                "sign",
+                "key",
+                str(model),
+                "--private_key",
+                str(priv),
+                "--signature",
+                ms_sig,
+            ],
             [ms_sig],
         ),
         Row(
@@ -209,7 +232,17 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
     verify = [
         Row(
             f"{case} verify: model_signing",
-            [ms, "verify", "key", str(model), "--public_key", str(pub), "--signature", ms_sig],
+            [
+                *pin,
+                ms,
+                "verify",
+                "key",
+                str(model),
+                "--public_key",
+                str(pub),
+                "--signature",
+                ms_sig,
+            ],
         ),
         Row(
             f"{case} verify: modelguard",
@@ -277,7 +310,7 @@ def main() -> None:
             groups += commands(model, keys, sigs, case, [])
             if args.scaling:
                 for group in commands(model, keys, sigs, case + " 1 core", ["taskset", "-c", "0"]):
-                    groups.append(group[1:])
+                    groups.append(group)
         for group in groups:  # signatures first, so every verify has its bundle
             if "sign" in group[0].label:
                 for row in group:
