@@ -542,14 +542,20 @@ _BOUNCE = 1024 * 1024
 _bounce = threading.local()
 
 
+def _buffer() -> memoryview:
+    """This thread's cache-sized buffer."""
+    buffer = getattr(_bounce, "buffer", None)
+    if buffer is None:
+        buffer = _bounce.buffer = memoryview(bytearray(_BOUNCE))
+    return buffer
+
+
 def feed(hasher: Hasher, data: memoryview, algorithm: str) -> None:
     """``hasher.update(data)``, through a per-thread cache-sized buffer unless BLAKE3."""
     if algorithm == "blake3" or data.nbytes <= _BOUNCE:
         hasher.update(data)
         return
-    buffer = getattr(_bounce, "buffer", None)
-    if buffer is None:
-        buffer = _bounce.buffer = memoryview(bytearray(_BOUNCE))
+    buffer = _buffer()
     for start in range(0, data.nbytes, _BOUNCE):
         piece = data[start : start + _BOUNCE]
         size = piece.nbytes
@@ -591,6 +597,9 @@ class HashJob:
     view: Callable[[], memoryview]
     algorithm: str
     offset: int | None = None  # where the bytes lie in ``rel`` (None: decoded, not the file's)
+    # digests of byte ranges of the same bytes, computed in the same read: (key, offset, length)
+    parts: tuple[tuple[tuple[str, ...], int, int], ...] = ()
+    part_algorithm: str = ""
 
 
 def run_hash_jobs(
@@ -624,28 +633,58 @@ def run_hash_jobs(
             with lock:
                 progress(n)
 
-    def run(job: HashJob) -> tuple[tuple[str, ...], str]:
+    def run(job: HashJob) -> list[tuple[tuple[str, ...], str]]:
         hasher = new_hasher(job.algorithm)
+        parts = [new_hasher(job.part_algorithm) for _ in job.parts]
         # an own view of the reader's buffer (a reader may hand out the same view every time)
         with memoryview(job.view()) as view:
             for start in range(0, view.nbytes, chunk_size):
                 chunk = view[start : start + chunk_size]
-                feed(hasher, chunk, job.algorithm)
-                advance(chunk.nbytes)
+                if job.parts:
+                    _feed_parts(chunk, start, hasher, job.parts, parts)
+                else:
+                    feed(hasher, chunk, job.algorithm)
+                advance(chunk.nbytes * (2 if job.parts else 1))
                 if job.offset is not None:
                     files.drop_pages(job.rel, job.offset + start, chunk.nbytes)
-        digest = hasher.hexdigest()
         with lock:
             pending[job.rel] -= 1
             last = pending[job.rel] == 0
         if last:
             files.drop_pages(job.rel)
-        return job.key, digest
+        done = [(part[0], h.hexdigest()) for part, h in zip(job.parts, parts, strict=True)]
+        return [(job.key, hasher.hexdigest()), *done]
 
     if workers == 1 or len(ordered) <= 1:
-        return dict(run(job) for job in ordered)
+        return {k: d for job in ordered for k, d in run(job)}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
-        return dict(pool.map(run, ordered))
+        return {k: d for result in pool.map(run, ordered) for k, d in result}
+
+
+def _feed_parts(
+    chunk: memoryview,
+    at: int,
+    whole: Hasher,
+    ranges: Sequence[tuple[tuple[str, ...], int, int]],
+    hashers: Sequence[Hasher],
+) -> None:
+    """Feed ``chunk`` (file offset ``at``) to ``whole`` and each overlapping range's hasher,
+    one cache-sized window at a time: the bytes are read from memory once for both functions."""
+    buffer = _buffer()
+    first = 0
+    for w0 in range(at, at + chunk.nbytes, _BOUNCE):
+        w1 = min(at + chunk.nbytes, w0 + _BOUNCE)
+        window = buffer[: w1 - w0]
+        window[:] = chunk[w0 - at : w1 - at]
+        whole.update(window)
+        while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
+            first += 1
+        i = first
+        while i < len(ranges) and ranges[i][1] < w1:
+            lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
+            if hi > lo:
+                hashers[i].update(window[lo - w0 : hi - w0])
+            i += 1
 
 
 def default_threads() -> int:
@@ -745,6 +784,45 @@ def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: boo
     return plan
 
 
+def _fuse(plan: _Plan, hash_algorithm: str) -> None:
+    """One job per tiled file: its whole-file digest and its segments' digests in one read."""
+    assert plan.tiles is not None
+    keys: dict[tuple[str, int, str], tuple[str, ...]] = {}
+    kept: list[HashJob] = []
+    files: dict[str, HashJob] = {}
+    for job in plan.jobs:
+        if job.rel not in plan.tiles:
+            kept.append(job)
+        elif job.key[0] == "file":
+            files[job.rel] = job
+        elif job.key[0] == "tensor":
+            assert job.offset is not None  # tiled: every tensor lies verbatim in its file
+            keys[(job.rel, job.offset, job.key[2])] = job.key
+    for where, segments in plan.tiles.items():
+        parts = tuple(
+            (
+                ("gap", where, str(offset)) if name is None else keys[(where, offset, name)],
+                offset,
+                length,
+            )
+            for offset, length, name in segments
+        )
+        job = files[where]
+        kept.append(
+            HashJob(
+                job.key,
+                where,
+                job.size,
+                job.view,
+                job.algorithm,
+                0,
+                parts,
+                hash_algorithm,
+            )
+        )
+    plan.jobs = kept
+
+
 @dataclass(frozen=True)
 class Scan:
     """One pass over a model: its manifest and, when every tensor lies verbatim, its byte layout."""
@@ -775,6 +853,10 @@ def scan_model(
     if chunk_size <= 0:
         raise BadInputError("chunk size must be positive")
     plan = _plan(files, hash_algorithm, file_algorithm, layout)
+    if plan.tiles and len(plan.tiles) >= (threads or default_threads()):
+        _fuse(
+            plan, hash_algorithm
+        )  # enough files to keep every thread busy: read each file once for both
     digests = run_hash_jobs(
         files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress
     )

@@ -349,3 +349,12 @@ def test_cli_verify_tensors_and_manifest_prove(
     assert code == 0 and proof == json.loads(out.read_text())
     assert proof["layer_root"] == signed.layer_root
     TensorProof.from_dict(proof).check(signed.layer_root)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_read_for_both_functions_gives_the_same_digests(tmp_path: Path, threads: int) -> None:
+    """Fused (a thread per file, both functions in one read) and split jobs agree exactly."""
+    model = sharded(tmp_path / "m")
+    split = scan_model(open_model(model), threads=8)  # fewer files than threads: split jobs
+    assert scan_model(open_model(model), threads=threads) == split
+    assert scan_model(open_model(model), threads=threads, chunk_size=7) == split
