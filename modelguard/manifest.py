@@ -853,10 +853,11 @@ def scan_model(
     if chunk_size <= 0:
         raise BadInputError("chunk size must be positive")
     plan = _plan(files, hash_algorithm, file_algorithm, layout)
-    if plan.tiles and len(plan.tiles) >= (threads or default_threads()):
-        _fuse(
-            plan, hash_algorithm
-        )  # enough files to keep every thread busy: read each file once for both
+    workers = threads or default_threads()
+    tiled_files = len(plan.tiles or ())
+    if tiled_files and (tiled_files % workers == 0 or tiled_files >= 4 * workers):
+        # the files alone keep every thread busy to the end: read each file once for both
+        _fuse(plan, hash_algorithm)
     digests = run_hash_jobs(
         files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress
     )
