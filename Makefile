@@ -19,12 +19,14 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple) "$(TORCH_SPEC)"
 	touch $@
 
+# [all]: runtime (ONNX Runtime), robustness (torch, scikit-learn, matplotlib), postgres.
+# A CI gate needs only the base install: pip install modelguard (see README).
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.torch
-	$(PIP) install --quiet -c constraints.txt -e .
+	$(PIP) install --quiet -c constraints.txt -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,8 +36,8 @@ demo: $(VENV)/.installed
 	$(BIN)/modelguard demo --workdir build/demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check modelguard ledger tests bench
-	$(BIN)/ruff format --check modelguard ledger tests bench
+	$(BIN)/ruff check modelguard ledger tests bench examples
+	$(BIN)/ruff format --check modelguard ledger tests bench examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -47,7 +49,7 @@ test: lint typecheck unit
 
 # -P keeps bench/ off sys.path (bench/ledger.py would shadow the ledger package).
 bench: $(VENV)/.installed-dev
-	for script in hashing signing crypto ledger attacks hardening; do \
+	for script in hashing signing crypto ledger_ops attacks hardening; do \
 		$(BIN)/python -P bench/$$script.py || exit 1; \
 	done
 

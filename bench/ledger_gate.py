@@ -1,7 +1,7 @@
 """The ledger gate (``verify --require-ledger``) on a large ledger: cold, warm, and warm + new.
 
-    $ .venv/bin/python -P bench/ledger_gate.py                      # 1,000,000 entries
-    $ .venv/bin/python -P bench/ledger_gate.py --entries 100000     # quick look
+    $ .venv/bin/python bench/ledger_gate.py                      # 1,000,000 entries
+    $ .venv/bin/python bench/ledger_gate.py --entries 100000     # quick look
 
 Builds the ledger in bulk (entry bodies, leaves and every tree node computed here and
 inserted in one transaction, then one checkpoint signed with the note key) with a mix of
@@ -24,16 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# ledger package (bench/ledger.py).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import numpy as np
 from safetensors.numpy import save_file

@@ -34,11 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path and bench/ledger.py would shadow
-# the ledger package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 from ledger import open_ledger
 from ledger.entry import GENESIS_PREV
 

@@ -203,7 +203,7 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
                 mg,
                 "sign",
                 str(model),
-                "--key",
+                "--sign-key",
                 str(priv),
                 "--signature",
                 mg_sig,
@@ -218,7 +218,7 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
                 mg,
                 "sign",
                 str(model),
-                "--key",
+                "--sign-key",
                 str(priv),
                 "--signature",
                 b3_sig,
@@ -246,7 +246,7 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
         ),
         Row(
             f"{case} verify: modelguard",
-            [*pin, mg, "verify", str(model), "--key", str(pub), "--signature", mg_sig],
+            [*pin, mg, "verify", str(model), "--trust-key", str(pub), "--signature", mg_sig],
         ),
         Row(
             f"{case} verify: modelguard --hash blake3",

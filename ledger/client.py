@@ -44,7 +44,7 @@ from typing import Any
 from ledger.entry import Entry
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError
 from ledger.log import Ledger
-from ledger.merkle import EMPTY_ROOT, fold_cover, leaf_hash, push_leaf
+from ledger.merkle import CompactRange, leaf_hash
 from ledger.note import Checkpoint, NoteVerifier, open_checkpoint
 
 HEAD_FORMAT = 1
@@ -64,9 +64,13 @@ class TrustedHead:
 
     def check(self) -> None:
         """The compact range must fold to the root (a corrupt state file is refused)."""
-        if bin(self.size).count("1") != len(self.compact):
-            raise LedgerInputError("trusted head: compact range does not fit the tree size")
-        if (fold_cover(self.compact) if self.compact else EMPTY_ROOT) != self.root:
+        try:
+            compact = CompactRange(self.size, self.compact)
+        except ValueError:
+            raise LedgerInputError(
+                "trusted head: compact range does not fit the tree size"
+            ) from None
+        if compact.root() != self.root:
             raise LedgerInputError("trusted head: compact range does not fold to the root")
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,11 +149,6 @@ def check_not_behind(trusted: Checkpoint, newest: Checkpoint) -> None:
         )
 
 
-def _sized(head: TrustedHead) -> list[tuple[int, bytes]]:
-    sizes = [1 << bit for bit in reversed(range(head.size.bit_length())) if head.size >> bit & 1]
-    return list(zip(sizes, head.compact, strict=True))
-
-
 def advance(
     log: Ledger,
     head: TrustedHead | None,
@@ -171,7 +170,7 @@ def advance(
         head.check()
         check_not_behind(Checkpoint(head.origin, head.size, head.root), checkpoint)
     start = head.size if head is not None else 0
-    compact = _sized(head) if head is not None else []
+    compact = CompactRange(head.size, head.compact) if head is not None else CompactRange()
     expected = start
     for index, body in log.bodies(start, checkpoint.size):
         if index != expected:
@@ -179,7 +178,7 @@ def advance(
                 f"entry {expected} is missing from the log (deleted), but the signed"
                 f" checkpoint of size {checkpoint.size} covers it"
             )
-        push_leaf(compact, leaf_hash(body))
+        compact.append(leaf_hash(body))
         if wanted is None or wanted(body):
             try:
                 entry = Entry.from_canonical(body)
@@ -194,9 +193,7 @@ def advance(
             f"the log ends at entry {expected - 1}, but the signed checkpoint covers"
             f" {checkpoint.size} entries (entries deleted from the end)"
         )
-    hashes = tuple(h for _, h in compact)
-    root = fold_cover(hashes) if hashes else EMPTY_ROOT
-    if root != checkpoint.root:
+    if compact.root() != checkpoint.root:
         what = (
             f"entries {start}..{checkpoint.size - 1}"
             if head is not None
@@ -206,4 +203,4 @@ def advance(
             f"{what} do not hash to the signed checkpoint's root: an entry was edited,"
             " inserted or replaced, or the log forked from the checkpoint this client trusts"
         )
-    return TrustedHead(checkpoint.origin, checkpoint.size, checkpoint.root, note, hashes)
+    return TrustedHead(checkpoint.origin, checkpoint.size, checkpoint.root, note, compact.hashes)

@@ -32,13 +32,13 @@ from ledger.entry import GENESIS_PREV, Entry, EventSpec, new_entry, utc_timestam
 from ledger.errors import LedgerInputError, LedgerIntegrityError
 from ledger.merkle import (
     EMPTY_ROOT,
+    CompactRange,
     NodeKey,
     compact_range,
     consistency_path_ranges,
     hash_ranges,
     inclusion_path_ranges,
     leaf_hash,
-    node_hash,
     node_id,
 )
 from ledger.note import Checkpoint, NoteSigner, NoteVerifier, sign_note
@@ -288,7 +288,7 @@ class Ledger(ABC):
                 raise LedgerIntegrityError(
                     f"{self.url}: tree nodes at the end of the log are missing (run verify)"
                 )
-            stack = [(level, nodes[(level, i)]) for level, i in edge_keys]
+            compact = CompactRange(size, [nodes[key] for key in edge_keys])
             prev = nodes[(0, size - 1)].hex() if size else GENESIS_PREV
             entry_rows, node_rows, created = [], [], []
             for spec in specs:
@@ -296,14 +296,9 @@ class Ledger(ABC):
                 body = entry.canonical()
                 h = leaf_hash(body)
                 entry_rows.append((size, *indexed_values(entry.body()), body))
-                node_rows.append((node_id(0, size), h))
-                level, node, idx = 0, h, size
-                while stack and stack[-1][0] == level:
-                    node = node_hash(stack.pop()[1], node)
-                    level += 1
-                    idx >>= 1
-                    node_rows.append((node_id(level, idx), node))
-                stack.append((level, node))
+                compact.append(
+                    h, lambda level, i, node: node_rows.append((node_id(level, i), node))
+                )
                 created.append(entry)
                 prev = h.hex()
                 size += 1

@@ -28,31 +28,63 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
-    """MTH over already-hashed leaves in O(n) time and O(log n) memory (a compact range).
-
-    Merging equal-size subtrees left to right and then folding the remaining perfect
-    subtrees from the right reproduces the RFC's largest-power-of-two split exactly.
-    """
-    stack: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes strictly decreasing
+    """MTH over already-hashed leaves in O(n) time and O(log n) memory (a compact range)."""
+    compact = CompactRange()
     for h in hashes:
-        push_leaf(stack, h)
-    if not stack:
-        return EMPTY_ROOT
-    _, root = stack.pop()
-    while stack:
-        _, left = stack.pop()
-        root = node_hash(left, root)
-    return root
+        compact.append(h)
+    return compact.root()
 
 
-def push_leaf(stack: list[tuple[int, bytes]], h: bytes) -> None:
-    """Append one leaf hash to a compact range held as (subtree size, hash), sizes decreasing."""
-    size, node = 1, h
-    while stack and stack[-1][0] == size:
-        left_size, left = stack.pop()
-        node = node_hash(left, node)
-        size += left_size
-    stack.append((size, node))
+class CompactRange:
+    """The one compact range: the perfect subtrees covering leaves ``[0, size)``, one hash per
+    set bit of ``size``, largest first. Appending a leaf merges equal-size subtrees left to
+    right; folding them from the right reproduces the RFC's largest-power-of-two split.
+
+    >>> from ledger.merkle import CompactRange, leaf_hash, root_hash
+    >>> compact = CompactRange()
+    >>> compact.append(leaf_hash(b"a"))
+    >>> made = []
+    >>> compact.append(leaf_hash(b"b"), lambda level, index, node: made.append((level, index)))
+    >>> made, compact.size, len(compact.hashes)
+    ([(0, 1), (1, 0)], 2, 1)
+    >>> compact.root() == root_hash([b"a", b"b"])
+    True
+
+    Used by the log's appends (which store every completed node), the full recomputation in
+    ``ledger.verify`` and the client that advances its trusted head (``ledger.client``).
+    """
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        levels = [bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
+        if len(levels) != len(hashes):
+            raise ValueError(f"a compact range of {size} leaves has {len(levels)} hashes")
+        self.size = size
+        self._stack: list[tuple[int, bytes]] = list(zip(levels, hashes, strict=True))
+
+    @property
+    def hashes(self) -> tuple[bytes, ...]:
+        return tuple(h for _, h in self._stack)
+
+    def append(self, h: bytes, on_node: Callable[[int, int, bytes], None] | None = None) -> None:
+        """Append leaf hash ``h`` (leaf ``size``). ``on_node(level, index, hash)`` is called for
+        every perfect subtree this completes, the leaf itself first."""
+        stack, level, index, node = self._stack, 0, self.size, h
+        if on_node is not None:
+            on_node(0, index, node)
+        while stack and stack[-1][0] == level:
+            node = node_hash(stack.pop()[1], node)
+            level += 1
+            index >>= 1
+            if on_node is not None:
+                on_node(level, index, node)
+        stack.append((level, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """MTH of the ``size`` leaves (EMPTY_ROOT for none)."""
+        return fold_cover(self.hashes)
 
 
 def root_hash(leaves: Sequence[bytes]) -> bytes:

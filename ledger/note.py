@@ -40,9 +40,19 @@ def _b64decode(text: str, what: str) -> bytes:
         raise LedgerInputError(f"{what} is not valid base64") from None
 
 
-def _check_name(name: str) -> None:
+def check_key_name(name: str, what: str = "note key") -> None:
+    """A C2SP key name: non-empty, no white space, no '+' (the vkey separator)."""
     if not name or any(c.isspace() for c in name) or "+" in name:
-        raise LedgerInputError(f"note key name {name!r} must be non-empty, without spaces or '+'")
+        raise LedgerInputError(f"{what} name {name!r} must be non-empty, without spaces or '+'")
+
+
+def new_seed() -> bytes:
+    """A fresh raw 32-byte Ed25519 private key (note and witness keys)."""
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -80,7 +90,7 @@ class NoteVerifier:
         if len(parts) != 3:
             raise LedgerInputError("verifier key must be <name>+<hex key id>+<base64 key>")
         name, hex_id, blob = parts
-        _check_name(name)
+        check_key_name(name)
         raw = _b64decode(blob, "verifier key")
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise LedgerInputError("verifier key is not an Ed25519 note key")
@@ -97,13 +107,8 @@ class NoteSigner:
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
-        _check_name(name)
-        raw = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return cls(name, raw)
+        check_key_name(name)
+        return cls(name, new_seed())
 
     def _key(self) -> Ed25519PrivateKey:
         return Ed25519PrivateKey.from_private_bytes(self.seed)
@@ -128,7 +133,7 @@ class NoteSigner:
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise LedgerInputError("signer key must be PRIVATE+KEY+<name>+<hex id>+<base64 key>")
         name, hex_id, blob = parts[2:]
-        _check_name(name)
+        check_key_name(name)
         raw = _b64decode(blob, "signer key")
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise LedgerInputError("signer key is not an Ed25519 note key")

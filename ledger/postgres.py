@@ -1,7 +1,7 @@
 """PostgreSQL backend (psycopg 3): a ledger shared by many machines.
 
     >>> from ledger import open_ledger                                  # doctest: +SKIP
-    >>> log = open_ledger("postgresql://postgres@127.0.0.1:54329/postgres?schema=team_a")
+    >>> log = open_ledger("postgresql://postgres@127.0.0.1:54329/postgres?schema=team_a")  # doctest: +SKIP
 
 ``schema=NAME`` in the URL's query selects (and creates) a schema, so one database can hold
 several ledgers. Serialization: every append runs ``LOCK TABLE ledger_entries IN SHARE ROW

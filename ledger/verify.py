@@ -18,7 +18,14 @@ from typing import Any, NamedTuple
 
 from ledger.entry import FIELDS, GENESIS_PREV
 from ledger.errors import LedgerInputError, LedgerIntegrityError
-from ledger.merkle import EMPTY_ROOT, compact_range, fold_cover, leaf_hash, node_hash, node_id
+from ledger.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    compact_range,
+    fold_cover,
+    leaf_hash,
+    node_id,
+)
 from ledger.note import Checkpoint, NoteVerifier, open_checkpoint
 from ledger.proofs import b64
 
@@ -181,9 +188,12 @@ def verify_entries(
     report = VerifyReport()
     prev = GENESIS_PREV
     expected = 0  # the index the next stored row should have
-    leaf = 0  # rows seen: the tree is recomputed over the rows as stored
     computed: dict[int, bytes] = {}
-    stack: list[tuple[int, bytes]] = []  # (level, hash): the compact range so far
+    compact = CompactRange()  # over the rows as stored; every completed node goes to computed
+
+    def keep(level: int, index: int, node: bytes) -> None:
+        computed[node_id(level, index)] = node
+
     for row in rows:
         if row.position != expected:  # positions only ever increase (primary key, lines)
             report.problems.append(
@@ -218,19 +228,10 @@ def verify_entries(
                         " (edited)",
                     )
                 )
-        computed[node_id(0, leaf)] = h
-        level, node, idx = 0, h, leaf
-        while stack and stack[-1][0] == level:
-            _, left = stack.pop()
-            node = node_hash(left, node)
-            level += 1
-            idx >>= 1
-            computed[node_id(level, idx)] = node
-        stack.append((level, node))
+        compact.append(h, keep)
         expected += 1
-        leaf += 1
-    report.size = leaf
-    report.root = fold_cover([computed[node_id(*k)] for k in compact_range(leaf)])
+    report.size = compact.size
+    report.root = compact.root()
     if nodes is not None:
         _compare_nodes(nodes, computed, report)
     for note in checkpoints:

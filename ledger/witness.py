@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError, ProofError
 from ledger.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
-from ledger.note import Checkpoint, NoteVerifier, open_note, split_note
+from ledger.note import Checkpoint, NoteVerifier, check_key_name, new_seed, open_note, split_note
 
 ALG_COSIGNATURE_V1 = 0x04
 MAX_REQUEST_BYTES = 64 * 1024
@@ -65,11 +65,6 @@ def cosignature_key_id(name: str, public_key: bytes) -> bytes:
 def cosigned_message(checkpoint_text: str, timestamp: int) -> bytes:
     """The bytes a cosignature/v1 signs: header, time line, then the checkpoint body."""
     return f"cosignature/v1\ntime {timestamp}\n".encode() + checkpoint_text.encode()
-
-
-def _check_name(name: str) -> None:
-    if not name or any(c.isspace() for c in name) or "+" in name:
-        raise LedgerInputError(f"witness name {name!r} must be non-empty, without spaces or '+'")
 
 
 def _key_blob(text: str, what: str) -> bytes:
@@ -112,7 +107,7 @@ class CosignerVerifier:
         if len(parts) != 3:
             raise LedgerInputError("witness key must be <name>+<hex key id>+<base64 key>")
         name, hex_id, blob = parts
-        _check_name(name)
+        check_key_name(name, "witness")
         verifier = cls(name, _key_blob(blob, "witness key"))
         if verifier.key_id.hex() != hex_id.lower():
             raise LedgerInputError(f"witness key {name}: key id {hex_id} does not match the key")
@@ -128,13 +123,8 @@ class Cosigner:
 
     @classmethod
     def generate(cls, name: str) -> Cosigner:
-        _check_name(name)
-        raw = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return cls(name, raw)
+        check_key_name(name, "witness")
+        return cls(name, new_seed())
 
     def verifier(self) -> CosignerVerifier:
         public = Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
@@ -163,7 +153,7 @@ class Cosigner:
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise LedgerInputError("witness private key must be PRIVATE+KEY+<name>+<id>+<key>")
         name, hex_id, blob = parts[2:]
-        _check_name(name)
+        check_key_name(name, "witness")
         signer = cls(name, _key_blob(blob, "witness private key"))
         if signer.verifier().key_id.hex() != hex_id.lower():
             raise LedgerInputError(f"witness key {name}: key id {hex_id} does not match the key")

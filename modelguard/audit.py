@@ -73,6 +73,8 @@ __all__ = [
     "is_verifier_key_string",
     "lineage",
     "list_entries",
+    "ledger_session",
+    "ledger_verifiers",
     "load_note_signer",
     "load_note_verifier",
     "newest_version",
@@ -104,7 +106,7 @@ def resolve_ledger_url(value: str | None) -> str:
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
+def mapped_errors() -> Iterator[None]:
     """Ledger library errors -> modelguard's typed errors (exit 2 / exit 1)."""
     try:
         yield
@@ -122,8 +124,22 @@ def _exists(url: str) -> bool:
 def open_audit_ledger(ledger_url: str | None = None, *, create: bool = True) -> Ledger:
     """Open the resolved ledger (creating it unless ``create=False``); errors mapped."""
     url = resolve_ledger_url(ledger_url)
-    with _mapped_errors():
+    with mapped_errors():
         return open_ledger(url, create=create)
+
+
+@contextmanager
+def ledger_session(ledger_url: str | None = None, *, create: bool = True) -> Iterator[Ledger]:
+    """The one open ledger of an operation (each function here opens it once), errors mapped.
+
+    >>> import os, tempfile
+    >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "ledger.db")
+    >>> with ledger_session(url) as log:
+    ...     log.size()
+    0
+    """
+    with open_audit_ledger(ledger_url, create=create) as log, mapped_errors():
+        yield log
 
 
 def record_event(
@@ -140,15 +156,16 @@ def record_event(
 
 
 def record_events(events: Sequence[EventSpec], ledger_url: str | None = None) -> list[Entry]:
-    """Append several events in one durable transaction, then sign a checkpoint over them."""
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        entries = log.append_many(events)
+    """Append several events in one durable transaction, then sign a checkpoint over them
+    (one ledger session for both)."""
     url = resolve_ledger_url(ledger_url)
     key = note_key_path(url)
-    if key.exists() and not _holds_private_key(key):
-        return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
-    if _sqlite_path(url) is not None or key.exists():
-        sign_checkpoint(url)
+    with ledger_session(url) as log:
+        entries = log.append_many(events)
+        if key.exists() and not _holds_private_key(key):
+            return entries  # a verifier's public key (e.g. $MODELGUARD_LEDGER_KEY): not a writer
+        if _sqlite_path(url) is not None or key.exists():
+            log.checkpoint(load_note_signer(url, origin=log.origin))
     return entries
 
 
@@ -156,24 +173,25 @@ def _holds_private_key(path: Path) -> bool:
     return _read_key_text(path).startswith("PRIVATE+KEY+")
 
 
-def _query(ledger_url: str | None, **filters: Any) -> list[Entry]:
-    """Entries matching ``filters``; an absent SQLite ledger has none (and is not created)."""
+def _query(ledger_url: str | None, *queries: Mapping[str, Any]) -> list[list[Entry]]:
+    """Entries matching each of ``queries`` (filters for ``Ledger.entries``), read in one
+    session; an absent SQLite ledger has none (and is not created)."""
     url = resolve_ledger_url(ledger_url)
     if not _exists(url):
-        return []
-    with open_audit_ledger(url, create=False) as log, _mapped_errors():
-        return log.entries(**filters)
+        return [[] for _ in queries]
+    with ledger_session(url, create=False) as log:
+        return [log.entries(**filters) for filters in queries]
 
 
 def find_sign_entry(payload_digest: str, ledger_url: str | None = None) -> Entry | None:
     """The newest ``sign`` entry for this signature bundle digest ("sha256:<hex>")."""
-    found = _query(ledger_url, kind="sign", payload_digest=payload_digest)
+    [found] = _query(ledger_url, {"kind": "sign", "payload_digest": payload_digest})
     return found[-1] if found else None
 
 
 def signed_name(root: str, ledger_url: str | None = None) -> str | None:
     """The name the newest ``sign`` entry for this layer root gives the model, if any."""
-    found = _query(ledger_url, kind="sign", subject={"root": normalize_digest(root)})
+    [found] = _query(ledger_url, {"kind": "sign", "subject": {"root": normalize_digest(root)}})
     return found[-1].subject.get("name") if found else None
 
 
@@ -185,7 +203,8 @@ def normalize_digest(value: str) -> str:
 def revocation_for(digest_or_key_id: str, ledger_url: str | None = None) -> Entry | None:
     """The first ``revoke`` entry naming this digest or key id (prefix-insensitive)."""
     wanted = normalize_digest(digest_or_key_id)
-    for entry in _query(ledger_url, kind="revoke"):
+    [revocations] = _query(ledger_url, {"kind": "revoke"})
+    for entry in revocations:
         if normalize_digest(entry.subject.get("revoked", "")) == wanted:
             return entry
     return None
@@ -232,13 +251,16 @@ def newest_version(model_name: str, ledger_url: str | None = None) -> str | None
     model digest, its root, or its signing key): revoking v2 makes v1 the newest again. This
     reads rows as stored (a display helper); the gate applies the same rule to proven entries.
     """
+    revocations, signs = _query(
+        ledger_url, {"kind": "revoke"}, {"kind": "sign", "subject": {"name": model_name}}
+    )
     revoked = {
         normalize_digest(e.subject["revoked"])
-        for e in _query(ledger_url, kind="revoke")
+        for e in revocations
         if e.subject.get("revoked", "").strip()
     }
     live: list[str] = []
-    for entry in _query(ledger_url, kind="sign", subject={"name": model_name}):
+    for entry in signs:
         targets = {entry.payload_digest, entry.subject.get("root", ""), entry.actor}
         model_digest = entry.details.get("model_digest")
         if isinstance(model_digest, str):
@@ -262,13 +284,13 @@ def list_entries(
     limit: int | None = None,
 ) -> tuple[int, list[Entry]]:
     """(ledger size, matching entries in index order; ``limit`` keeps the newest)."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         return log.size(), log.entries(kind=kind, subject=subject, limit=limit)
 
 
 def export_ledger(path: str | Path, ledger_url: str | None = None) -> int:
     """Write the ledger as JSONL (one canonical entry per line); return the entry count."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         try:
             return log.export_jsonl(Path(path))
         except OSError as error:
@@ -310,15 +332,24 @@ def note_public_key_path(ledger_url: str | None = None, key_path: str | Path | N
 
 
 def load_note_signer(
-    ledger_url: str | None = None, key_path: str | Path | None = None, *, create: bool = True
+    ledger_url: str | None = None,
+    key_path: str | Path | None = None,
+    *,
+    create: bool = True,
+    origin: str | None = None,
 ) -> NoteSigner:
-    """The note signing key, created (mode 0600, named after the log's origin) if missing."""
+    """The note signing key, created (mode 0600, named after the log's origin) if missing.
+
+    ``origin``: the log's origin when the caller holds the ledger open (else it is opened
+    to read it, only when the key has to be created).
+    """
     path = note_key_path(ledger_url, key_path)
     if not path.exists():
         if not create:
             raise KeyFileError("no ledger note key (sign a checkpoint first)", path=str(path))
-        with open_audit_ledger(ledger_url) as log, _mapped_errors():
-            origin = log.origin
+        if origin is None:
+            with ledger_session(ledger_url) as log:
+                origin = log.origin
         signer = NoteSigner.generate(origin)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write a private temp file, then link it into place: a concurrent creator loses
@@ -366,6 +397,15 @@ def load_note_verifier(spec: str | Path) -> NoteVerifier:
         raise KeyFileError(str(error), path=str(spec)) from None
 
 
+def ledger_verifiers(specs: Sequence[str]) -> list[NoteVerifier]:
+    """The checkpoint keys a reader (the gate, ``verify --ledger-proof``) trusts: ``specs``
+    (``--ledger-key``, the policy's ``[ledger] key``), else ``$MODELGUARD_LEDGER_KEY``."""
+    if not specs:
+        env = os.environ.get(ENV_NOTE_KEY, "").strip()
+        specs = [env] if env else []
+    return [load_note_verifier(spec) for spec in specs]
+
+
 def _trusted(
     ledger_url: str | None, key_path: str | Path | None, public_keys: Sequence[str | Path]
 ) -> list[NoteVerifier]:
@@ -381,9 +421,9 @@ def init_ledger(
 ) -> dict[str, Any]:
     """Create the ledger and its note key if missing; describe them."""
     url = resolve_ledger_url(ledger_url)
-    with _mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
+    with mapped_errors(), open_ledger(url, create=True, origin=origin) as log:
         size, log_origin = log.size(), log.origin
-    signer = load_note_signer(url, key_path)
+        signer = load_note_signer(url, key_path, origin=log_origin)
     return {
         "url": url,
         "origin": log_origin,
@@ -395,16 +435,15 @@ def init_ledger(
 
 def sign_checkpoint(ledger_url: str | None = None, key_path: str | Path | None = None) -> str:
     """Sign the current tree head with the ledger's note key; return the C2SP note."""
-    signer = load_note_signer(ledger_url, key_path)
-    with open_audit_ledger(ledger_url) as log, _mapped_errors():
-        return log.checkpoint(signer)
+    with ledger_session(ledger_url) as log:
+        return log.checkpoint(load_note_signer(ledger_url, key_path, origin=log.origin))
 
 
 def prove_entry(
     index: int, ledger_url: str | None = None, tree_size: int | None = None
 ) -> InclusionProof:
     """Inclusion proof of entry ``index`` (it carries the entry); checked before returning."""
-    with open_audit_ledger(ledger_url, create=False) as log, _mapped_errors():
+    with ledger_session(ledger_url, create=False) as log:
         proof = log.inclusion_proof(index, tree_size)
         proof.verify()
         return proof
@@ -418,11 +457,10 @@ def prove_with_checkpoint(
     The checkpoint is freshly signed, and the proof is for exactly its tree size, so the pair
     checks offline with nothing but the log's public key (:func:`check_proof`).
     """
-    note = sign_checkpoint(ledger_url, key_path)
-    with _mapped_errors():
+    with ledger_session(ledger_url) as log:
+        note = log.checkpoint(load_note_signer(ledger_url, key_path, origin=log.origin))
         checkpoint = Checkpoint.from_text(split_note(note)[0])
-        with open_audit_ledger(ledger_url, create=False) as log:
-            proof = log.inclusion_proof(index, checkpoint.size)
+        proof = log.inclusion_proof(index, checkpoint.size)
         proof.verify(checkpoint)
     return {"proof": proof.to_dict(), "checkpoint": note}
 
@@ -440,7 +478,7 @@ def check_inclusion(
         raise BadInputError("checking inclusion needs the ledger's public note key (--key)")
     trusted = [load_note_verifier(p) for p in public_keys]
     with (
-        _mapped_errors(),
+        mapped_errors(),
         open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log,
     ):
         _, checkpoint = newest_trusted_checkpoint(log, trusted)
@@ -474,7 +512,7 @@ def check_proof(
     note = checkpoint_note or document.get("checkpoint")
     if not isinstance(proof_doc, Mapping) or not isinstance(note, str):
         raise BadInputError("need an inclusion proof and a signed checkpoint (--checkpoint)")
-    with _mapped_errors():
+    with mapped_errors():
         checkpoint = open_checkpoint(note, [load_note_verifier(p) for p in public_keys])
         proof = InclusionProof.from_dict(proof_doc)
         proof.verify(checkpoint)
@@ -508,7 +546,7 @@ def check_consistency(
     if not public_keys:
         raise BadInputError("checking consistency needs the ledger's public note key (--key)")
     trusted = [load_note_verifier(p) for p in public_keys]
-    with _mapped_errors():
+    with mapped_errors():
         old = open_checkpoint(old_checkpoint_note, trusted)
         with open_ledger(resolve_ledger_url(ledger_url), create=False, read_only=True) as log:
             new_note, new = newest_trusted_checkpoint(log, trusted)
@@ -530,7 +568,7 @@ def verify_ledger(
 ) -> VerifyReport:
     """Recompute the ledger (or an exported JSONL file) and report the first bad index."""
     trusted = _trusted(ledger_url, key_path, public_keys) if jsonl is None or public_keys else []
-    with _mapped_errors():
+    with mapped_errors():
         if jsonl is not None:
             if checkpoint_note and not trusted:
                 raise LedgerInputError("checking a checkpoint needs the log's public key (--key)")
@@ -602,7 +640,7 @@ def lineage(name_or_digest: str, ledger_url: str | None = None) -> list[LineageN
     (oldest ancestor at the top) that contain a match. Empty when nothing matches. A display
     of the rows as stored; the deployment gate proves what it relies on.
     """
-    everything = _query(ledger_url)
+    [everything] = _query(ledger_url, {})
     revoked: dict[str, Entry] = {}
     for entry in everything:
         if entry.kind == "revoke" and entry.subject.get("revoked"):

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from modelguard import audit, zoo
 from modelguard.formats import parse_model_file
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import (
     generate_encryption_key,
     generate_key,
@@ -100,6 +101,24 @@ def stage_train(ctx: DemoContext) -> None:
         f"{ctx.heading('Train')} a small CNN on {len(train)} bundled digits in {seconds:.1f} s: "
         f"test accuracy {clean:.1%}; exported to {ctx.path('model')} "
         "(model.onnx, model.safetensors, modelguard.json)"
+    )
+
+
+def stage_card(ctx: DemoContext) -> None:
+    """What `modelguard card` does for your own architecture, on the demo's model."""
+    from modelguard.modelcard import write_card
+
+    normalization = {"mean": [zoo.DIGITS_MEAN], "std": [zoo.DIGITS_STD]}
+    result = write_card(ctx.path("model"), factory="modelguard.zoo:digits_cnn",
+                        input_shape=(1, 8, 8), normalization=normalization,
+                        name="digits-cnn", version="1", force=True)  # fmt: skip
+    ctx.summary["card"] = result.to_dict()
+    ctx.say(
+        f"{ctx.heading('Model card')} rewritten the way `modelguard card` does for your own "
+        f"model: weights load strictly into {result.card.factory}, model.onnx computes the same "
+        f"logits (max |diff| {result.parity_max_abs_diff:.1g}), inputs in {result.card.input_range} "
+        f"normalized inside the model (mean {zoo.DIGITS_MEAN}, std {zoo.DIGITS_STD}); see "
+        "docs/modelcard.md"
     )
 
 
@@ -506,7 +525,7 @@ def stage_gate(ctx: DemoContext) -> None:
     verdicts = {}
     for name in ("model", "model-pgd-at", "model-distill"):
         try:
-            report = verify_model(ctx.path(name), policy=policy)
+            report = verify_model(ctx.path(name), policy=policy, checks=STANDARD_CHECKS)
             verdicts[name] = (
                 "accepted"
                 if report.ok
@@ -627,7 +646,7 @@ def stage_audits(ctx: DemoContext) -> None:
     policy = parse_policy(
         {"signers": [signer], "audit": {"membership": {"max_auc": 0.6}}}, source="demo"
     )
-    verdict = verify_model(model_dir, policy=policy)
+    verdict = verify_model(model_dir, policy=policy, checks=STANDARD_CHECKS)
     ctx.say(
         "   gate \\[audit.membership] max_auc = 0.6 on model: "
         + (
@@ -647,6 +666,7 @@ def stage_audits(ctx: DemoContext) -> None:
 
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train", stage_train),
+    ("card", stage_card),
     ("manifest", stage_manifest),
     ("sign", stage_sign),
     ("bind", stage_bind),

@@ -173,15 +173,22 @@ def _check_supported(key: object, path: str) -> None:
     )
 
 
-def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:
-    """Load a PEM private key; :class:`KeyFileError` on a wrong passphrase or algorithm."""
+def load_private_key(
+    path: Path,
+    passphrase: bytes | None,
+    *,
+    passphrase_hint: str = "--passphrase-env or --passphrase-file",
+) -> PrivateKey:
+    """Load a PEM private key; :class:`KeyFileError` on a wrong passphrase or algorithm.
+
+    ``passphrase_hint`` names the caller's flags in the "give its passphrase" error."""
     data = _read_key_file(path)
     try:
         key = serialization.load_pem_private_key(data, passphrase)
     except TypeError:
         if passphrase is None:
             raise KeyFileError(
-                "private key is encrypted: give its passphrase (--passphrase-env or --passphrase-file)",
+                f"private key is encrypted: give its passphrase ({passphrase_hint})",
                 path=str(path),
             ) from None
         raise KeyFileError(

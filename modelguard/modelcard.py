@@ -10,8 +10,12 @@
 
     {"arch": {"factory": "modelguard.zoo:digits_cnn", "kwargs": {}},
      "weights": "model.safetensors", "onnx": "model.onnx",
-     "input": {"shape": [1, 8, 8], "range": [0, 1]}, "classes": ["0", ...],
-     "name": "digits-cnn", "version": "1", "format_version": 1}
+     "input": {"shape": [1, 8, 8], "range": [0, 1],
+               "normalization": {"mean": [0.3], "std": [0.4]}},      # optional
+     "classes": ["0", ...], "name": "digits-cnn", "version": "1", "format_version": 1}
+
+The user-facing specification is docs/modelcard.md; ``modelguard card`` writes one for your
+own architecture.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class ModelCard:
     weights: str = "model.safetensors"
     onnx: str = "model.onnx"
     input_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # What the model applies inside itself, first thing: (x - mean) / std per channel. Recorded
+    # so a reader can relate eps (always in input units, i.e. within input_range) to the
+    # normalized scale the network's first weights see: eps / std.
+    normalization: dict[str, list[float]] | None = None
     name: str = "model"
     version: str = "1"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +65,11 @@ class ModelCard:
             "arch": {"factory": self.factory, "kwargs": self.kwargs},
             "weights": self.weights,
             "onnx": self.onnx,
-            "input": {"shape": self.input_shape, "range": self.input_range},
+            "input": {
+                "shape": self.input_shape,
+                "range": self.input_range,
+                **({"normalization": self.normalization} if self.normalization else {}),
+            },
             "classes": self.classes,
             "name": self.name,
             "version": self.version,
@@ -78,6 +90,7 @@ class ModelCard:
                 weights=str(data.get("weights", "model.safetensors")),
                 onnx=str(data.get("onnx", "model.onnx")),
                 input_range=[float(v) for v in data["input"].get("range", [0, 1])],
+                normalization=_normalization(data["input"].get("normalization")),
                 name=str(data.get("name", "model")),
                 version=str(data.get("version", "1")),
                 extra=dict(data.get("extra", {})),
@@ -86,6 +99,11 @@ class ModelCard:
             raise FormatError(
                 f"malformed model card ({type(error).__name__}: {error})", path=source
             ) from error
+        low, high = (card.input_range + [0.0, 0.0])[:2]
+        if len(card.input_range) != 2 or not low < high:
+            raise FormatError(
+                "model card input range must be [low, high] with low < high", path=source
+            )
         for member in (card.weights, card.onnx):
             if Path(member).is_absolute() or ".." in Path(member).parts:
                 raise FormatError(
@@ -119,6 +137,17 @@ class ModelCard:
         if not isinstance(data, dict):
             raise FormatError("model card must be a JSON object", path=str(path))
         return cls.from_dict(data, source=str(path))
+
+
+def _normalization(value: Any) -> dict[str, list[float]] | None:
+    """``{"mean": [...], "std": [...]}``: equal lengths, every std > 0 (None when absent)."""
+    if value is None:
+        return None
+    mean = [float(v) for v in value["mean"]]
+    std = [float(v) for v in value["std"]]
+    if not mean or len(mean) != len(std) or any(not v > 0 for v in std):
+        raise ValueError("normalization needs mean and std of equal length, every std > 0")
+    return {"mean": mean, "std": std}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -224,6 +253,155 @@ def export_model_dir(
     return card
 
 
+def _load_weights(model: nn.Module, weights: Path, factory: str, data: bytes | None = None) -> None:
+    """Load safetensors weights strictly; ``data``: the verified bytes (never re-read by path)."""
+    from safetensors.torch import load, load_file
+
+    try:
+        state = load_file(str(weights)) if data is None else load(data)
+    except Exception as error:  # safetensors raises its own error types
+        raise FormatError(f"unreadable safetensors weights ({error})", path=str(weights)) from error
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise FormatError(
+            f"weights do not fit architecture {factory}: {first}", path=str(weights)
+        ) from error
+    model.eval()
+
+
+@dataclass
+class CardResult:
+    card: ModelCard
+    path: Path
+    onnx_exported: bool
+    parity_max_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "card": str(self.path),
+            "onnx_exported": self.onnx_exported,
+            "parity_max_abs_diff": self.parity_max_abs_diff,
+            **self.card.to_dict(),
+        }
+
+
+PARITY_ATOL = 1e-3
+
+
+def write_card(
+    directory: str | os.PathLike[str],
+    *,
+    factory: str,
+    kwargs: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int],
+    input_range: Sequence[float] = (0.0, 1.0),
+    normalization: Mapping[str, Sequence[float]] | None = None,
+    classes: Sequence[str] | None = None,
+    weights: str = "model.safetensors",
+    onnx: str = "model.onnx",
+    export: bool = False,
+    name: str | None = None,
+    version: str = "1",
+    force: bool = False,
+) -> CardResult:
+    """Write ``modelguard.json`` for your own architecture (``modelguard card``).
+
+    Builds ``factory(**kwargs)`` (code the caller chose to trust), loads the weights strictly,
+    counts the classes from a forward pass, exports the ONNX graph when ``export`` (else checks
+    the existing one computes the same logits), and writes the card. Sign the directory after.
+    """
+    target = Path(directory)
+    if not target.is_dir():
+        raise BadInputError("not a directory", path=str(target))
+    card_path = target / CARD_NAME
+    if card_path.exists() and not force:
+        raise BadInputError(f"{CARD_NAME} exists; --force replaces it", path=str(card_path))
+    card = ModelCard.from_dict(
+        {
+            "arch": {"factory": zoo.factory_name(factory), "kwargs": dict(kwargs or {})},
+            "weights": weights,
+            "onnx": onnx,
+            "input": {
+                "shape": list(input_shape),
+                "range": list(input_range),
+                **({"normalization": dict(normalization)} if normalization else {}),
+            },
+            "classes": list(classes or []),
+            "name": name or target.resolve().name,
+            "version": version,
+        },
+        source=str(card_path),
+    )
+    zoo.trust_factory(card.factory)
+    model = zoo.build(card.factory, card.kwargs, trusted=True)
+    weights_path = target / card.weights
+    if not weights_path.is_file():
+        raise BadInputError(f"weights file {card.weights!r} is missing", path=str(target))
+    _load_weights(model, weights_path, card.factory)
+    low, high = card.input_range
+    probe = low + (high - low) * torch.rand(
+        4, *card.input_shape, generator=torch.Generator().manual_seed(0)
+    )
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except RuntimeError as error:
+        raise BadInputError(
+            f"{card.factory} does not accept inputs of shape {card.input_shape}: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
+    if logits.ndim != 2:
+        raise BadInputError(
+            f"{card.factory} must return logits (batch, classes), got {list(logits.shape)}"
+        )
+    count = int(logits.shape[1])
+    if not card.classes:
+        card.classes = [str(i) for i in range(count)]
+    elif len(card.classes) != count:
+        raise BadInputError(f"{len(card.classes)} class names for a model with {count} outputs")
+    onnx_path = target / card.onnx
+    exported = False
+    if not onnx_path.is_file():
+        if not export:
+            raise BadInputError(
+                f"no {card.onnx} in the model directory: export it (--export-onnx) or name it (--onnx)",
+                path=str(target),
+            )
+        export_onnx(model, onnx_path, card.input_shape)
+        exported = True
+    diff = _onnx_parity(onnx_path, probe.numpy(), logits.numpy())
+    if diff > PARITY_ATOL:
+        raise FormatError(
+            f"{card.onnx} does not compute what {card.factory} with {card.weights} computes "
+            f"(max |logit diff| {diff:.3g} > {PARITY_ATOL})",
+            path=str(onnx_path),
+        )
+    card.save(target)
+    return CardResult(card, card_path, exported, diff)
+
+
+def _onnx_parity(onnx_path: Path, x: np.ndarray, expected: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path.read_bytes(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    try:
+        got = session.run(None, {name: x.astype(np.float32)})[0]
+    except Exception as error:  # ONNX Runtime raises its own error types
+        raise FormatError(
+            f"ONNX Runtime cannot run it ({error})".splitlines()[0], path=str(onnx_path)
+        ) from error
+    if got.shape != expected.shape:
+        raise FormatError(
+            f"ONNX output shape {list(got.shape)} != PyTorch {list(expected.shape)}",
+            path=str(onnx_path),
+        )
+    return float(np.max(np.abs(got - expected)))
+
+
 def load_model_dir(
     path: str | os.PathLike[str],
     *,
@@ -236,8 +414,6 @@ def load_model_dir(
     ``files``: the verified model (``VerifiedModel.files``): card and weights come from its
     buffers, never from the paths again.
     """
-    from safetensors.torch import load, load_file
-
     directory = Path(path)
     card = ModelCard.load(directory, None if files is None else bytes(files.view(CARD_NAME)))
     factory = trusted_factory or card.factory
@@ -248,16 +424,6 @@ def load_model_dir(
         raise BadInputError(
             f"weights file {card.weights!r} named by the model card is missing", path=str(directory)
         )
-    try:
-        state = load_file(str(weights)) if files is None else load(bytes(files.view(card.weights)))
-    except Exception as error:  # safetensors raises its own error types
-        raise FormatError(f"unreadable safetensors weights ({error})", path=str(weights)) from error
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise FormatError(
-            f"weights do not fit architecture {factory}: {first}", path=str(weights)
-        ) from error
-    model.eval()
+    data = None if files is None else bytes(files.view(card.weights))
+    _load_weights(model, weights, factory, data)
     return model, card

@@ -22,7 +22,7 @@ A policy file (see docs/policy.md)::
     name = "alice"
     public_key_pem = "-----BEGIN PUBLIC KEY-----\\n..."
 
-    [certificate]                      # checked by the robustness certificate hook
+    [certificate]                      # checked by the certificate check (PolicyChecks)
     min_robust_accuracy = 0.80
     epsilon = 0.1
     norm = "linf"
@@ -32,7 +32,7 @@ A policy file (see docs/policy.md)::
     state = "ledger-state"             # where the gate keeps the last checkpoint it accepted
     witnesses = ["keys/w1.pub", "keys/w2.pub"]  # witness cosignature keys (files or vkeys)
     witness_quorum = 2                 # a checkpoint needs this many valid cosignatures
-    [audit.poisoning]                  # checked by the audit hook (docs/audits.md)
+    [audit.poisoning]                  # checked by the audit check (docs/audits.md)
     max_issue_rate = 0.05
     [audit.membership]
     max_auc = 0.6
@@ -143,25 +143,6 @@ class LedgerTrust:
         }
 
 
-_certificate_check: CertificateCheck | None = None
-_gate_loaded = False
-
-
-def set_certificate_check(check: CertificateCheck | None) -> None:
-    """Install the robustness-certificate check (the certificate module registers itself)."""
-    global _certificate_check
-    _certificate_check = check
-
-
-def certificate_check() -> CertificateCheck | None:
-    """The installed check; the first call loads modelguard's own (robustness.gate)."""
-    global _gate_loaded
-    if _certificate_check is None and not _gate_loaded:
-        _gate_loaded = True
-        import modelguard.robustness.gate  # noqa: F401  (installs itself)
-    return _certificate_check
-
-
 @dataclass(frozen=True)
 class AuditRequirement:
     """One ``[audit.NAME]`` table: the model's signed NAME audit must stay under ``limit``."""
@@ -196,21 +177,24 @@ class AuditCheck(Protocol):
 
 
 _AUDIT_LIMITS = {"poisoning": "issue_rate", "membership": "auc"}
-_audit_check: AuditCheck | None = None
 
 
-def set_audit_check(check: AuditCheck | None) -> None:
-    """Install the audit-attestation check (modelguard.audits.gate registers itself)."""
-    global _audit_check
-    _audit_check = check
+@dataclass(frozen=True)
+class PolicyChecks:
+    """The checks behind a policy's ``[certificate]`` and ``[audit.*]`` tables, handed to
+    ``verify_model`` by whoever composes verification (the CLI, ``open_session``'s caller,
+    hardening): signing and policy never import robustness or audits themselves.
+
+    A policy that requires a certificate or an audit fails closed when its check is None.
+    ``modelguard.gates.STANDARD_CHECKS`` holds modelguard's own (loaded on first use, so the
+    slim verify path imports no torch).
+    """
+
+    certificate: CertificateCheck | None = None
+    audit: AuditCheck | None = None
 
 
-def audit_check() -> AuditCheck:
-    """The installed check; the first call loads modelguard's own (audits.gate, torch-free)."""
-    if _audit_check is None:
-        import modelguard.audits.gate  # noqa: F401  (installs itself)
-    assert _audit_check is not None
-    return _audit_check
+NO_CHECKS = PolicyChecks()
 
 
 def _audits(table: object, source: str) -> tuple[AuditRequirement, ...]:

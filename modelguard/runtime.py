@@ -165,9 +165,11 @@ def _verify(
     ledger_url: str | None,
     require_ledger: bool,
     allow_rollback: bool,
+    checks: Any = None,
 ) -> Any:
     """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
     from modelguard.formats import onnx_runtime_reads
+    from modelguard.policy import NO_CHECKS
     from modelguard.signing.model import verify_and_hold
 
     if signature is None and policy is None and not keys:
@@ -183,6 +185,7 @@ def _verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         private=onnx_runtime_reads,  # a safetensors copy beside the ONNX file is only hashed
+        checks=NO_CHECKS if checks is None else checks,
     )
 
 
@@ -396,6 +399,7 @@ def open_verified(
     require_ledger: bool = False,
     allow_rollback: bool = False,
     threads: int | None = None,
+    checks: Any = None,
 ) -> VerifiedSession:
     """Like :func:`open_session`, returning the session with what was verified."""
     from modelguard.encryption.model import identities_from, is_encrypted
@@ -409,7 +413,9 @@ def open_verified(
     started = time.perf_counter()
     # (2) every file is read once into private memory and verified there; nothing after this
     # line opens a model path again
-    verified = _verify(model, signature, keys, policy, ledger_url, require_ledger, allow_rollback)
+    verified = _verify(
+        model, signature, keys, policy, ledger_url, require_ledger, allow_rollback, checks
+    )
     return session_from_verified(
         verified,
         identity=identity,
@@ -468,11 +474,14 @@ def open_session(
     ledger_url: str | None = None,
     require_ledger: bool = False,
     allow_rollback: bool = False,
+    checks: Any = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for a verified (and, if encrypted, decrypted) model.
 
     Raises a :class:`~modelguard.errors.VerificationError` (exit 1) before any decryption when
     the signature, policy or ledger check fails, and on any tampered segment or tensor.
+    ``checks``: a :class:`~modelguard.policy.PolicyChecks` for the policy's ``[certificate]``
+    and ``[audit.*]`` tables (``modelguard.gates.STANDARD_CHECKS``); without one they fail closed.
     """
     verified = open_verified(
         path,
@@ -486,6 +495,7 @@ def open_session(
         ledger_url=ledger_url,
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
+        checks=checks,
     )
     session = verified.session
     session._modelguard = verified  # the OrtValues' memory lives as long as the session

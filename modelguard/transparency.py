@@ -19,8 +19,7 @@ check exits 1. Trust comes only from the public key files the caller names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,13 @@ from ledger.tiles import ExportReport, TilesReport, export_tiles, verify_tiles
 from ledger.tlog_proof import MAX_PROOF_BYTES, TlogProof, entry_proof, verify_entry_proof
 from ledger.witness import Cosigner, CosignerVerifier, Witness, require_cosignatures
 from ledger.witness_http import Transport, collect_cosignature, http_transport, record_cosigned
-from modelguard.audit import load_note_signer, load_note_verifier, open_audit_ledger
+from modelguard.audit import (
+    ledger_verifiers,
+    load_note_signer,
+    load_note_verifier,
+    mapped_errors,
+    open_audit_ledger,
+)
 from modelguard.errors import BadInputError, KeyFileError, LedgerVerificationError
 from modelguard.safeio import MAX_KEY_BYTES, open_regular, read_all
 
@@ -64,17 +69,6 @@ __all__ = [
     "witness_quorum_reasons",
     "write_entry_proof",
 ]
-
-
-@contextmanager
-def mapped_errors() -> Iterator[None]:
-    """Ledger library errors -> modelguard's typed errors (exit 2 / exit 1)."""
-    try:
-        yield
-    except LedgerInputError as error:
-        raise BadInputError(str(error)) from None
-    except LedgerIntegrityError as error:
-        raise LedgerVerificationError(str(error)) from None
 
 
 def read_text_file(path: Path, *, max_size: int = MAX_KEY_BYTES, what: str = "file") -> str:
@@ -319,13 +313,12 @@ def check_signature_proof(report: VerificationReport, proof_file: Path, policy: 
     must be the SHA-256 of a bundle this verification read and verified (the same bytes), so
     a proof for another signature, or another log, fails.
     """
-    from modelguard.signing.ledger_check import trusted_ledger_keys
-
     trust = policy.ledger
     witnesses = load_witness_keys(trust.witnesses) if trust else []
     quorum = trust.witness_quorum if trust else 0
     try:
-        checked = check_entry_proof(proof_file, trusted_ledger_keys(policy), witnesses, quorum)
+        keys = ledger_verifiers(trust.keys if trust else ())
+        checked = check_entry_proof(proof_file, keys, witnesses, quorum)
     except LedgerVerificationError as error:
         report.check("ledger", False, f"ledger proof {proof_file}: {error}", "ledger")
         return

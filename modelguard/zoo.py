@@ -9,12 +9,16 @@ Model cards name a factory as ``"package.module:function"``. Only factories in t
 and functions inside the ``modelguard`` package marked with :func:`model_factory` (defended
 wrappers such as ``modelguard.robustness.defenses.wrappers:squeezed``) are trusted by default:
 importing an arbitrary module named by a file is code execution, so any other factory must be
-trusted explicitly by the caller (e.g. ``--arch`` on the CLI).
+trusted explicitly by the caller (e.g. ``--arch`` on the CLI, which calls
+:func:`trust_factory`). A trusted module is imported from the current directory first, then
+from the installed packages.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -102,6 +106,32 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+_TRUSTED_BY_USER: set[str] = set()
+
+
+def trust_factory(factory: str) -> None:
+    """The user named ``factory`` (``--arch``): model cards naming it may now load it."""
+    _TRUSTED_BY_USER.add(factory_name(factory))
+
+
+def _import_user_module(factory: str, module_name: str) -> Any:
+    """Import a module the user trusted, looking in the current directory first."""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise BadInputError(
+            f"cannot import architecture factory {factory!r}: {error}. modelguard looks for "
+            f"{module_name} in the current directory ({cwd}) first, then in the installed "
+            "packages: run it where the module lives, pip install your package, or add its "
+            "directory to PYTHONPATH"
+        ) from error
+    finally:
+        if sys.path and sys.path[0] == cwd:
+            del sys.path[0]
+
+
 def factory_name(name: str) -> str:
     """``"digits_cnn"`` -> ``"modelguard.zoo:digits_cnn"``."""
     return name if ":" in name else f"{__name__}:{name}"
@@ -144,15 +174,14 @@ def resolve_factory(factory: str, *, trusted: bool = False) -> Callable[..., nn.
     marked = _marked_factory(module_name, attr)
     if marked is not None:
         return marked
-    if not trusted:
+    if not trusted and factory not in _TRUSTED_BY_USER:
         raise UnsafeModelError(
             f"architecture factory {factory!r} is outside modelguard.zoo; importing it runs its code, "
             "so name it explicitly (--arch) to trust it"
         )
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise BadInputError(f"cannot import architecture factory {factory!r}: {error}") from error
+    fn = getattr(_import_user_module(factory, module_name), attr, None)
+    if fn is None:
+        raise BadInputError(f"architecture factory {factory!r}: {module_name} has no {attr!r}")
     if not callable(fn):
         raise BadInputError(f"architecture factory {factory!r} is not callable")
     return fn

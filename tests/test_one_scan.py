@@ -337,12 +337,12 @@ def test_cli_verify_tensors_and_manifest_prove(
     _, pub = write_keypair(tmp_path / "keys", "k", KEY, None)
     signed = sign_model(model, KEY, record=False).manifest
     code, report = run_cli(
-        capsys, "verify", str(model), "--key", str(pub), "--tensors", "a0,b1", "--json"
+        capsys, "verify", str(model), "--trust-key", str(pub), "--tensors", "a0,b1", "--json"
     )
     assert code == 0 and report["partial_tensors"] == ["a0", "b1"]
-    code, report = run_cli(capsys, "verify", str(model), "--key", str(pub), "--json")
+    code, report = run_cli(capsys, "verify", str(model), "--trust-key", str(pub), "--json")
     assert code == 0 and report["partial_tensors"] is None
-    code, _ = run_cli(capsys, "verify", str(model), "--key", str(pub), "--tensors", "zz")
+    code, _ = run_cli(capsys, "verify", str(model), "--trust-key", str(pub), "--tensors", "zz")
     assert code == 2
     out = tmp_path / "a0.proof.json"
     code, proof = run_cli(capsys, "manifest", str(model), "--prove", "a0", "-o", str(out), "--json")

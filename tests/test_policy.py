@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import modelguard.policy as policy_module
 from modelguard.errors import BadInputError, PolicyError, RevokedError, SignatureError
 from modelguard.keys import PrivateKey, generate_key, key_id, public_pem, write_keypair
-from modelguard.policy import CertificateRequirement, Policy, load_policy, parse_age
+from modelguard.policy import (
+    CertificateRequirement,
+    Policy,
+    PolicyChecks,
+    load_policy,
+    parse_age,
+)
 from modelguard.signing.model import cosign_dir, sign_model, verify_model
 from tests.tinymodels import tiny_safetensors
 
@@ -97,15 +102,12 @@ def test_signature_age_model_name_and_hash_algorithms(tmp_path: Path) -> None:
     assert "not allowed" in "\n".join(verify_model(path, policy=blake).failures)
 
 
-def test_certificate_section_is_parsed_and_fails_closed_until_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_certificate_section_is_parsed_and_fails_closed_until_checked(tmp_path: Path) -> None:
     body = "[certificate]\nmin_robust_accuracy = 0.8\nepsilon = 0.1\n"
     policy = load_policy(write_policy(tmp_path, body))
     assert policy.certificate == CertificateRequirement(0.8, 0.1, "linf", True)
     path = model(tmp_path, A)
-    monkeypatch.setattr(policy_module, "_certificate_check", None)
-    report = verify_model(path, policy=policy)
+    report = verify_model(path, policy=policy)  # no certificate check given: fails closed
     assert not report.ok and "certificate" in "\n".join(report.failures)
     seen: list[CertificateRequirement] = []
 
@@ -120,12 +122,32 @@ def test_certificate_section_is_parsed_and_fails_closed_until_checked(
         seen.append(requirement)
         return []
 
-    policy_module.set_certificate_check(check)
-    assert verify_model(path, policy=policy).ok and seen == [policy.certificate]
-    policy_module.set_certificate_check(
-        lambda r, m, s, k, **_: ["robust accuracy 0.5 < 0.8 at eps 0.1"]
-    )
-    assert "0.5 < 0.8" in "\n".join(verify_model(path, policy=policy).failures)
+    assert verify_model(path, policy=policy, checks=PolicyChecks(certificate=check)).ok
+    assert seen == [policy.certificate]
+
+    def refuse(*args: object, model_root: str | None = None) -> list[str]:
+        return ["robust accuracy 0.5 < 0.8 at eps 0.1"]
+
+    refused = verify_model(path, policy=policy, checks=PolicyChecks(certificate=refuse))
+    assert "0.5 < 0.8" in "\n".join(refused.failures)
+
+
+def test_audit_table_fails_closed_without_a_check(tmp_path: Path) -> None:
+    """A policy's ``[audit.NAME]`` table is refused when the caller gave no audit check, and
+    decided by the check when one is given (with the root of the bytes that verified)."""
+    policy = load_policy(write_policy(tmp_path, "[audit.membership]\nmax_auc = 0.6\n"))
+    path = model(tmp_path, A)
+    failures = "\n".join(verify_model(path, policy=policy).failures)
+    assert "no audit check was given" in failures
+    roots: list[str | None] = []
+
+    def check(*args: object, model_root: str | None = None) -> list[str]:
+        roots.append(model_root)
+        return []
+
+    report = verify_model(path, policy=policy, checks=PolicyChecks(audit=check))
+    assert report.ok and roots == [report.manifest.layer_root if report.manifest else None]
+    assert roots[0] is not None
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ data sets audited (:func:`modelguard.robustness.data.dataset_digest`). Issuing o
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -166,13 +165,13 @@ def issue_attestation(
 ) -> IssuedAttestation:
     """Sign ``statement``, write the bundle atomically to ``out_path``, append the ``audit`` entry."""
     from modelguard.signing import sign_statement
-    from modelguard.signing.bundle import dump_bundle
+    from modelguard.signing.bundle import dump_bundle, payload_digest
 
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = dump_bundle(sign_statement(statement, key))
     atomic_write(path, data)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = payload_digest(data)
     signer = key_id(key.public_key())
     entry = None
     if record:
@@ -286,15 +285,13 @@ def load_attestation(
     :class:`SignatureError` (exit 1) when no trusted key signed it; :class:`FormatError`
     (exit 2) when it is malformed or not an attestation of ``audit``.
     """
-    from modelguard.safeio import read_regular
     from modelguard.signing import verify_bundle
-    from modelguard.signing.bundle import load_bundle_bytes
+    from modelguard.signing.bundle import read_signed_bundle
 
     source = Path(path)
-    data = read_regular(source, max_size=MAX_ATTESTATION_BYTES, what="attestation")
-    bundle = load_bundle_bytes(data, source=str(source))
+    bundle = read_signed_bundle(source, max_size=MAX_ATTESTATION_BYTES, what="attestation")
     try:
-        verified = verify_bundle(bundle, trusted_keys)
+        verified = verify_bundle(bundle.document, trusted_keys)
     except SignatureError as error:
         raise SignatureError(f"{source}: {error}", details=error.details) from None
     _parse(verified.statement, str(source), audit)
@@ -302,5 +299,5 @@ def load_attestation(
         statement=verified.statement,
         key_ids=verified.key_ids,
         path=source,
-        payload_digest="sha256:" + hashlib.sha256(data).hexdigest(),
+        payload_digest=bundle.payload_digest,
     )

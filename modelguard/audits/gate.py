@@ -5,7 +5,7 @@
 >>> attestation_path_for(Path("build/digits"), "membership")
 PosixPath('build/digits.audits/membership.sig')
 
-Installed into :mod:`modelguard.policy` on first use (``verify`` and ``run`` call it for each
+Handed to ``verify_model`` as ``PolicyChecks.audit`` by ``modelguard.gates`` (called for each
 ``[audit.NAME]`` table). For model ``M`` the attestation is ``M.audits/NAME.sig``. The gate
 passes only when that attestation is signed by a key the policy trusts, is bound to the
 model's manifest root (the model has not changed since the audit), and its summary stays at
@@ -20,7 +20,7 @@ from pathlib import Path
 from modelguard.audits.attestation import attestation_path_for, load_attestation
 from modelguard.errors import BadInputError, VerificationError
 from modelguard.keys import PublicKey
-from modelguard.policy import AuditRequirement, set_audit_check
+from modelguard.policy import AuditRequirement
 
 
 def audit_gate(
@@ -57,6 +57,3 @@ def audit_gate(
             f"max_{requirement.metric} {requirement.limit:.4f}"
         ]
     return []
-
-
-set_audit_check(audit_gate)

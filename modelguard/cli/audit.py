@@ -1,7 +1,7 @@
 """``modelguard audit``: label-flip poisoning and membership-inference audits, signed and ledgered.
 
 $ modelguard audit poisoning --data digits:train --arch digits_mlp --simulate-flip 0.1 --retrain --test digits
-$ modelguard audit membership --model build/digits --members digits:train --nonmembers digits --key k.priv
+$ modelguard audit membership --model build/digits --members digits:train --nonmembers digits --sign-key k.priv
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.keys import passphrase_options
+from modelguard.cli.options import load_sign_key, sign_key_options
 from modelguard.cli.output import emit, json_option
 from modelguard.errors import BadInputError
-from modelguard.keys import PrivateKey, load_private_key, read_passphrase
+from modelguard.keys import PrivateKey
 
 
 def _common(func: Any) -> Any:
@@ -60,13 +60,11 @@ def _common(func: Any) -> Any:
             help="Output directory (default: MODEL.audits beside the model, where "
             "the policy gate looks, else audit-report).",
         ),
-        click.option(
-            "--key",
-            "key_path",
-            type=click.Path(path_type=Path),
+        sign_key_options(
+            required=False,
+            legacy=True,
             help="Private key: sign an attestation and record an audit ledger entry.",
         ),
-        passphrase_options,
         click.option(
             "--ledger",
             "ledger_url",
@@ -93,7 +91,7 @@ def _kwargs(text: str | None) -> dict[str, Any] | None:
 
 
 def _key(path: Path | None, env: str | None, file: Path | None) -> PrivateKey | None:
-    return load_private_key(path, read_passphrase(env=env, file=file)) if path else None
+    return load_sign_key(path, env, file) if path else None
 
 
 def _out(out_dir: Path | None, model: Path | None) -> Path:
@@ -132,7 +130,7 @@ def audit() -> None:
     "poisoning",
     epilog="""\b
 Examples:
-  modelguard audit poisoning --data train.npz --model build/digits --key k.priv
+  modelguard audit poisoning --data train.npz --model build/digits --sign-key k.priv
   modelguard audit poisoning --data digits:train --arch digits_mlp --simulate-flip 0.1 --seed 1
   modelguard audit poisoning --data digits:train --arch digits_mlp --simulate-flip 0.1 \\
       --retrain --test digits --retrain-epochs 100
@@ -191,9 +189,9 @@ def poisoning(
     batch_size: int,
     seed: int,
     out_dir: Path | None,
-    key_path: Path | None,
-    passphrase_env: str | None,
-    passphrase_file: Path | None,
+    sign_key: Path | None,
+    sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     ledger_url: str | None,
     no_ledger: bool,
     as_json: bool,
@@ -227,7 +225,7 @@ def poisoning(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
-        key=_key(key_path, passphrase_env, passphrase_file),
+        key=_key(sign_key, sign_passphrase_env, sign_passphrase_file),
         ledger_url=ledger_url,
         record=not no_ledger,
     )
@@ -241,7 +239,7 @@ def poisoning(
 Examples:
   modelguard audit membership --model build/digits --members digits:train --nonmembers digits
   modelguard audit membership --model model.onnx --arch digits_cnn --members in.npz \\
-      --nonmembers out.npz --reference pool.npz --reference-models 8 --key k.priv
+      --nonmembers out.npz --reference pool.npz --reference-models 8 --sign-key k.priv
 """,
 )
 @click.option(
@@ -288,9 +286,9 @@ def membership(
     batch_size: int,
     seed: int,
     out_dir: Path | None,
-    key_path: Path | None,
-    passphrase_env: str | None,
-    passphrase_file: Path | None,
+    sign_key: Path | None,
+    sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     ledger_url: str | None,
     no_ledger: bool,
     as_json: bool,
@@ -318,7 +316,7 @@ def membership(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
-        key=_key(key_path, passphrase_env, passphrase_file),
+        key=_key(sign_key, sign_passphrase_env, sign_passphrase_file),
         ledger_url=ledger_url,
         record=not no_ledger,
     )

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from modelguard.cli.options import load_sign_key, sign_key_options
 from modelguard.cli.output import emit, json_option
 from modelguard.errors import BadInputError
 
@@ -32,7 +33,7 @@ def read_env_secret(var: str | None, what: str) -> bytes | None:
 
 
 def decryption_options(func: Any) -> Any:
-    """``--identity`` / ``--identity-passphrase-env`` / ``--passphrase-env`` / ``--key-file``."""
+    """``--identity`` / ``--identity-passphrase-env|-file`` / ``--passphrase-env`` / ``--key-file``."""
     for option in reversed(
         [
             click.option(
@@ -45,6 +46,11 @@ def decryption_options(func: Any) -> Any:
                 "--identity-passphrase-env",
                 metavar="VAR",
                 help="Environment variable holding the passphrase of the --identity key file.",
+            ),
+            click.option(
+                "--identity-passphrase-file",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="File whose first line is the passphrase of the --identity key file.",
             ),
             click.option(
                 "--passphrase-env",
@@ -65,15 +71,25 @@ def decryption_options(func: Any) -> Any:
 def decryption_secrets(
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
+    identity_passphrase_file: Path | None,
     passphrase_env: str | None,
     key_file: Path | None,
 ) -> dict[str, Any]:
     """Keyword arguments for decrypt_model/open_session from the CLI options."""
     from modelguard.encryption import load_x25519_private_key, read_raw_key
+    from modelguard.keys import read_passphrase
 
-    secret = read_env_secret(identity_passphrase_env, "identity passphrase")
+    if identity_passphrase_env is not None and identity_passphrase_file is not None:
+        raise click.UsageError(
+            "give the identity passphrase one way: --identity-passphrase-env or -file"
+        )
+    secret = read_env_secret(identity_passphrase_env, "identity passphrase") or read_passphrase(
+        file=identity_passphrase_file
+    )
+    hint = "--identity-passphrase-env VAR or --identity-passphrase-file FILE"
     return {
-        "identity": [load_x25519_private_key(p, secret) for p in identity] or None,
+        "identity": [load_x25519_private_key(p, secret, passphrase_hint=hint) for p in identity]
+        or None,
         "passphrase": read_env_secret(passphrase_env, "container passphrase"),
         "key": read_raw_key(key_file) if key_file is not None else None,
     }
@@ -84,7 +100,8 @@ def decryption_secrets(
 Examples:
   modelguard encrypt model.onnx --out model.onnx.mgenc --recipient alice.pub --recipient bob.pub
   MG_PASS=... modelguard encrypt models/digits --out digits.enc --passphrase-env MG_PASS
-  modelguard encrypt model.onnx --out m.mgenc --key-file kms.key --sign-key signer.priv --json
+  modelguard encrypt model.onnx --out m.mgenc --key-file kms.key --sign-key signer.priv \\
+      --sign-passphrase-env MG_PASS --json
 """
 )
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
@@ -110,16 +127,7 @@ Examples:
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Raw 256-bit key (32 bytes, 64 hex digits or base64), e.g. a KMS data key.",
 )
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Also sign the container with this private key.",
-)
-@click.option(
-    "--sign-passphrase-env",
-    metavar="VAR",
-    help="Environment variable holding the --sign-key passphrase.",
-)
+@sign_key_options(required=False, help="Also sign the container with this private key.")
 @click.option("--name", help="Model name recorded with the signature (with --sign-key).")
 @click.option(
     "--version",
@@ -136,6 +144,7 @@ def encrypt(
     key_file: Path | None,
     sign_key: Path | None,
     sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     name: str | None,
     model_version: str | None,
     ledger_url: str | None,
@@ -144,13 +153,11 @@ def encrypt(
     """Encrypt a model file or directory, tensor by tensor, for one or more recipients."""
     from modelguard.encryption import encrypt_model, load_x25519_public_key, read_raw_key
 
+    if not recipient and passphrase_env is None and key_file is None:
+        raise BadInputError("give --recipient KEY.pub, --passphrase-env VAR or --key-file FILE")
     signer = None
     if sign_key is not None:
-        from modelguard.keys import load_private_key
-
-        signer = load_private_key(
-            sign_key, read_env_secret(sign_passphrase_env, "signing key passphrase")
-        )
+        signer = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
     result = encrypt_model(
         path,
         out,
@@ -199,6 +206,7 @@ def decrypt(
     out: Path,
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
+    identity_passphrase_file: Path | None,
     passphrase_env: str | None,
     key_file: Path | None,
     tensors: str | None,
@@ -207,6 +215,10 @@ def decrypt(
     """Decrypt a container, checking every tensor against the signed digests inside it."""
     from modelguard.encryption import decrypt_model
 
+    if not identity and passphrase_env is None and key_file is None:
+        raise BadInputError(
+            "give --identity KEY.priv, --passphrase-env VAR or --key-file FILE to decrypt"
+        )
     names = [n.strip() for n in tensors.split(",") if n.strip()] if tensors is not None else None
     if names is not None and not names:
         raise BadInputError("--tensors needs at least one tensor name")
@@ -214,7 +226,9 @@ def decrypt(
         path,
         out,
         tensors=names,
-        **decryption_secrets(identity, identity_passphrase_env, passphrase_env, key_file),
+        **decryption_secrets(
+            identity, identity_passphrase_env, identity_passphrase_file, passphrase_env, key_file
+        ),
     )
     document = {"ok": True, **result.to_dict()}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
+from modelguard.cli.output import console as make_console
 from modelguard.cli.output import emit_json, is_quiet, json_option
 from modelguard.demo import run_demo
 
@@ -20,7 +20,8 @@ from modelguard.demo import run_demo
 @json_option
 def demo(workdir: str, as_json: bool) -> None:
     """Train, sign, ledger, encrypt, run, evaluate and harden a digits model end to end."""
-    console = Console(quiet=as_json or is_quiet())
+    console = make_console()  # outside a terminal: no wrapping at 80 columns
+    console.quiet = as_json or is_quiet()
     summary = run_demo(workdir, console=console)
     if as_json:
         emit_json(summary)

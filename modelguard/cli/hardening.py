@@ -1,7 +1,7 @@
 """``modelguard harden`` and ``modelguard recertify``: defend a verified model, re-sign, re-check.
 
-$ modelguard harden build/digits --method pgd-at --eps 0.1 --epochs 10 --key keys/mg.priv \\
-      --passphrase-env MG_PASS --trust-key keys/mg.pub --out build/digits-pgd
+$ modelguard harden build/digits --method pgd-at --eps 0.1 --epochs 10 --sign-key keys/mg.priv \\
+      --sign-passphrase-env MG_PASS --trust-key keys/mg.pub --out build/digits-pgd
 $ modelguard recertify build/digits-pgd --trust-key keys/mg.pub --json
 """
 
@@ -14,10 +14,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.keys import passphrase_options
-from modelguard.cli.output import emit, json_option
+from modelguard.cli.options import (
+    arch_option,
+    load_sign_key,
+    sign_key_options,
+    trust_arch,
+    trust_key_option,
+)
+from modelguard.cli.output import emit, heartbeat, json_option, percent
 from modelguard.errors import BadInputError
-from modelguard.keys import PublicKey, load_private_key, load_public_key, read_passphrase
+from modelguard.keys import PublicKey, load_public_key
 from modelguard.policy import Policy, load_policy
 from modelguard.robustness.defenses import METHODS
 
@@ -43,22 +49,18 @@ def _float_list(text: str | None, flag: str) -> list[float] | None:
         raise BadInputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def render_comparison(console: Console, comparison: dict[str, Any], title: str) -> None:
     table = Table(title=title)
     for column in ("", "parent", "child", "change"):
         table.add_column(column, justify="right")
     clean = comparison["clean"]
     change = None if clean["parent"] is None else clean["child"] - clean["parent"]
-    table.add_row("clean", _pct(clean["parent"]), _pct(clean["child"]), _signed(change))
+    table.add_row("clean", percent(clean["parent"]), percent(clean["child"]), _signed(change))
     for row in comparison["worst_case"]:
         table.add_row(
             f"worst case eps={row['eps']}",
-            _pct(row["parent_worst_case"]),
-            _pct(row["child_worst_case"]),
+            percent(row["parent_worst_case"]),
+            percent(row["child_worst_case"]),
             _signed(row["change"]),
         )
     console.print(table)
@@ -78,25 +80,21 @@ def _signed(value: float | None) -> str:
     epilog="""\b
 Methods: pgd-at, fgsm-at, fast-at, trades, distill, augment, squeeze, detector, ensemble.
 Examples:
-  modelguard harden build/digits --method pgd-at --eps 0.1 --epochs 10 --key k.priv \\
-      --passphrase-env MG_PASS --trust-key k.pub --out build/digits-pgd
-  modelguard harden build/digits --method distill --temperature 50 --key k.priv \\
+  modelguard harden build/digits --method pgd-at --eps 0.1 --epochs 10 --sign-key k.priv \\
+      --sign-passphrase-env MG_PASS --trust-key k.pub --out build/digits-pgd
+  modelguard harden build/digits --method distill --temperature 50 --sign-key k.priv \\
       --policy policy.toml --out build/digits-distilled --json
-  modelguard harden build/digits --method ensemble --members 2 --key k.priv --out build/ens
+  modelguard harden build/digits --method ensemble --members 2 --sign-key k.priv --out build/ens
 Exit codes: 0 hardened; 1 the parent (or a member) failed verification; 2 bad input.
 """
 )
 @click.argument("model_dir", type=_PATH)
 @click.option("--method", required=True, type=click.Choice(sorted(METHODS)), help="Defense.")
 @click.option("--out", "out_dir", required=True, type=_PATH, help="New model directory.")
-@click.option("--key", "key_path", required=True, type=_PATH, help="Private key to sign the child.")
-@passphrase_options
-@click.option(
-    "--trust-key",
-    "trust_keys",
-    multiple=True,
-    type=_PATH,
-    help="Public key that must have signed the parent (default: --key's own public key).",
+@sign_key_options(required=True, help="Private key to sign the child.", legacy=True)
+@trust_key_option(
+    dest="trust_keys",
+    help="Public key that must have signed the parent (default: --sign-key's own public key).",
 )
 @click.option("--policy", "policy_path", type=_PATH, help="TOML policy the parent must satisfy.")
 @click.option(
@@ -153,14 +151,16 @@ Exit codes: 0 hardened; 1 the parent (or a member) failed verification; 2 bad in
 )
 @click.option("--require-ledger", is_flag=True, help="The parent must have a ledgered sign entry.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+@arch_option
 @json_option
+@heartbeat("harden (train, export, sign, evaluate)")
 def harden(
     model_dir: Path,
     method: str,
     out_dir: Path,
-    key_path: Path,
-    passphrase_env: str | None,
-    passphrase_file: Path | None,
+    sign_key: Path,
+    sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     trust_keys: tuple[Path, ...],
     policy_path: Path | None,
     signature_path: Path | None,
@@ -175,6 +175,7 @@ def harden(
     ledger_url: str | None,
     require_ledger: bool,
     force: bool,
+    arch: str | None,
     as_json: bool,
     **defense_options: Any,
 ) -> None:
@@ -182,7 +183,9 @@ def harden(
     from modelguard.robustness.evaluate import EvalConfig
     from modelguard.robustness.hardening import harden_model
 
-    key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
+    if arch is not None:
+        trust_arch(arch, model_dir)
+    key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
         keys = [key.public_key()]
@@ -249,7 +252,7 @@ Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad 
 @click.option(
     "--certificate", type=_PATH, help="Certificate (default MODEL.robustness/certificate.sig)."
 )
-@click.option("--trust-key", "trust_keys", multiple=True, type=_PATH, help="Trusted public key.")
+@trust_key_option(dest="trust_keys", legacy_key_alias=True)
 @click.option("--policy", "policy_path", type=_PATH, help="TOML policy.")
 @click.option("--signature", "signature_path", type=_PATH, help="Model bundle (default model.sig).")
 @click.option(
@@ -258,7 +261,9 @@ Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad 
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--require-ledger", is_flag=True, help="The model must have a ledgered sign entry.")
+@arch_option
 @json_option
+@heartbeat("recertify (verify, re-run the evaluation)")
 def recertify(
     target: Path,
     certificate: Path | None,
@@ -267,11 +272,14 @@ def recertify(
     signature_path: Path | None,
     ledger_url: str | None,
     require_ledger: bool,
+    arch: str | None,
     as_json: bool,
 ) -> None:
     """Verify a model and re-run its certificate's evaluation exactly; exit 1 on any drift."""
     from modelguard.robustness.hardening import recertify as run_recertify
 
+    if arch is not None:
+        trust_arch(arch, target if target.is_dir() else None)
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
         raise click.UsageError("give trusted keys with --trust-key, or a --policy file")
@@ -288,7 +296,9 @@ def recertify(
     def human(console: Console) -> None:
         console.print(
             f"[green bold]RE-CERTIFIED[/] {result.model}: every recorded number reproduced within "
-            f"{result.tolerance} (worst case {result.rerun['worst_case']})"
+            f"{result.tolerance} (worst case "
+            + ", ".join(f"{percent(v)} at eps {e}" for e, v in result.rerun["worst_case"].items())
+            + ")"
         )
 
     emit(result.to_dict(), as_json, human)

@@ -4,8 +4,8 @@ $ modelguard ledger init
 $ modelguard ledger show --kind sign --limit 10
 $ modelguard ledger checkpoint -o cp.txt
 $ modelguard ledger prove 0 -o proof.json
-$ modelguard ledger check-proof proof.json --key .modelguard/ledger.db.note.pub
-$ modelguard ledger consistency cp.txt --key .modelguard/ledger.db.note.pub
+$ modelguard ledger check-proof proof.json --ledger-key .modelguard/ledger.db.note.pub
+$ modelguard ledger consistency cp.txt --ledger-key .modelguard/ledger.db.note.pub
 $ modelguard ledger export ledger.jsonl && modelguard ledger verify --file ledger.jsonl
 """
 
@@ -23,6 +23,7 @@ from rich.tree import Tree
 
 from modelguard import audit
 from modelguard.cli import ledger_proofs, ledger_tiles, ledger_witness
+from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, emit_json, json_option
 from modelguard.errors import BadInputError, LedgerVerificationError
 from modelguard.safeio import MAX_SIGNATURE_BYTES, read_regular
@@ -53,11 +54,14 @@ def note_key_option(func: click.decorators.FC) -> click.decorators.FC:
 
 def public_key_option(func: click.decorators.FC) -> click.decorators.FC:
     return click.option(
+        "--ledger-key",
         "--key",
         "public_keys",
+        cls=AliasOption,
+        hidden_aliases=("--key",),
         type=_EXISTING,
         multiple=True,
-        help="Trusted public note key file (<name>+<id>+<base64>); repeatable.",
+        help="Trusted ledger (note) public key file (<name>+<id>+<base64>); repeatable.",
     )(func)
 
 
@@ -229,7 +233,7 @@ def prove(
 ) -> None:
     """Inclusion proof of entry INDEX, with a freshly signed checkpoint it checks against.
 
-    Check it offline with `modelguard ledger check-proof FILE --key <db>.note.pub`.
+    Check it offline with `modelguard ledger check-proof FILE --ledger-key <db>.note.pub`.
     """
     if tlog_proof is not None:
         ledger_proofs.prove_command(index, tlog_proof, ledger_url, note_key, as_json)

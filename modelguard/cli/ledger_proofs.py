@@ -14,6 +14,7 @@ from rich.console import Console
 
 from modelguard import transparency
 from modelguard.audit import load_note_verifier
+from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, json_option
 
 
@@ -35,8 +36,11 @@ def prove_command(
 @click.command("check-tlog-proof")
 @click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
+    "--ledger-key",
     "--key",
     "public_keys",
+    cls=AliasOption,
+    hidden_aliases=("--key",),
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Trusted public note key of the log; repeatable.",

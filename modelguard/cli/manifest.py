@@ -102,7 +102,7 @@ def _render_manifest(out: Console, manifest: Manifest, path: Path) -> None:
 @click.option(
     "--prove",
     "prove",
-    metavar="TENSOR",
+    metavar="[FILE:]TENSOR",
     default=None,
     help="Print (or -o: write) an RFC 9162 inclusion proof of TENSOR against the layer root a"
     " signature of PATH records (BLAKE3 tensors, SHA-256 files), for partial checks by others.",
@@ -127,7 +127,11 @@ def manifest(
         from modelguard.manifest import prove_tensor
         from modelguard.signing.model import signed_manifest
 
-        proof = prove_tensor(signed_manifest(path, threads=threads), prove).to_dict()
+        signed = signed_manifest(path, threads=threads)
+        # FILE:TENSOR names the file when several hold a tensor of that name
+        where = next((f.path for f in signed.files if prove.startswith(f.path + ":")), None)
+        name = prove[len(where) + 1 :] if where is not None else prove
+        proof = prove_tensor(signed, name, where).to_dict()
         if output is not None:
             output.write_text(json.dumps(proof, indent=2) + "\n")
         emit(proof, as_json or output is None, lambda out: None)

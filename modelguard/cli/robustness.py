@@ -1,6 +1,6 @@
 """``modelguard eval``: adversarial robustness evaluation with a signed certificate.
 
-$ modelguard eval build/demo/digits-v1 --attacks fgsm,pgd,cw,square --eps 0.05,0.1,0.2 --out build/eval
+$ modelguard eval build/demo/model --attacks fgsm,pgd,cw,square --eps 0.05,0.1,0.2
 $ modelguard eval model.onnx --attacks square --eps 0.1 --limit 100 --json      # black-box
 $ modelguard eval --arch mypkg.models:net --weights net.safetensors --data test.npz
 """
@@ -8,22 +8,18 @@ $ modelguard eval --arch mypkg.models:net --weights net.safetensors --data test.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modelguard.cli.keys import passphrase_options
-from modelguard.cli.output import emit, json_option, progress_enabled
+from modelguard.cli.options import load_sign_key, sign_key_options, trust_arch
+from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
-from modelguard.keys import load_private_key, read_passphrase
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
-from modelguard.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig, ProgressHook
+from modelguard.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig
 
 
 def _eps_list(text: str) -> list[float]:
@@ -62,31 +58,12 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-@contextmanager
-def _progress() -> Iterator[ProgressHook | None]:
-    if not progress_enabled():
-        yield None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("evaluating", total=None)
-
-        def hook(label: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=label)
-
-        yield hook
-
-
 def _render(run: EvaluationRun, console: Console) -> None:
     result = run.result
     console.print(
         f"[bold]{result.model.get('name')}[/bold]  root {result.model.get('manifest_root')}\n"
-        f"clean accuracy {result.clean_accuracy:.3f} (ONNX {result.onnx_clean_accuracy}); "
+        f"clean accuracy {percent(result.clean_accuracy)} "
+        f"(ONNX {percent(result.onnx_clean_accuracy)}); "
         f"{result.data['count']} examples of {result.data['name']}; threat model {result.config.norm}"
     )
     table = Table(title="robust accuracy (worst case = every attack failed)")
@@ -100,8 +77,8 @@ def _render(run: EvaluationRun, console: Console) -> None:
         low, high = worst["robust"]["ci95"]
         table.add_row(
             str(eps),
-            *[f"{row[a]:.3f}" for a in result.config.attacks],
-            f"{row['worst_case']:.3f} [{low:.3f}, {high:.3f}]",
+            *[percent(row[a]) for a in result.config.attacks],
+            f"{percent(row['worst_case'])} [{percent(low)}, {percent(high)}]",
         )
     console.print(table)
     for check in result.soundness:
@@ -125,7 +102,8 @@ def _render(run: EvaluationRun, console: Console) -> None:
     "eval",
     epilog="""\b
 Examples:
-  modelguard eval build/demo/digits-v1 --eps 0.05,0.1,0.2 --key keys/mg.priv --passphrase-env MG_PASS
+  modelguard eval build/demo/model --eps 0.05,0.1,0.2 --sign-key keys/demo.priv \\
+      --sign-passphrase-env MG_PASS
   modelguard eval model_dir --attacks fgsm,pgd,pgd-margin --param pgd.steps=40 --limit 200
   modelguard eval model_dir --attacks standard --eps 0.1 --key keys/mg.priv
   modelguard eval model.onnx --attacks square,transfer --surrogate other_model_dir --json
@@ -182,7 +160,8 @@ Examples:
 )
 @click.option(
     "--arch",
-    help="Trusted factory pkg.module:function (with --weights); MODEL may then be its ONNX file.",
+    help="Your factory module:function, trusted to run (imported from the current directory "
+    "first): the one MODEL's modelguard.json names, or with --weights for a quick uncertified look.",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="safetensors weights for --arch.")
 @click.option(
@@ -190,17 +169,13 @@ Examples:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
 @click.option("--no-soundness", is_flag=True, help="Skip the soundness checks (not recommended).")
-@click.option(
-    "--key", "key_path", type=click.Path(path_type=Path), help="Private key: sign a certificate."
-)
-@passphrase_options
+@sign_key_options(required=False, help="Private key: sign a certificate.", legacy=True)
 @click.option(
     "--ledger",
     "ledger_url",
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--no-ledger", is_flag=True, help="Do not append the evaluate entry.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 @click.pass_context
 def evaluate(
@@ -221,12 +196,11 @@ def evaluate(
     arch_kwargs: str,
     device: str,
     no_soundness: bool,
-    key_path: Path | None,
-    passphrase_env: str | None,
-    passphrase_file: Path | None,
+    sign_key: Path | None,
+    sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     ledger_url: str | None,
     no_ledger: bool,
-    quiet: bool,
     as_json: bool,
 ) -> None:
     """Attack a model with a portfolio of attacks; report per-example worst-case robustness.
@@ -234,12 +208,24 @@ def evaluate(
     With --key, the result is signed as a robustness certificate (in-toto, bound to the
     model's manifest root) and appended to the ledger as an `evaluate` entry.
     """
-    if quiet:
-        ctx.ensure_object(dict)["quiet"] = True
     if no_ledger and ledger_url:
         raise click.UsageError("--ledger and --no-ledger contradict each other")
     if model is None and arch is None:
         raise click.UsageError("give MODEL (a model directory or .onnx file) or --arch/--weights")
+    if arch is not None:
+        trust_arch(arch, model if model is not None and model.is_dir() else None)
+    if model is not None and model.is_dir():
+        if weights is not None:
+            raise BadInputError(
+                "a model directory's weights are the ones its modelguard.json names; "
+                "drop --weights (write the card with `modelguard card`)"
+            )
+        arch = None  # trusted above; the card names it and the directory is what is certified
+    elif weights is not None and sign_key is not None:
+        raise BadInputError(
+            "a certificate is bound to a signed model directory, not to a weights file: "
+            "write its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
+        )
     config = EvalConfig(
         attacks=[a.strip() for a in attacks.split(",") if a.strip()],
         eps=_eps_list(eps_text),
@@ -256,9 +242,9 @@ def evaluate(
 
         out_dir = robustness_dir_for(model) if model is not None else Path("eval-report")
     key = None
-    if key_path is not None:
-        key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
-    with _progress() as hook:
+    if sign_key is not None:
+        key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
+    with ProgressReporter("evaluating", unit="attack runs") as reporter:
         run = evaluate_and_certify(
             model if model is not None else "",
             config,
@@ -270,6 +256,6 @@ def evaluate(
             weights=weights,
             arch_kwargs=_json_object(arch_kwargs),
             device=device,
-            progress=hook,
+            progress=reporter.update,
         )
     emit(run.to_dict(), as_json, lambda console: _render(run, console))

@@ -1,6 +1,6 @@
 """``modelguard run``: verified inference on a (possibly encrypted) ONNX model.
 
-$ modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
+$ modelguard run model.onnx.mgenc --signature model.sig --trust-key signer.pub \\
       --identity alice.priv --input x.npy --output y.npy --json
 """
 
@@ -98,7 +98,7 @@ def save_outputs(path: Path, names: list[str], outputs: list[Any]) -> None:
 @click.command(
     epilog="""\b
 Examples:
-  modelguard run model.onnx.mgenc --signature model.sig --key signer.pub \\
+  modelguard run model.onnx.mgenc --signature model.sig --trust-key signer.pub \\
       --identity alice.priv --input digits.npy --json
   modelguard run models/digits --signature models/digits/model.sig --policy policy.toml \\
       --ledger sqlite:///ledger.db --require-ledger --input x.npz --output y.npz
@@ -140,6 +140,7 @@ def run(
     ledger_state: Path | None,
     identity: tuple[Path, ...],
     identity_passphrase_env: str | None,
+    identity_passphrase_file: Path | None,
     passphrase_env: str | None,
     key_file: Path | None,
     input_path: Path,
@@ -148,13 +149,22 @@ def run(
     as_json: bool,
 ) -> None:
     """Verify the model, decrypt it in memory if encrypted, and run it on --input."""
+    import importlib
+
+    from modelguard.gates import STANDARD_CHECKS
     from modelguard.keys import load_public_key
     from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
     from modelguard.runtime import open_verified
 
+    importlib.import_module("onnxruntime")  # the [runtime] extra: say so before anything else
+
     if bool(key_paths) == bool(policy_path):
-        raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
-    secrets = decryption_secrets(identity, identity_passphrase_env, passphrase_env, key_file)
+        raise click.UsageError(
+            "give trusted keys with --trust-key, or a --policy file (one of the two)"
+        )
+    secrets = decryption_secrets(
+        identity, identity_passphrase_env, identity_passphrase_file, passphrase_env, key_file
+    )
     verified = open_verified(
         path,
         signature=signature_path,
@@ -169,6 +179,7 @@ def run(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         providers=provider,
+        checks=STANDARD_CHECKS,
         **{k: v for k, v in secrets.items() if v is not None},
     )
     session = verified.session

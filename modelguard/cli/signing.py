@@ -1,7 +1,7 @@
 """``modelguard sign`` and ``modelguard verify``: OMS-compatible per-layer signatures.
 
-$ modelguard sign build/model --key keys/modelguard.priv --passphrase-env MG_PASS
-$ modelguard verify build/model --key keys/modelguard.pub
+$ modelguard sign build/model --sign-key keys/modelguard.priv --sign-passphrase-env MG_PASS
+$ modelguard verify build/model --trust-key keys/modelguard.pub
 $ modelguard verify build/model --policy policy.toml --require-ledger --json
 """
 
@@ -15,9 +15,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.keys import passphrase_options
-from modelguard.cli.output import emit, json_option
-from modelguard.keys import load_private_key, load_public_key, read_passphrase
+from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
+from modelguard.cli.output import emit, heartbeat, json_option
+from modelguard.gates import STANDARD_CHECKS
+from modelguard.keys import load_public_key
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
 from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
@@ -30,17 +31,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.command(
     epilog="""\b
 Examples:
-  modelguard sign model_dir --key keys/modelguard.priv --passphrase-env MG_PASS
-  modelguard sign model.onnx --key k.priv --passphrase-file pass.txt --name digits --version 1.2
-  modelguard sign model_dir --key second.priv --no-ledger      # adds model.sig.d/<keyid>.sig
-  modelguard sign model_dir --key k.priv --serialization shards --shard-size 1000000000
+  modelguard sign model_dir --sign-key keys/modelguard.priv --sign-passphrase-env MG_PASS
+  modelguard sign model.onnx --sign-key k.priv --sign-passphrase-file pass.txt --name digits --version 1.2
+  modelguard sign model_dir --sign-key second.priv --no-ledger   # adds model.sig.d/<keyid>.sig
+  modelguard sign model_dir --sign-key k.priv --serialization shards --shard-size 1000000000
 """
 )
 @click.argument("path", type=_PATH)
-@click.option(
-    "--key", "key_path", required=True, type=_PATH, help="Private key (PEM) to sign with."
-)
-@passphrase_options
+@sign_key_options(required=True, help="Private key (PEM) to sign with.", legacy=True)
 @click.option(
     "--signature",
     "signature_path",
@@ -84,11 +82,12 @@ Examples:
     help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
 )
 @json_option
+@heartbeat("sign")
 def sign(
     path: Path,
-    key_path: Path,
-    passphrase_env: str | None,
-    passphrase_file: Path | None,
+    sign_key: Path,
+    sign_passphrase_env: str | None,
+    sign_passphrase_file: Path | None,
     signature_path: Path | None,
     name: str | None,
     model_version: str | None,
@@ -108,7 +107,7 @@ def sign(
         raise click.UsageError("--shard-size needs --serialization shards")
     if serialization == "shards" and shard_size is None:
         shard_size = DEFAULT_SHARD_SIZE
-    key = load_private_key(key_path, read_passphrase(env=passphrase_env, file=passphrase_file))
+    key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
     result = sign_model(
         path,
         key,
@@ -147,13 +146,7 @@ _VERIFICATION_OPTIONS = [
         type=_PATH,
         help="Bundle to check (default: model.sig inside/next to the model).",
     ),
-    click.option(
-        "--key",
-        "key_paths",
-        multiple=True,
-        type=_PATH,
-        help="Trusted public key; repeat: every key given must have signed.",
-    ),
+    trust_key_option(dest="key_paths", legacy_key_alias=True),
     click.option(
         "--policy",
         "policy_path",
@@ -198,8 +191,8 @@ def verification_options(func: F) -> F:
 @click.command(
     epilog="""\b
 Examples:
-  modelguard verify model_dir --key keys/modelguard.pub
-  modelguard verify model_dir --key alice.pub --key bob.pub      # both must have signed
+  modelguard verify model_dir --trust-key keys/modelguard.pub
+  modelguard verify model_dir --trust-key alice.pub --trust-key bob.pub   # both must have signed
   modelguard verify model_dir --policy policy.toml --json         # the CI deployment gate
   modelguard verify model_dir --policy policy.toml --ledger postgresql://... --require-ledger
 Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 bad input.
@@ -227,6 +220,7 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @json_option
 @click.pass_context
+@heartbeat("verify")
 def verify(
     ctx: click.Context,
     path: Path,
@@ -245,7 +239,9 @@ def verify(
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
     if bool(key_paths) == bool(policy_path):
-        raise click.UsageError("give trusted keys with --key, or a --policy file (one of the two)")
+        raise click.UsageError(
+            "give trusted keys with --trust-key, or a --policy file (one of the two)"
+        )
     keys = [load_public_key(p) for p in key_paths]
     policy = with_ledger_trust(
         load_policy(policy_path) if policy_path else policy_from_keys(keys),
@@ -261,6 +257,7 @@ def verify(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
+        checks=STANDARD_CHECKS,
         tensors=[n for n in tensors.split(",") if n] if tensors is not None else None,
     )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum

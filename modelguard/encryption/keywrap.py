@@ -308,13 +308,18 @@ def load_x25519_public_key(path: Path) -> X25519PublicKey:
     return key
 
 
-def load_x25519_private_key(path: Path, passphrase: bytes | None = None) -> X25519PrivateKey:
+def load_x25519_private_key(
+    path: Path,
+    passphrase: bytes | None = None,
+    *,
+    passphrase_hint: str = "--identity-passphrase-env or --identity-passphrase-file",
+) -> X25519PrivateKey:
     data = read_regular(path, max_size=MAX_KEY_BYTES, what="identity")
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError:
         raise KeyFileError(
-            "identity is encrypted: give its passphrase"
+            f"identity is encrypted: give its passphrase ({passphrase_hint})"
             if passphrase is None
             else "identity is not encrypted but a passphrase was given",
             path=str(path),

@@ -18,7 +18,6 @@ checks and the environment. Certifying appends an ``evaluate`` entry to the ledg
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from modelguard import __version__
-from modelguard.errors import DigestMismatchError, FormatError, SignatureError, VerificationError
+from modelguard.errors import (
+    BadInputError,
+    DigestMismatchError,
+    FormatError,
+    SignatureError,
+    VerificationError,
+)
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, proportion
 from modelguard.robustness.stats import Proportion
@@ -135,7 +140,9 @@ def write_signed_certificate(
 
 def payload_digest(path: Path) -> str:
     """``sha256:<hex>`` of the bundle file bytes (the ledger's payload digest)."""
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    from modelguard.signing.bundle import read_signed_bundle
+
+    return read_signed_bundle(path, what="certificate").payload_digest
 
 
 def record_certificate(
@@ -203,7 +210,15 @@ def certify(
     ledger_url: str | None = None,
     record: bool = True,
 ) -> IssuedCertificate:
-    """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry."""
+    """Build, sign and write ``OUT/certificate.sig``; append the ``evaluate`` ledger entry.
+
+    Only a model directory or ONNX file is certified: a certificate over a bare weights file
+    (``--arch`` + ``--weights``) would not be bound to the signed model the gate checks."""
+    if result.model.get("kind") == "arch+weights":
+        raise BadInputError(
+            "a certificate is bound to a signed model directory, not to a weights file: write "
+            "its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
+        )
     return issue_certificate(
         build_certificate(result), key, out_dir, name=name, ledger_url=ledger_url, record=record
     )
@@ -325,15 +340,14 @@ def load_certificate(
     (exit 2) when it is malformed or not a robustness certificate.
     """
     from modelguard.signing import verify_bundle
-    from modelguard.signing.bundle import load_bundle_bytes, read_bundle_file
+    from modelguard.signing.bundle import read_signed_bundle
 
     source = Path(path)
     if not source.is_file():
         raise FormatError("certificate file not found", path=str(source))
-    data = read_bundle_file(source)
-    bundle = load_bundle_bytes(data, source=str(source))
+    bundle = read_signed_bundle(source, what="certificate")
     try:
-        verified = verify_bundle(bundle, trusted_keys)
+        verified = verify_bundle(bundle.document, trusted_keys)
     except SignatureError as error:
         raise SignatureError(f"{source}: {error}", details=error.details) from None
     parse_certificate_statement(verified.statement, source=str(source))
@@ -341,7 +355,7 @@ def load_certificate(
         statement=verified.statement,
         key_ids=verified.key_ids,
         path=source,
-        payload_digest="sha256:" + hashlib.sha256(data).hexdigest(),
+        payload_digest=bundle.payload_digest,
     )
 
 

@@ -30,7 +30,6 @@ data order), so a certificate can be re-run exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from torch import nn
 
 from modelguard import __version__
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError, VerificationError
+from modelguard.hashing import digest_file
 from modelguard.robustness import distributed
 from modelguard.robustness.attacks import ATTACKS, Attack, build_attack
 from modelguard.robustness.attacks.base import Classifier, project
@@ -407,11 +407,7 @@ def environment() -> dict[str, Any]:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return digest_file(path, "sha256")
 
 
 def model_identity(path: Path) -> dict[str, Any]:

@@ -5,8 +5,8 @@
 >>> certificate_path_for(Path("build/digits-pgd"))
 PosixPath('build/digits-pgd.robustness/certificate.sig')
 
-Installed into :mod:`modelguard.policy` on first use (``verify`` and ``run`` call it whenever
-the policy has a ``[certificate]`` section). For model ``M`` the certificate is
+Handed to ``verify_model`` as ``PolicyChecks.certificate`` by ``modelguard.gates`` (the CLI's
+``verify`` and ``run`` pass it; called only when the policy has a ``[certificate]`` section). For model ``M`` the certificate is
 ``M.robustness/certificate.sig`` beside it (where ``harden`` and ``eval`` write it). The gate
 passes only when that certificate
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from modelguard.errors import BadInputError, VerificationError
 from modelguard.keys import PublicKey
-from modelguard.policy import CertificateRequirement, set_certificate_check
+from modelguard.policy import CertificateRequirement
 from modelguard.robustness.certificate import (
     CERTIFICATE_NAME,
     check_requirement,
@@ -85,6 +85,3 @@ def certificate_gate(
         norm=requirement.norm,
         estimate=requirement.estimate,
     )
-
-
-set_certificate_check(certificate_gate)

@@ -49,6 +49,7 @@ from modelguard.errors import (
     ModelGuardError,
     VerificationError,
 )
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.modelcard import export_model_dir, load_model_dir
 from modelguard.policy import Policy
@@ -108,6 +109,7 @@ def verify_and_hold_or_refuse(
             policy=trust.policy,
             ledger_url=trust.ledger_url,
             require_ledger=trust.require_ledger,
+            checks=STANDARD_CHECKS,
         )
     except VerificationError as error:
         raise type(error)(

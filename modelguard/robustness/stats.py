@@ -3,7 +3,7 @@
 >>> from modelguard.robustness.stats import Proportion
 >>> p = Proportion.of(correct=315, n=540)
 >>> round(p.value, 4), [round(b, 4) for b in p.ci95]
-(0.5833, [0.5405, 0.6252])
+(0.5833, [0.5405, 0.6253])
 
 An accuracy measured on ``n`` examples is a binomial proportion; the Clopper-Pearson interval
 (Clopper & Pearson, Biometrika 1934) inverts the two one-sided binomial tests, so it has at

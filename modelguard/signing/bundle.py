@@ -3,6 +3,12 @@
 >>> from modelguard.signing.bundle import BUNDLE_MEDIA_TYPE
 >>> BUNDLE_MEDIA_TYPE
 'application/vnd.dev.sigstore.bundle.v0.3+json'
+>>> payload_digest(b"{}")[:23]
+'sha256:44136fa355b3678a'
+
+Every signed document modelguard reads (model signatures, robustness certificates, audit
+attestations) comes in through :func:`read_signed_bundle`, which keeps the exact bytes it read
+and their :func:`payload_digest`, the ledger's name for the bundle.
 
 This is the layout OpenSSF Model Signing 1.x writes in key mode::
 
@@ -16,6 +22,7 @@ Parsing is strict (unknown fields are refused) so that no byte of a bundle is un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -116,3 +123,33 @@ def read_bundle_file(path: Path) -> bytes:
     before any read, so it can neither hang the verifier nor fill its memory.
     """
     return read_regular(path, max_size=MAX_BUNDLE_BYTES, what="signature file")
+
+
+def payload_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of a bundle file's bytes: the ``payload_digest`` of its ledger entry."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignedBundle:
+    """A bundle file as read once: its bytes, the JSON document and their payload digest."""
+
+    path: Path
+    data: bytes
+    document: dict[str, Any]
+
+    @property
+    def payload_digest(self) -> str:
+        return payload_digest(self.data)
+
+
+def read_signed_bundle(
+    path: Path | str, *, max_size: int = MAX_BUNDLE_BYTES, what: str = "signature file"
+) -> SignedBundle:
+    """Read a signed bundle once (a regular file, its size bounded on the descriptor) and
+    decode its JSON; verify it with :func:`modelguard.signing.verify.verify_bundle` on
+    ``.document``. :class:`BadInputError` for a missing or irregular file, :class:`FormatError`
+    for one that is not a bundle."""
+    source = Path(path)
+    data = read_regular(source, max_size=min(max_size, MAX_BUNDLE_BYTES), what=what)
+    return SignedBundle(source, data, load_bundle_bytes(data, source=str(source)))

@@ -54,9 +54,8 @@ from ledger import (
 from ledger.client import TrustedHead, advance, newest_trusted_checkpoint
 from ledger.merkle import leaf_hash
 from modelguard.audit import (
-    ENV_NOTE_KEY,
     compare_versions,
-    load_note_verifier,
+    ledger_verifiers,
     normalize_digest,
     resolve_ledger_url,
 )
@@ -64,11 +63,11 @@ from modelguard.errors import BadInputError
 from modelguard.keys import atomic_write
 from modelguard.manifest import Manifest
 from modelguard.safeio import read_regular
+from modelguard.signing.gate import Report, SignerFacts
 from modelguard.transparency import policy_witness_reasons
 
 if TYPE_CHECKING:
     from modelguard.policy import Policy
-    from modelguard.signing.model import SignerResult, VerificationReport
 
 ENV_LEDGER_STATE = "MODELGUARD_LEDGER_STATE"
 STATE_FORMAT = 1
@@ -101,15 +100,6 @@ def remove_checkpoint_check(check: CheckpointCheck) -> None:
 
 
 # --- where trust comes from ------------------------------------------------------------
-
-
-def trusted_ledger_keys(policy: Policy | None) -> list[NoteVerifier]:
-    """``--ledger-key``/policy ``[ledger] key`` (already merged into the policy), else the env."""
-    specs: Sequence[str] = policy.ledger.keys if policy and policy.ledger else ()
-    if not specs:
-        env = os.environ.get(ENV_NOTE_KEY, "").strip()
-        specs = [env] if env else []
-    return [load_note_verifier(spec) for spec in specs]
 
 
 def default_state_dir() -> Path:
@@ -368,8 +358,8 @@ def _newer_live_version(proven: _Proven, name: str, version: str) -> str | None:
 
 
 def check_ledger(
-    report: VerificationReport,
-    signed: Sequence[tuple[str, SignerResult, str, Manifest | None]],
+    report: Report,
+    signed: Sequence[tuple[str, SignerFacts, str, Manifest | None]],
     *,
     ledger_url: str | None,
     allow_rollback: bool,
@@ -382,7 +372,8 @@ def check_ledger(
     if not signed:
         report.check("ledger", False, "no verified signature to look up in the ledger", "ledger")
         return
-    verifiers = trusted_ledger_keys(policy)  # an unreadable key file is bad input: exit 2
+    # --ledger-key / the policy's [ledger] key, else the env; unreadable key file: exit 2
+    verifiers = ledger_verifiers(policy.ledger.keys if policy and policy.ledger else ())
     if not verifiers:
         report.check("ledger", False, NO_KEY_FIX, "ledger")
         return
@@ -409,10 +400,10 @@ def check_ledger(
 
 
 def _check_signer(
-    report: VerificationReport,
+    report: Report,
     proven: _Proven,
     payload_digest: str,
-    signer: SignerResult,
+    signer: SignerFacts,
     subject_digest: str,
     manifest: Manifest | None,
     allow_rollback: bool,

@@ -20,7 +20,6 @@ model, next to a single-file model), an OpenSSF Model Signing v1.0 bundle that
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -58,8 +57,11 @@ from modelguard.manifest import (
     run_hash_jobs,
     scan_model,
 )
-from modelguard.policy import Policy, audit_check, certificate_check, policy_from_keys
+from modelguard.policy import NO_CHECKS, Policy, PolicyChecks, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
+from modelguard.signing.bundle import payload_digest as bundle_payload_digest
+from modelguard.signing.gate import check_audits, check_certificate, check_policy
+from modelguard.signing.gate import signer_label as _signer_label
 from modelguard.signing.layout import (
     Segment,
     check_layouts,
@@ -67,6 +69,7 @@ from modelguard.signing.layout import (
     layouts_from_scan,
     layouts_to_dict,
 )
+from modelguard.signing.ledger_check import check_ledger
 from modelguard.signing.shards import (
     Serialization,
     describe_resource,
@@ -85,7 +88,6 @@ from modelguard.signing.verify import sign_statement, verify_bundle
 DEFAULT_SIGNATURE_NAME = "model.sig"
 COSIGN_SUFFIX = ".d"  # model.sig.d/<key id>.sig holds every signer after the first
 PREDICATE_SCHEMA = 1
-CLOCK_SKEW_S = 300
 
 
 def default_signature_path(path: Path) -> Path:
@@ -322,7 +324,7 @@ def sign_model(
     data = dump_bundle(sign_statement(statement, key))
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, data)
-    payload_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    payload_digest = bundle_payload_digest(data)
     subject = statement["subject"][0]["digest"]["sha256"]
     entry: dict[str, Any] | None = None
     if record:
@@ -486,11 +488,6 @@ class VerifiedModel:
         return self.report.manifest
 
 
-def _signer_label(signer: SignerResult) -> str:
-    who = signer.name or (signer.key_id[:16] if signer.key_id else "unknown")
-    return f"signer {who}"
-
-
 def _read_signatures(
     report: VerificationReport, files: list[Path], policy: Policy, trusted: list[PublicKey]
 ) -> list[_Signed]:
@@ -511,7 +508,7 @@ def _read_signatures(
             | {oms_hint(k) for k in revoked_keys}
             | {key_id(k) for k in revoked_keys}
         )
-        payload_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        payload_digest = bundle_payload_digest(data)
         signer = SignerResult(signature=str(file), status="invalid", payload_digest=payload_digest)
         report.signers.append(signer)
         if revoked_claim:
@@ -914,113 +911,6 @@ def _check_content(
     return first
 
 
-def _check_policy(
-    report: VerificationReport, policy: Policy, signed: list[_Signed], now: datetime
-) -> None:
-    for item in signed:
-        who = _signer_label(item.signer)
-        algorithms = {r.algorithm for r in item.statement.resources}
-        if item.manifest is not None:
-            # the whole-file digests always carry the verdict; the tensor hash only where the
-            # policy allows it (else it is checked on top of the file digests, see _fast_check)
-            algorithms.add(item.manifest.file_algorithm)
-        refused = sorted(algorithms - set(policy.allowed_hash_algorithms))
-        if refused:
-            report.check(
-                "hash algorithms",
-                False,
-                f"{who}: hash algorithm(s) {refused} not allowed by policy",
-                "policy",
-            )
-        if policy.max_signature_age_s is not None:
-            when = item.signer.signed_at
-            try:
-                moment = datetime.strptime(when or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            except ValueError:
-                report.check(
-                    "age",
-                    False,
-                    f"{who}: signature has no signing time, policy sets a maximum age",
-                    "policy",
-                )
-                continue
-            age = (now - moment).total_seconds()
-            if age > policy.max_signature_age_s:
-                report.check(
-                    "age",
-                    False,
-                    f"{who}: signature is {int(age)} s old, policy allows {policy.max_signature_age_s} s",
-                    "policy",
-                )
-            elif age < -CLOCK_SKEW_S:
-                report.check(
-                    "age", False, f"{who}: signature is dated in the future ({when})", "policy"
-                )
-            else:
-                report.check("age", True, f"{who}: signed {int(age)} s ago", "policy")
-        if policy.model_name_pattern is not None:
-            name = item.signer.model_name
-            allowed = policy.name_allowed(name)
-            report.check(
-                "model name",
-                allowed,
-                f"{who}: model name {name!r} {'matches' if allowed else 'does not match'} {policy.model_name_pattern!r}",
-                "policy",
-            )
-    distinct = sorted({item.signer.key_id for item in signed if item.signer.key_id})
-    names = ", ".join(policy.signer_name(k) or k[:16] for k in distinct) or "none"
-    if policy.source == "--key":
-        missing = [s for s in policy.signers if s.key_id not in distinct]
-        for signer in missing:
-            report.check(
-                "threshold",
-                False,
-                f"no valid signature by the given key {signer.key_id}",
-                "signature",
-            )
-        if not missing:
-            report.check(
-                "threshold", True, f"every given key signed ({len(distinct)})", "signature"
-            )
-    else:
-        enough = len(distinct) >= policy.threshold
-        report.check(
-            "threshold",
-            enough,
-            f"{len(distinct)} of the required {policy.threshold} distinct trusted signer(s) signed ({names})",
-            "signature",
-        )
-
-
-def _check_certificate(
-    report: VerificationReport,
-    policy: Policy,
-    model: Path,
-    sig: Path,
-    files: ModelFiles | None,
-    threads: int | None,
-) -> None:
-    """The certificate must be bound to the layer root of the bytes that verified (not re-read)."""
-    if policy.certificate is None:
-        return
-    check = certificate_check()
-    if check is None:
-        if policy.certificate.required:
-            report.check(
-                "certificate",
-                False,
-                "policy requires a robustness certificate, but no certificate check is installed",
-                "policy",
-            )
-        return
-    root = _verified_root(report, files, threads)
-    reasons = check(policy.certificate, model, sig, policy.trusted_keys, model_root=root)
-    for reason in reasons:
-        report.check("certificate", False, reason, "policy")
-    if not reasons:
-        report.check("certificate", True, "robustness certificate satisfies the policy", "policy")
-
-
 def _verified_root(
     report: VerificationReport, files: ModelFiles | None, threads: int | None
 ) -> str | None:
@@ -1041,25 +931,6 @@ def _verified_root(
     return None
 
 
-def _check_audits(
-    report: VerificationReport,
-    policy: Policy,
-    model: Path,
-    files: ModelFiles | None,
-    threads: int | None,
-) -> None:
-    """Audit attestations must be bound to the layer root of the bytes that verified."""
-    if not policy.audits:
-        return
-    root = _verified_root(report, files, threads)
-    for requirement in policy.audits:
-        reasons = audit_check()(requirement, model, policy.trusted_keys, model_root=root)
-        for reason in reasons:
-            report.check("audit", False, reason, "policy")
-        if not reasons:
-            report.check("audit", True, f"{requirement.audit} audit satisfies the policy", "policy")
-
-
 def verify_model(
     path: Path,
     signature_path: Path | None = None,
@@ -1072,12 +943,15 @@ def verify_model(
     now: datetime | None = None,
     threads: int | None = None,
     ignore_unsigned_files: bool = False,
+    checks: PolicyChecks = NO_CHECKS,
     tensors: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
 
     Files of the model that no signature lists fail verification (OMS spec 8.5) unless
     ``ignore_unsigned_files`` (like ``model_signing verify --ignore_unsigned_files``).
+    ``checks``: the checks behind the policy's ``[certificate]`` and ``[audit.*]`` tables
+    (``modelguard.gates.STANDARD_CHECKS``); a table whose check is missing fails closed.
 
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
@@ -1099,6 +973,7 @@ def verify_model(
         threads=threads,
         private=False,
         ignore_unsigned_files=ignore_unsigned_files,
+        checks=checks,
         tensors=frozenset(tensors) if tensors is not None else None,
     )
     return report
@@ -1116,6 +991,7 @@ def verify_and_hold(
     now: datetime | None = None,
     threads: int | None = None,
     private: bool | Callable[[str], bool] = True,
+    checks: PolicyChecks = NO_CHECKS,
 ) -> VerifiedModel:
     """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
 
@@ -1136,6 +1012,7 @@ def verify_and_hold(
         now=now,
         threads=threads,
         private=private,
+        checks=checks,
     )
     report.raise_if_failed()
     if files is None:
@@ -1156,6 +1033,7 @@ def _verify(
     threads: int | None,
     private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
+    checks: PolicyChecks = NO_CHECKS,
     tensors: frozenset[str] | None = None,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
@@ -1195,12 +1073,17 @@ def _verify(
             policy.allowed_hash_algorithms,
             tensors,
         )
-    _check_policy(report, policy, signed, now or _now())
-    _check_certificate(report, policy, path, sig_path, files, threads)
-    _check_audits(report, policy, path, files, threads)
-    if require_ledger:
-        from modelguard.signing.ledger_check import check_ledger
+    check_policy(report, policy, signed, now or _now())
+    roots: list[str | None] = []
 
+    def root() -> str | None:  # computed once, only when a certificate or audit needs it
+        if not roots:
+            roots.append(_verified_root(report, files, threads))
+        return roots[0]
+
+    check_certificate(report, policy, checks, path, sig_path, root)
+    check_audits(report, policy, checks, path, root)
+    if require_ledger:
         check_ledger(
             report,
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],

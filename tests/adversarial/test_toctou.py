@@ -251,14 +251,11 @@ def test_concurrent_swapper_on_encrypted_container(
     assert refused > 0
 
 
-def test_certificate_gate_binds_to_the_verified_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_certificate_gate_binds_to_the_verified_root(tmp_path: Path) -> None:
     """The certificate check gets the root of the bytes that verified; it never re-reads the
     model (a re-read could hash a swapped-in, certified other model)."""
-    import modelguard.policy as policy_module
     from modelguard.keys import write_keypair
-    from modelguard.policy import load_policy
+    from modelguard.policy import PolicyChecks, load_policy
     from modelguard.signing.model import verify_model
 
     key = generate_key()
@@ -276,8 +273,8 @@ def test_certificate_gate_binds_to_the_verified_root(
         seen.append(model_root)
         return []
 
-    monkeypatch.setattr(policy_module, "_certificate_check", check)
-    assert verify_model(model, policy=load_policy(policy_file)).ok
+    checks = PolicyChecks(certificate=check)
+    assert verify_model(model, policy=load_policy(policy_file), checks=checks).ok
     assert seen == [signed.manifest.layer_root]
 
 

@@ -16,6 +16,7 @@ from modelguard.audits.poisoning import PoisoningConfig, run_poisoning_audit
 from modelguard.audits.report import AuditRun
 from modelguard.cli.main import cli
 from modelguard.errors import DigestMismatchError, FormatError, SignatureError
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import PrivateKey, generate_key, public_pem
 from modelguard.policy import parse_policy
 from modelguard.robustness.data import load_dataset
@@ -173,7 +174,7 @@ def test_policy_gate_refuses_a_model_changed_after_the_audit(
         },
         source="inline",
     )
-    report = verify_model(copy, policy=policy)
+    report = verify_model(copy, policy=policy, checks=STANDARD_CHECKS)
     assert not report.ok
     assert any("bound to model root" in f for f in report.failures)
     untrusted = parse_policy(
@@ -185,7 +186,9 @@ def test_policy_gate_refuses_a_model_changed_after_the_audit(
         },
         source="inline",
     )
-    assert not verify_model(Path(str(audited["model"])), policy=untrusted).ok
+    assert not verify_model(
+        Path(str(audited["model"])), policy=untrusted, checks=STANDARD_CHECKS
+    ).ok
 
 
 def test_missing_attestation_fails_only_when_required(
@@ -198,12 +201,12 @@ def test_missing_attestation_fails_only_when_required(
     required = parse_policy(
         {"signers": [signer], "audit": {"membership": {"max_auc": 0.6}}}, source="p"
     )
-    assert not verify_model(model, policy=required).ok
+    assert not verify_model(model, policy=required, checks=STANDARD_CHECKS).ok
     optional = parse_policy(
         {"signers": [signer], "audit": {"membership": {"max_auc": 0.6, "required": False}}},
         source="p",
     )
-    assert verify_model(model, policy=optional).ok
+    assert verify_model(model, policy=optional, checks=STANDARD_CHECKS).ok
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from modelguard.audit import lineage, list_entries
 from modelguard.cli.main import cli
 from modelguard.errors import DigestMismatchError, SignatureError, VerificationError
+from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import generate_key, write_keypair
 from modelguard.policy import load_policy
 from modelguard.robustness.certificate import build_certificate, write_signed_certificate
@@ -203,13 +204,15 @@ def test_policy_certificate_gate(world: dict) -> None:
         return load_policy(path)
 
     # By default the gate compares the threshold with the 95% lower bound, not the point.
-    assert verify_model(child, policy=policy(lower)).ok
-    refused = verify_model(child, policy=policy(worst))
+    assert verify_model(child, policy=policy(lower), checks=STANDARD_CHECKS).ok
+    refused = verify_model(child, policy=policy(worst), checks=STANDARD_CHECKS)
     assert not refused.ok and "lower bound is below the required" in "\n".join(refused.failures)
-    assert verify_model(child, policy=policy(worst, "point")).ok
-    refused = verify_model(child, policy=policy(min(worst + 0.05, 1.0), "point"))
+    assert verify_model(child, policy=policy(worst, "point"), checks=STANDARD_CHECKS).ok
+    refused = verify_model(
+        child, policy=policy(min(worst + 0.05, 1.0), "point"), checks=STANDARD_CHECKS
+    )
     assert not refused.ok and "below the required" in "\n".join(refused.failures)
-    no_cert = verify_model(world["parent"], policy=policy(0.0))
+    no_cert = verify_model(world["parent"], policy=policy(0.0), checks=STANDARD_CHECKS)
     assert not no_cert.ok and "no robustness certificate" in "\n".join(no_cert.failures)
 
 

@@ -151,3 +151,34 @@ def test_lineage_follows_parent_links(tmp_path: Path) -> None:
     assert audit.lineage("unrelated", url)[0].children == []
     assert audit.lineage("nothing", url) == []
     assert tree.to_dict()["children"][0]["label"].startswith("digits 1.1")
+
+
+def test_each_operation_opens_the_ledger_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ledger session per operation: appending and checkpointing, a query that reads
+    revocations and versions, a proof with a fresh checkpoint, the first key creation."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.delenv(audit.ENV_NOTE_KEY, raising=False)
+    opened: list[str] = []
+    real = audit.open_ledger
+
+    def counting(*args: object, **kwargs: object) -> object:
+        opened.append(str(args[0]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "open_ledger", counting)
+
+    def opens(operation: object) -> int:
+        opened.clear()
+        assert callable(operation)
+        operation()
+        return len(opened)
+
+    assert opens(lambda: _sign(url, "m", "1", "aa" * 32)) == 1  # creates the note key too
+    assert audit.note_key_path(url).exists()
+    assert opens(lambda: _sign(url, "m", "2", "bb" * 32)) == 1
+    assert opens(lambda: audit.newest_version("m", url)) == 1
+    assert opens(lambda: audit.prove_with_checkpoint(0, url)) == 1
+    assert opens(lambda: audit.sign_checkpoint(url)) == 1
+    assert opens(lambda: audit.lineage("m", url)) == 1

@@ -2,7 +2,7 @@
 
 >>> from modelguard.robustness.attacks import ATTACKS, build_attack
 >>> sorted(ATTACKS)[:4]
-['apgd-ce', 'apgd-dlr', 'apgd-t', 'bim']
+['advgan', 'advgan-bb', 'apgd-ce', 'apgd-dlr']
 
 A new attack is a new file plus one line in ``ATTACKS``.
 """

@@ -1,8 +1,8 @@
 """Ledger benchmark: durable appends, full verification, proofs at a million entries.
 
-    $ .venv/bin/python bench/ledger.py                                # SQLite only
-    $ eval "$(bash .ci/postgres.sh)"; .venv/bin/python bench/ledger.py --postgres "$MODELGUARD_TEST_POSTGRES_URL"
-    $ .venv/bin/python bench/ledger.py --proof-entries 100000          # quick look
+    $ .venv/bin/python bench/ledger_ops.py                                # SQLite only
+    $ eval "$(bash .ci/postgres.sh)"; .venv/bin/python bench/ledger_ops.py --postgres "$MODELGUARD_TEST_POSTGRES_URL"
+    $ .venv/bin/python bench/ledger_ops.py --proof-entries 100000          # quick look
 
 Measured in one run, side by side:
 
@@ -24,16 +24,10 @@ import argparse
 import random
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# ledger package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 from ledger import EventSpec, Ledger, open_ledger
 
