@@ -20,6 +20,7 @@ the JSON document and of the Merkle leaves is specified in docs/manifest.md.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -29,19 +30,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 import rfc8785
 
-from ledger.merkle import root_hash
-from modelguard.errors import BadInputError, FormatError, UnsafeModelError
+from ledger.errors import ProofError
+from ledger.merkle import inclusion_path_ranges, leaf_hash, root_from_inclusion_proof, root_hash
+from modelguard.errors import BadInputError, DigestMismatchError, FormatError, UnsafeModelError
 from modelguard.formats import DTYPE_BITS, ModelFiles, ParsedModel, TensorSlice, parse_model_file
 from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
 
+if TYPE_CHECKING:
+    import numpy as np
+
 MANIFEST_VERSION = 1
 DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+# What a signature's manifest uses (docs/signature.md): tensors, structures and the byte layout
+# in BLAKE3, whole files in SHA-256 (the same digests as the OMS resources, computed once).
+SIGNING_LAYER_HASH = "blake3"
+SIGNING_FILE_HASH = "sha256"
 RECORD_FORMATS = ("onnx", "safetensors", "pytorch", "raw")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -92,14 +100,16 @@ class FileRecord:
         return next((t for t in self.tensors if t.name == name), None)
 
 
-def _leaves(hash_algorithm: str, files: Iterable[FileRecord]) -> list[bytes]:
+def _leaves(
+    hash_algorithm: str, files: Iterable[FileRecord], file_algorithm: str | None = None
+) -> list[bytes]:
     leaves: list[bytes] = []
     for record in files:
         leaves.append(
             rfc8785.dumps(
                 {
                     "kind": "file",
-                    "hash_algorithm": hash_algorithm,
+                    "hash_algorithm": file_algorithm or hash_algorithm,
                     "path": record.path,
                     "format": record.format,
                     "size": record.size,
@@ -138,19 +148,46 @@ def _leaves(hash_algorithm: str, files: Iterable[FileRecord]) -> list[bytes]:
 
 @dataclass(frozen=True)
 class Manifest:
-    hash_algorithm: str
+    hash_algorithm: (
+        str  # tensor and structure digests (and file digests unless file_hash_algorithm)
+    )
     files: tuple[FileRecord, ...]  # sorted by path
     layer_root: str  # hex RFC 9162 Merkle tree hash over layer_leaves()
     version: int = MANIFEST_VERSION
+    # whole-file digests, when another function than hash_algorithm (None: the same)
+    file_hash_algorithm: str | None = None
 
     @classmethod
-    def create(cls, hash_algorithm: str, files: Iterable[FileRecord]) -> Manifest:
+    def create(
+        cls,
+        hash_algorithm: str,
+        files: Iterable[FileRecord],
+        file_hash_algorithm: str | None = None,
+    ) -> Manifest:
         ordered = tuple(sorted(files, key=lambda f: f.path))
-        return cls(hash_algorithm, ordered, root_hash(_leaves(hash_algorithm, ordered)).hex())
+        if file_hash_algorithm == hash_algorithm:
+            file_hash_algorithm = None
+        leaves = _leaves(hash_algorithm, ordered, file_hash_algorithm)
+        return cls(
+            hash_algorithm,
+            ordered,
+            root_hash(leaves).hex(),
+            file_hash_algorithm=file_hash_algorithm,
+        )
+
+    @property
+    def file_algorithm(self) -> str:
+        """The function of the whole-file digests."""
+        return self.file_hash_algorithm or self.hash_algorithm
+
+    @property
+    def scheme(self) -> tuple[str, str]:
+        """(tensor and structure hash, whole-file hash): two manifests compare only if equal."""
+        return self.hash_algorithm, self.file_algorithm
 
     def layer_leaves(self) -> list[bytes]:
         """Leaf data in tree order: per file a file leaf, a structure leaf, then tensor leaves."""
-        return _leaves(self.hash_algorithm, self.files)
+        return _leaves(self.hash_algorithm, self.files, self.file_hash_algorithm)
 
     def leaf_index(self, path: str, tensor: str | None = None) -> int:
         """Index of a file's leaf (tensor None) or of one tensor's leaf, for membership proofs."""
@@ -179,12 +216,15 @@ class Manifest:
         return sum(len(f.tensors) for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "hash_algorithm": self.hash_algorithm,
             "layer_root": self.layer_root,
             "files": [f.to_dict() for f in self.files],
         }
+        if self.file_hash_algorithm is not None:
+            out["file_hash_algorithm"] = self.file_hash_algorithm
+        return out
 
     def canonical_json(self) -> bytes:
         """RFC 8785 (JCS) bytes of :meth:`to_dict`."""
@@ -193,19 +233,26 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """Validate and rebuild; FormatError names the first problem (including a wrong layer_root)."""
-        _keys(data, {"version", "hash_algorithm", "layer_root", "files"}, "manifest")
+        required = {"version", "hash_algorithm", "layer_root", "files"}
+        optional = {"file_hash_algorithm"} if isinstance(data, Mapping) else set()
+        _keys(data, required | (optional & set(data)), "manifest")
         if data["version"] != MANIFEST_VERSION:
             raise FormatError(f"manifest: unsupported version {data['version']!r}")
         algorithm = data["hash_algorithm"]
         if algorithm not in HASH_ALGORITHMS:
             raise FormatError(f"manifest: unknown hash_algorithm {algorithm!r}")
+        file_algorithm = data.get("file_hash_algorithm")
+        if file_algorithm is not None and (
+            file_algorithm not in HASH_ALGORITHMS or file_algorithm == algorithm
+        ):
+            raise FormatError(f"manifest: bad file_hash_algorithm {file_algorithm!r}")
         if not isinstance(data["files"], list):
             raise FormatError("manifest: files must be a list")
         files = tuple(_file_from_dict(f) for f in data["files"])
         paths = [f.path for f in files]
         if paths != sorted(set(paths)):
             raise FormatError("manifest: files must be sorted by path and unique")
-        manifest = cls.create(algorithm, files)
+        manifest = cls.create(algorithm, files, file_algorithm)
         if data["layer_root"] != manifest.layer_root:
             raise FormatError(
                 f"manifest: layer_root {data['layer_root']!r} does not match its leaves ({manifest.layer_root})"
@@ -282,6 +329,98 @@ def _file_from_dict(data: Any) -> FileRecord:
         data["format"],
         None if structure is None else _digest(structure, "structure digest"),
         tuple(tensors),
+    )
+
+
+# --- tensor inclusion proofs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorProof:
+    """RFC 9162 inclusion proof: one tensor's leaf is in a manifest's layer root.
+
+    Whoever holds a trusted layer root (a verified signature's, or a ledger entry's) can check
+    one tensor with this proof and the tensor's bytes alone, without the rest of the manifest.
+    """
+
+    layer_root: str
+    tree_size: int
+    leaf_index: int
+    leaf: dict[str, Any]  # the tensor leaf's JSON object (docs/manifest.md)
+    audit_path: tuple[str, ...]  # hex node hashes, bottom first (RFC 9162 PATH)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer_root": self.layer_root,
+            "tree_size": self.tree_size,
+            "leaf_index": self.leaf_index,
+            "leaf": self.leaf,
+            "audit_path": list(self.audit_path),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TensorProof:
+        _keys(data, {"layer_root", "tree_size", "leaf_index", "leaf", "audit_path"}, "proof")
+        leaf = data["leaf"]
+        _keys(
+            leaf,
+            {"kind", "hash_algorithm", "path", "name", "dtype", "shape", "nbytes", "digest"},
+            "proof leaf",
+        )
+        if leaf["kind"] != "tensor" or leaf["hash_algorithm"] not in HASH_ALGORITHMS:
+            raise FormatError("proof leaf is not a tensor leaf with a known hash algorithm")
+        path = data["audit_path"]
+        if not isinstance(path, list) or len(path) > 64:
+            raise FormatError("proof audit_path must be a list of at most 64 digests")
+        return cls(
+            _digest(data["layer_root"], "proof layer_root"),
+            _int(data["tree_size"], "proof tree_size"),
+            _int(data["leaf_index"], "proof leaf_index"),
+            dict(leaf),
+            tuple(_digest(h, "proof node") for h in path),
+        )
+
+    def check(self, layer_root: str, data: bytes | memoryview | None = None) -> None:
+        """Raise :class:`DigestMismatchError` unless the leaf is in ``layer_root`` (the trusted
+        root, never the proof's own) and, when given, ``data`` hashes to the leaf's digest."""
+        name = f"tensor {self.leaf['name']!r} in {self.leaf['path']!r}"
+        try:
+            implied = root_from_inclusion_proof(
+                self.leaf_index,
+                self.tree_size,
+                leaf_hash(bytes(rfc8785.dumps(self.leaf))),
+                [bytes.fromhex(h) for h in self.audit_path],
+            )
+        except ProofError as error:
+            raise DigestMismatchError(f"{name}: {error}") from None
+        if implied.hex() != layer_root:
+            raise DigestMismatchError(f"{name}: the proof does not lead to layer root {layer_root}")
+        if data is not None:
+            view = memoryview(data).cast("B")
+            if view.nbytes != self.leaf["nbytes"] or (
+                hash_view(view, self.leaf["hash_algorithm"]) != self.leaf["digest"]
+            ):
+                raise DigestMismatchError(f"{name}: the bytes differ from the proven digest")
+
+
+def prove_tensor(manifest: Manifest, name: str, path: str | None = None) -> TensorProof:
+    """The inclusion proof of tensor ``name`` (in file ``path`` when several files hold one)."""
+    holders = [f.path for f in manifest.files if f.tensor(name) is not None]
+    if path is not None:
+        holders = [p for p in holders if p == path]
+    if not holders:
+        raise BadInputError(
+            f"no tensor {name!r} in the manifest" + (f" file {path!r}" if path else "")
+        )
+    if len(holders) > 1:
+        raise BadInputError(
+            f"tensor {name!r} is in several files ({', '.join(holders)}): name the file"
+        )
+    leaves = manifest.layer_leaves()
+    index = manifest.leaf_index(holders[0], name)
+    audit = [root_hash(leaves[lo:hi]).hex() for lo, hi in inclusion_path_ranges(index, len(leaves))]
+    return TensorProof(
+        manifest.layer_root, len(leaves), index, json.loads(leaves[index]), tuple(audit)
     )
 
 
@@ -396,6 +535,34 @@ def _hasher(algorithm: str, parallel: bool) -> Hasher:
     return new_hasher(algorithm)
 
 
+# SHA-256 and BLAKE2 stall on input that is not in cache (on this VM, hashing straight from
+# mapped page-cache pages was 35 % slower than from a small buffer); BLAKE3's wide SIMD does
+# not, so it reads the mapping directly. bench/oms_peers.py measures both.
+_BOUNCE = 1024 * 1024
+_bounce = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's cache-sized buffer."""
+    buffer = getattr(_bounce, "buffer", None)
+    if buffer is None:
+        buffer = _bounce.buffer = memoryview(bytearray(_BOUNCE))
+    return buffer
+
+
+def feed(hasher: Hasher, data: memoryview, algorithm: str) -> None:
+    """``hasher.update(data)``, through a per-thread cache-sized buffer unless BLAKE3."""
+    if algorithm == "blake3" or data.nbytes <= _BOUNCE:
+        hasher.update(data)
+        return
+    buffer = _buffer()
+    for start in range(0, data.nbytes, _BOUNCE):
+        piece = data[start : start + _BOUNCE]
+        size = piece.nbytes
+        buffer[:size] = piece  # a copy of the same bytes; the digest is the same
+        hasher.update(buffer[:size])
+
+
 def hash_view(
     view: memoryview,
     algorithm: str,
@@ -408,7 +575,7 @@ def hash_view(
     hasher = _hasher(algorithm, parallel)
     for start in range(0, view.nbytes, chunk_size):
         chunk = view[start : start + chunk_size]
-        hasher.update(chunk)
+        feed(hasher, chunk, algorithm)
         if progress is not None:
             progress(chunk.nbytes)
     return hasher.hexdigest()
@@ -421,59 +588,44 @@ def hash_bytes(data: bytes, algorithm: str) -> str:
 
 
 @dataclass
-class _Job:
+class HashJob:
+    """One digest to compute: ``length`` bytes of file ``rel`` (read through ``view``)."""
+
     key: tuple[str, ...]
+    rel: str  # the model file whose buffer is read (its pages are dropped once all its jobs ran)
     size: int
     view: Callable[[], memoryview]
+    algorithm: str
+    offset: int | None = None  # where the bytes lie in ``rel`` (None: decoded, not the file's)
+    # digests of byte ranges of the same bytes, computed in the same read: (key, offset, length)
+    parts: tuple[tuple[tuple[str, ...], int, int], ...] = ()
+    part_algorithm: str = ""
 
 
-@dataclass
-class _Plan:
-    files: dict[str, tuple[int, str, ParsedModel | None]] = field(
-        default_factory=dict
-    )  # path -> (size, format, parsed)
-    jobs: list[_Job] = field(default_factory=list)
-
-
-def _plan(files: ModelFiles) -> _Plan:
-    plan = _Plan()
-    for rel in files.members:
-        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
-        view = files.view(rel)
-        plan.files[rel] = (view.nbytes, parsed.format if parsed else "raw", parsed)
-        plan.jobs.append(_Job(("file", rel), view.nbytes, (lambda v: lambda: v)(view)))
-        if parsed is not None:
-            for t in parsed.tensors:
-                plan.jobs.append(_Job(("tensor", rel, t.name), t.nbytes, t.read))
-    return plan
-
-
-def build_manifest(
-    path: Path,
+def run_hash_jobs(
+    files: ModelFiles,
+    jobs: Sequence[HashJob],
     *,
-    hash_algorithm: str = "sha256",
-    allow_symlinks: bool = False,
-    ignore_paths: Sequence[str] = (),
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
-    files: ModelFiles | None = None,
-) -> Manifest:
-    """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
+) -> dict[tuple[str, ...], str]:
+    """Every job's hex digest, computed concurrently, one file after another.
 
-    ``threads``: worker threads (default: CPU count). ``progress(n)`` is called from worker
-    threads with the number of bytes just hashed (file bytes, then tensor bytes again).
-    ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
+    Jobs run grouped by file (in ``files.members`` order, largest first inside a file), so the
+    threads share one file's pages; each chunk's pages are released once hashed, and a file's
+    once its last job finished (:meth:`ModelFiles.drop_pages`, read-only mappings only): resident
+    memory is a few chunks per thread, whatever the model's size. Each job's bytes go through
+    its own function exactly once.
     """
-    check_algorithm(hash_algorithm)
-    if chunk_size <= 0:
-        raise BadInputError("chunk size must be positive")
-    workers = threads if threads is not None else (os.cpu_count() or 1)
+    workers = threads if threads is not None else default_threads()
     if workers < 1:
         raise BadInputError("threads must be at least 1")
-    if files is None:
-        files = open_model(Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths)
-    plan = _plan(files)
+    order = {rel: i for i, rel in enumerate(files.members)}
+    ordered = sorted(jobs, key=lambda j: (order.get(j.rel, len(order)), -j.size, j.key))
+    pending: dict[str, int] = {}
+    for job in ordered:
+        pending[job.rel] = pending.get(job.rel, 0) + 1
     lock = threading.Lock()
 
     def advance(n: int) -> None:
@@ -481,23 +633,234 @@ def build_manifest(
             with lock:
                 progress(n)
 
-    def run(job: _Job) -> tuple[tuple[str, ...], str]:
-        return job.key, hash_view(
-            job.view(),
-            hash_algorithm,
-            chunk_size=chunk_size,
-            parallel=workers > 1,
-            progress=advance,
+    def run(job: HashJob) -> list[tuple[tuple[str, ...], str]]:
+        hasher = new_hasher(job.algorithm)
+        parts = [new_hasher(job.part_algorithm) for _ in job.parts]
+        # an own view of the reader's buffer (a reader may hand out the same view every time)
+        with memoryview(job.view()) as view:
+            for start in range(0, view.nbytes, chunk_size):
+                chunk = view[start : start + chunk_size]
+                if job.parts:
+                    _feed_parts(chunk, start, hasher, job.parts, parts)
+                else:
+                    feed(hasher, chunk, job.algorithm)
+                advance(chunk.nbytes * (2 if job.parts else 1))
+                if job.offset is not None:
+                    files.drop_pages(job.rel, job.offset + start, chunk.nbytes)
+        with lock:
+            pending[job.rel] -= 1
+            last = pending[job.rel] == 0
+        if last:
+            files.drop_pages(job.rel)
+        done = [(part[0], h.hexdigest()) for part, h in zip(job.parts, parts, strict=True)]
+        return [(job.key, hasher.hexdigest()), *done]
+
+    if workers == 1 or len(ordered) <= 1:
+        return {k: d for job in ordered for k, d in run(job)}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
+        return {k: d for result in pool.map(run, ordered) for k, d in result}
+
+
+def _feed_parts(
+    chunk: memoryview,
+    at: int,
+    whole: Hasher,
+    ranges: Sequence[tuple[tuple[str, ...], int, int]],
+    hashers: Sequence[Hasher],
+) -> None:
+    """Feed ``chunk`` (file offset ``at``) to ``whole`` and each overlapping range's hasher,
+    one cache-sized window at a time: the bytes are read from memory once for both functions."""
+    buffer = _buffer()
+    first = 0
+    for w0 in range(at, at + chunk.nbytes, _BOUNCE):
+        w1 = min(at + chunk.nbytes, w0 + _BOUNCE)
+        window = buffer[: w1 - w0]
+        window[:] = chunk[w0 - at : w1 - at]
+        whole.update(window)
+        while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
+            first += 1
+        i = first
+        while i < len(ranges) and ranges[i][1] < w1:
+            lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
+            if hi > lo:
+                hashers[i].update(window[lo - w0 : hi - w0])
+            i += 1
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (``taskset`` and cgroups respected where visible)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# A tiled file's bytes between tensors are cut into segments of at most this many bytes.
+GAP_SEGMENT = 64 * 1024 * 1024
+
+# (offset, length, tensor name or None for a gap, hex digest) tiling one file
+LayoutSegment = tuple[int, int, str | None, str]
+
+
+@dataclass
+class _Plan:
+    files: dict[str, tuple[int, str, ParsedModel | None]] = field(
+        default_factory=dict
+    )  # path -> (size, format, parsed)
+    jobs: list[HashJob] = field(default_factory=list)
+    # file -> [(offset, length, tensor name or None)] when every tensor lies verbatim in a file
+    tiles: dict[str, list[tuple[int, int, str | None]]] | None = None
+
+
+def file_slice(files: ModelFiles, rel: str, offset: int, length: int) -> Callable[[], memoryview]:
+    """A reader of ``length`` bytes of ``rel`` at ``offset`` (from the model's one buffer)."""
+    return lambda: files.view(rel)[offset : offset + length]
+
+
+def _tiles(
+    files: ModelFiles, parsed: Mapping[str, ParsedModel | None]
+) -> dict[str, list[tuple[int, int, str | None]]] | None:
+    """Tensor and gap ranges tiling each file that holds tensors; None if some tensor is not verbatim."""
+    placed: dict[str, list[tuple[int, int, str]]] = {}
+    for model in parsed.values():
+        if model is None:
+            continue
+        for tensor in model.tensors:
+            if tensor.location is None or tensor.location[2] != tensor.nbytes:
+                return None
+            where, offset, length = tensor.location
+            if where not in files.members:
+                return None
+            placed.setdefault(where, []).append((offset, length, tensor.name))
+    tiles: dict[str, list[tuple[int, int, str | None]]] = {}
+    for where, tensors in placed.items():
+        size = files.size(where)
+        segments: list[tuple[int, int, str | None]] = []
+        cursor = 0
+        for offset, length, name in sorted(tensors):
+            if offset < cursor or offset + length > size:
+                return None  # overlapping or out-of-range tensors: no tiling
+            segments += _gap_ranges(cursor, offset)
+            segments.append((offset, length, name))
+            cursor = offset + length
+        segments += _gap_ranges(cursor, size)
+        tiles[where] = segments
+    return tiles
+
+
+def _gap_ranges(start: int, end: int) -> list[tuple[int, int, str | None]]:
+    return [(at, min(GAP_SEGMENT, end - at), None) for at in range(start, end, GAP_SEGMENT)]
+
+
+def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: bool) -> _Plan:
+    plan = _Plan()
+    for rel in files.members:
+        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
+        size = files.size(rel)
+        plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
+        plan.jobs.append(
+            HashJob(("file", rel), rel, size, file_slice(files, rel, 0, size), file_algorithm, 0)
         )
+        if parsed is not None:
+            for t in parsed.tensors:
+                where, at = (t.location[0], t.location[1]) if t.location else (rel, None)
+                plan.jobs.append(
+                    HashJob(("tensor", rel, t.name), where, t.nbytes, t.read, hash_algorithm, at)
+                )
+    if tile:
+        plan.tiles = _tiles(files, {rel: entry[2] for rel, entry in plan.files.items()})
+        for where, segments in (plan.tiles or {}).items():
+            for offset, length, name in segments:
+                if name is None:
+                    job = HashJob(
+                        ("gap", where, str(offset)),
+                        where,
+                        length,
+                        file_slice(files, where, offset, length),
+                        hash_algorithm,
+                        offset,
+                    )
+                    plan.jobs.append(job)
+    return plan
 
-    # largest first, so one big tensor does not start last and leave the other threads idle
-    jobs = sorted(plan.jobs, key=lambda j: (-j.size, j.key))
-    if workers == 1:
-        digests = dict(run(job) for job in jobs)
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
-            digests = dict(pool.map(run, jobs))
 
+def _fuse(plan: _Plan, hash_algorithm: str) -> None:
+    """One job per tiled file: its whole-file digest and its segments' digests in one read."""
+    assert plan.tiles is not None
+    keys: dict[tuple[str, int, str], tuple[str, ...]] = {}
+    kept: list[HashJob] = []
+    files: dict[str, HashJob] = {}
+    for job in plan.jobs:
+        if job.rel not in plan.tiles:
+            kept.append(job)
+        elif job.key[0] == "file":
+            files[job.rel] = job
+        elif job.key[0] == "tensor":
+            assert job.offset is not None  # tiled: every tensor lies verbatim in its file
+            keys[(job.rel, job.offset, job.key[2])] = job.key
+    for where, segments in plan.tiles.items():
+        parts = tuple(
+            (
+                ("gap", where, str(offset)) if name is None else keys[(where, offset, name)],
+                offset,
+                length,
+            )
+            for offset, length, name in segments
+        )
+        job = files[where]
+        kept.append(
+            HashJob(
+                job.key,
+                where,
+                job.size,
+                job.view,
+                job.algorithm,
+                0,
+                parts,
+                hash_algorithm,
+            )
+        )
+    plan.jobs = kept
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One pass over a model: its manifest and, when every tensor lies verbatim, its byte layout."""
+
+    manifest: Manifest
+    # file -> segments tiling it (tensor digests from the manifest, gaps hashed in the same pass)
+    layout: dict[str, list[LayoutSegment]] | None
+
+
+def scan_model(
+    files: ModelFiles,
+    *,
+    hash_algorithm: str = SIGNING_LAYER_HASH,
+    file_hash_algorithm: str | None = SIGNING_FILE_HASH,
+    layout: bool = True,
+    threads: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+) -> Scan:
+    """Parse each file once and compute every digest once, concurrently, from the same buffers.
+
+    Whole files are hashed with ``file_hash_algorithm`` (default: SHA-256, the OMS resource
+    digests), tensors, structures and the gaps between tensors with ``hash_algorithm`` (default
+    BLAKE3). No byte goes through the same function twice.
+    """
+    check_algorithm(hash_algorithm)
+    file_algorithm = check_algorithm(file_hash_algorithm or hash_algorithm)
+    if chunk_size <= 0:
+        raise BadInputError("chunk size must be positive")
+    plan = _plan(files, hash_algorithm, file_algorithm, layout)
+    workers = threads or default_threads()
+    tiled_files = len(plan.tiles or ())
+    if tiled_files and (tiled_files % workers == 0 or tiled_files >= 4 * workers):
+        # the files alone keep every thread busy to the end: read each file once for both
+        _fuse(plan, hash_algorithm)
+    digests = run_hash_jobs(
+        files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress
+    )
     records = []
     for rel, (size, kind, parsed) in plan.files.items():
         tensors: tuple[TensorRecord, ...] = ()
@@ -511,7 +874,64 @@ def build_manifest(
         records.append(
             FileRecord(rel, size, digests[("file", rel)], kind, structure_digest, tensors)
         )
-    return Manifest.create(hash_algorithm, records)
+    manifest = Manifest.create(hash_algorithm, records, file_algorithm)
+    tiled: dict[str, list[LayoutSegment]] | None = None
+    if plan.tiles is not None:
+        by_name = {
+            (t.location[0], t.location[1], t.name): digests[("tensor", rel, t.name)]
+            for rel, (_, _, parsed) in plan.files.items()
+            if parsed is not None
+            for t in parsed.tensors
+            if t.location is not None
+        }
+        tiled = {
+            where: [
+                (
+                    offset,
+                    length,
+                    name,
+                    digests[("gap", where, str(offset))]
+                    if name is None
+                    else by_name[(where, offset, name)],
+                )
+                for offset, length, name in segments
+            ]
+            for where, segments in plan.tiles.items()
+        }
+    return Scan(manifest, tiled)
+
+
+def build_manifest(
+    path: Path,
+    *,
+    hash_algorithm: str = "sha256",
+    file_hash_algorithm: str | None = None,
+    allow_symlinks: bool = False,
+    ignore_paths: Sequence[str] = (),
+    threads: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+    files: ModelFiles | None = None,
+) -> Manifest:
+    """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
+
+    ``threads``: worker threads (default: the CPUs available). ``progress(n)`` is called from
+    worker threads with the number of bytes just hashed (file bytes, then tensor bytes again).
+    ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
+    ``file_hash_algorithm``: hash whole files with another function (what signatures do:
+    :data:`SIGNING_FILE_HASH` files, :data:`SIGNING_LAYER_HASH` tensors).
+    """
+    if files is None:
+        files = open_model(Path(path), allow_symlinks=allow_symlinks, ignore_paths=ignore_paths)
+    return scan_model(
+        files,
+        hash_algorithm=hash_algorithm,
+        file_hash_algorithm=file_hash_algorithm,
+        layout=False,
+        threads=threads,
+        chunk_size=chunk_size,
+        progress=progress,
+    ).manifest
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -632,9 +1052,10 @@ def compare_manifests(
     expected: Manifest, actual: Manifest, *, rename: Mapping[str, str] | None = None
 ) -> ManifestDiff:
     """What differs between two manifests (``rename`` maps actual paths onto expected ones)."""
-    if expected.hash_algorithm != actual.hash_algorithm:
+    if expected.scheme != actual.scheme:
         raise BadInputError(
-            f"cannot compare manifests hashed with {expected.hash_algorithm} and {actual.hash_algorithm}"
+            f"cannot compare manifests hashed with {'/'.join(expected.scheme)} and "
+            f"{'/'.join(actual.scheme)}"
         )
     rename = rename or {}
     ours = {f.path: f for f in expected.files}
@@ -662,6 +1083,7 @@ def compare_manifests(
 def _as_float(data: memoryview, dtype: str) -> np.ndarray | None:
     """Tensor bytes as float64 values, or None for dtypes without a plain numeric reading."""
     import ml_dtypes
+    import numpy as np
 
     plain = {
         "float64": "<f8",
@@ -695,6 +1117,8 @@ def change_stats(
     a: TensorSlice, b: TensorSlice, *, chunk_elements: int = 1 << 22
 ) -> tuple[float | None, float | None]:
     """(max |b - a|, ||b - a||_2) computed in bounded chunks; (None, None) when not comparable."""
+    import numpy as np  # only diffs need it: signing and verifying start without numpy
+
     if a.dtype != b.dtype or a.shape != b.shape:
         return None, None
     bits = DTYPE_BITS[a.dtype]

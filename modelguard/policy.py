@@ -220,7 +220,7 @@ class Policy:
     threshold: int = 1
     revoked_key_ids: frozenset[str] = frozenset()
     max_signature_age_s: int | None = None
-    allowed_hash_algorithms: tuple[str, ...] = ("sha256",)
+    allowed_hash_algorithms: tuple[str, ...] = ("sha256", "blake3")  # signatures: docs/signature.md
     model_name_pattern: str | None = None
     certificate: CertificateRequirement | None = None
     ledger: LedgerTrust | None = None
@@ -412,7 +412,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str, base: Path | None = No
         raise _fail(
             f"threshold {threshold} exceeds the {usable} trusted, unrevoked signers", source
         )
-    algorithms = data.get("allowed_hash_algorithms", ["sha256"])
+    algorithms = data.get("allowed_hash_algorithms", ["sha256", "blake3"])
     if (
         not isinstance(algorithms, list)
         or not algorithms

@@ -8,6 +8,7 @@ $ modelguard diff v1/ v2/ --stats --probe digits --max-relative-change 0.5   # g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -98,6 +99,14 @@ def _render_manifest(out: Console, manifest: Manifest, path: Path) -> None:
     default=None,
     help="Also write the manifest as canonical JSON (RFC 8785) to this file.",
 )
+@click.option(
+    "--prove",
+    "prove",
+    metavar="[FILE:]TENSOR",
+    default=None,
+    help="Print (or -o: write) an RFC 9162 inclusion proof of TENSOR against the layer root a"
+    " signature of PATH records (BLAKE3 tensors, SHA-256 files), for partial checks by others.",
+)
 @json_option
 def manifest(
     path: Path,
@@ -106,6 +115,7 @@ def manifest(
     ignore_paths: tuple[str, ...],
     threads: int | None,
     output: Path | None,
+    prove: str | None,
     as_json: bool,
 ) -> None:
     """Hash a model (file or directory) file by file, layer by layer.
@@ -113,6 +123,19 @@ def manifest(
     Prints per-file digests, per-tensor digests, structure digests and the RFC 9162 Merkle
     root over all layer leaves. With --json the document is the manifest itself (docs/manifest.md).
     """
+    if prove is not None:
+        from modelguard.manifest import prove_tensor
+        from modelguard.signing.model import signed_manifest
+
+        signed = signed_manifest(path, threads=threads)
+        # FILE:TENSOR names the file when several hold a tensor of that name
+        where = next((f.path for f in signed.files if prove.startswith(f.path + ":")), None)
+        name = prove[len(where) + 1 :] if where is not None else prove
+        proof = prove_tensor(signed, name, where).to_dict()
+        if output is not None:
+            output.write_text(json.dumps(proof, indent=2) + "\n")
+        emit(proof, as_json or output is None, lambda out: None)
+        return
     with progress("hashing", total=None) as advance:
         result = build_manifest(
             path,

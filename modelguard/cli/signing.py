@@ -211,6 +211,13 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
     help="Offline: a tlog-proof file (from `sign --ledger-proof`) showing the signature is"
     " ledgered; checked against --ledger-key, no ledger access needed.",
 )
+@click.option(
+    "--tensors",
+    default=None,
+    metavar="NAME[,NAME...]",
+    help="Partial: check only these tensors (each proven in the signed layer root) and every"
+    " non-tensor byte; the report lists what was not checked.",
+)
 @json_option
 @click.pass_context
 @heartbeat("verify")
@@ -227,6 +234,7 @@ def verify(
     ledger_proof: Path | None,
     ledger_keys: tuple[str, ...],
     ledger_state: Path | None,
+    tensors: str | None,
     as_json: bool,
 ) -> None:
     """Verify signatures, then every file, tensor and structure digest of a model."""
@@ -250,6 +258,7 @@ def verify(
         allow_rollback=allow_rollback,
         ignore_unsigned_files=ignore_unsigned_files,
         checks=STANDARD_CHECKS,
+        tensors=[n for n in tensors.split(",") if n] if tensors is not None else None,
     )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
         check_signature_proof(report, ledger_proof, policy)

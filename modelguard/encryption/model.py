@@ -269,14 +269,19 @@ def signed_model_root(model: Path, manifest: Manifest) -> str:
     Encrypting a signed directory carries its ``model.sig`` along (so decryption restores a
     verifiable model), but the model's identity in the ledger is the root it was signed under.
     """
-    from modelguard.manifest import Manifest
-    from modelguard.signing.model import default_signature_path, is_ignored, signing_ignore_paths
+    from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH, build_manifest
+    from modelguard.signing.model import default_signature_path, signing_ignore_paths
 
     if manifest.hash_algorithm != "sha256" or not model.is_dir():
         return manifest.layer_root
+    # signatures hash tensors with BLAKE3 and files with SHA-256 (docs/signature.md)
     ignore = signing_ignore_paths(model, default_signature_path(model))
-    kept = [f for f in manifest.files if not is_ignored(f.path, ignore)]
-    return Manifest.create(manifest.hash_algorithm, kept).layer_root
+    return build_manifest(
+        model,
+        hash_algorithm=SIGNING_LAYER_HASH,
+        file_hash_algorithm=SIGNING_FILE_HASH,
+        ignore_paths=ignore,
+    ).layer_root
 
 
 def encrypt_model(

@@ -194,6 +194,7 @@ class ModelFiles:
         self.follow_symlinks = follow_symlinks
         self._views: dict[str, memoryview] = {}
         self._links: dict[str, int] = {}
+        self._mapped: set[str] = set()  # files held as a read-only shared mapping (not copied)
         self._lock = threading.Lock()
 
     def refusal(self, rel: str) -> str | None:
@@ -217,9 +218,11 @@ class ModelFiles:
             if not self.single and rel not in self.members:
                 # a directory model is exactly its listed files: nothing else is ever read
                 raise UnsafeModelError("is not one of the model's files", path=str(self.root / rel))
-            view, links = self._open(rel)
+            view, links, mapped = self._open(rel)
             self._views[rel] = view
             self._links[rel] = links
+            if mapped:
+                self._mapped.add(rel)
             return view
 
     def is_private(self, rel: str) -> bool:
@@ -233,7 +236,7 @@ class ModelFiles:
     def size(self, rel: str) -> int:
         return self.view(rel).nbytes
 
-    def _open(self, rel: str) -> tuple[memoryview, int]:
+    def _open(self, rel: str) -> tuple[memoryview, int, bool]:
         shown = str(self.root / rel)
         parts = rel.split("/")
         if not rel or any(p in ("", ".", "..") for p in parts):
@@ -270,7 +273,29 @@ class ModelFiles:
                 view = _read_handle(handle, shown) if private else _map_handle(handle, shown)
         finally:
             os.close(directory)
-        return view, links
+        return view, links, not private
+
+    def drop_pages(self, rel: str, offset: int = 0, length: int | None = None) -> None:
+        """Let the kernel reclaim resident pages of ``rel`` once hashed (read-only mappings only).
+
+        A read-only shared file mapping reads the page cache again on the next access, so this
+        changes nothing a reader sees, only the process's resident set; private copies are
+        never touched. ``offset``/``length``: a byte range (whole pages inside it), default all.
+        """
+        with self._lock:
+            view = self._views.get(rel) if rel in self._mapped else None
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if view is None or advice is None:
+            return
+        mapped = view.obj
+        if not isinstance(mapped, mmap.mmap):
+            return
+        end = view.nbytes if length is None else min(view.nbytes, offset + length)
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        # whole pages only, but the mapping's last page may be partial
+        stop = end if end == view.nbytes else end // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            mapped.madvise(advice, start, stop - start)
 
     def close(self) -> None:
         """Drop every buffer (an mmap is unmapped once nothing else holds a view of it)."""

@@ -433,11 +433,16 @@ def _sha256_file(path: Path) -> str:
 
 
 def model_identity(path: Path) -> dict[str, Any]:
-    """Manifest root (sha256, OMS ignore paths, as signing computes it) of a file or directory."""
-    from modelguard.manifest import build_manifest
+    """Manifest root (OMS ignore paths, hashes as signing computes them) of a file or directory."""
+    from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH, build_manifest
     from modelguard.signing.statement import DEFAULT_IGNORE_PATHS
 
-    manifest = build_manifest(path, hash_algorithm="sha256", ignore_paths=DEFAULT_IGNORE_PATHS)
+    manifest = build_manifest(
+        path,
+        hash_algorithm=SIGNING_LAYER_HASH,
+        file_hash_algorithm=SIGNING_FILE_HASH,
+        ignore_paths=DEFAULT_IGNORE_PATHS,
+    )
     return {
         "manifest_root": manifest.layer_root,
         "hash_algorithm": manifest.hash_algorithm,

@@ -2,43 +2,49 @@
 
 >>> import numpy as np, tempfile, pathlib
 >>> from safetensors.numpy import save_file
->>> from modelguard.manifest import build_manifest
->>> from modelguard.signing.layout import build_layouts, check_layouts
+>>> from modelguard.manifest import open_model, scan_model
+>>> from modelguard.signing.layout import check_layouts, layouts_from_scan
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> save_file({"w": np.ones(4, np.float32)}, d / "m.safetensors")
->>> m = build_manifest(d)
->>> layouts = build_layouts(d, m)
+>>> scan = scan_model(open_model(d))
+>>> layouts = layouts_from_scan(scan)
 >>> [(s.offset, s.length, s.tensor) for s in layouts["m.safetensors"]]
 [(0, 64, None), (64, 16, 'w')]
->>> check_layouts(d, layouts)
+>>> check_layouts(d, layouts, algorithm=scan.manifest.hash_algorithm)
 []
 
-Why: a whole-file SHA-256 is one serial pass. When every tensor of a file lies verbatim in it
-(safetensors, ONNX raw_data and external data), the file is exactly the concatenation of its
-tensors and the bytes between them ("gaps": headers, padding). A signed list of (offset,
-length, digest) segments that tiles ``[0, size)`` lets a verifier check every byte -- and
-literally every tensor digest -- with all cores at once: if each segment of the file on disk
-hashes to its signed digest and the size matches, the file is byte-identical to the signed
-one (so its structure is too). Gaps are cut into segments of at most ``GAP_SEGMENT`` bytes.
-Files without tensors are not tiled (their whole-file digest is the check).
+Why: when every tensor of a file lies verbatim in it (safetensors, ONNX raw_data and external
+data), the file is exactly the concatenation of its tensors and the bytes between them
+("gaps": headers, padding). A signed list of (offset, length, digest) segments that tiles
+``[0, size)`` lets a verifier check every byte -- and literally every tensor digest -- with all
+cores at once, in the manifest's tensor hash (BLAKE3 for signatures made since issue 15, SHA-256
+before): if each segment of the file on disk hashes to its signed digest and the size matches,
+the file is byte-identical to the signed one (so its structure is too). Gaps are cut into
+segments of at most ``GAP_SEGMENT`` bytes and hashed in the same pass as the manifest
+(:func:`modelguard.manifest.scan_model`). Files without tensors are not tiled (their whole-file
+digest is the check). docs/signature.md gives the security argument.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelguard.errors import BadInputError, FormatError
-from modelguard.formats import ModelFiles, parse_model_file
-from modelguard.manifest import Manifest, open_model
+from modelguard.formats import ModelFiles
+from modelguard.manifest import (
+    GAP_SEGMENT,
+    HashJob,
+    Manifest,
+    Scan,
+    file_slice,
+    open_model,
+    run_hash_jobs,
+)
 
-GAP_SEGMENT = 64 * 1024 * 1024
-_CHUNK = 32 * 1024 * 1024
+__all__ = ["GAP_SEGMENT", "Segment", "check_layouts", "layouts_from_dict", "layouts_from_scan"]
 
 
 @dataclass(frozen=True)
@@ -46,74 +52,23 @@ class Segment:
     offset: int
     length: int
     tensor: str | None  # the tensor whose canonical bytes these are; None for a gap
-    digest: str  # hex SHA-256 of file[offset : offset + length]
+    digest: str  # hex digest (the manifest's hash_algorithm) of file[offset : offset + length]
 
     def to_list(self) -> list[Any]:
         return [self.offset, self.length, self.tensor, self.digest]
-
-
-def _sha256(view: memoryview) -> str:
-    hasher = hashlib.sha256()
-    for start in range(0, view.nbytes, _CHUNK):
-        hasher.update(view[start : start + _CHUNK])
-    return hasher.hexdigest()
 
 
 def _files(model: Path | ModelFiles) -> ModelFiles:
     return model if isinstance(model, ModelFiles) else open_model(Path(model))
 
 
-def build_layouts(model: Path | ModelFiles, manifest: Manifest) -> dict[str, list[Segment]] | None:
-    """Layouts of every file that holds tensors, or None when a tensor is not stored verbatim.
-
-    Tensor digests come from ``manifest`` (sha256); only the gaps are hashed here. ``model``:
-    a path, or the :class:`ModelFiles` the manifest was built from (nothing is read twice).
-    """
-    if manifest.hash_algorithm != "sha256":
+def layouts_from_scan(scan: Scan) -> dict[str, list[Segment]] | None:
+    """The layouts a scan computed (None when some tensor is not stored verbatim)."""
+    if scan.layout is None:
         return None
-    files = _files(model)
-    root = files.root
-    placed: dict[str, list[tuple[int, int, str, str]]] = {}
-    for record in manifest.files:
-        if record.format == "raw":
-            continue
-        parsed = parse_model_file(root / record.path, root=root, files=files)
-        if parsed is None:
-            return None
-        for tensor in parsed.tensors:
-            signed = record.tensor(tensor.name)
-            if tensor.location is None or signed is None or tensor.location[2] != tensor.nbytes:
-                return None
-            where, offset, length = tensor.location
-            placed.setdefault(where, []).append((offset, length, tensor.name, signed.digest))
-    sizes = {f.path: f.size for f in manifest.files}
-    layouts: dict[str, list[Segment]] = {}
-    for path, tensors in placed.items():
-        if path not in sizes:
-            return None
-        segments: list[Segment] = []
-        view = files.view(path)
-        if view.nbytes != sizes[path]:
-            raise FormatError("file changed while it was being signed", path=path)
-        cursor = 0
-        for offset, length, name, digest in sorted(tensors):
-            if offset < cursor or offset + length > view.nbytes:
-                return None  # overlapping or out-of-range tensors: no tiling
-            segments.extend(_gaps(view, cursor, offset))
-            segments.append(Segment(offset, length, name, digest))
-            cursor = offset + length
-        segments.extend(_gaps(view, cursor, view.nbytes))
-        layouts[path] = segments
-    return layouts
-
-
-def _gaps(view: memoryview, start: int, end: int) -> list[Segment]:
-    return [
-        Segment(
-            at, min(GAP_SEGMENT, end - at), None, _sha256(view[at : min(end, at + GAP_SEGMENT)])
-        )
-        for at in range(start, end, GAP_SEGMENT)
-    ]
+    return {
+        path: [Segment(*segment) for segment in segments] for path, segments in scan.layout.items()
+    }
 
 
 def layouts_to_dict(layouts: Mapping[str, Sequence[Segment]]) -> dict[str, list[list[Any]]]:
@@ -168,52 +123,68 @@ def check_layouts(
     layouts: Mapping[str, Sequence[Segment]],
     whole_files: Mapping[str, str] | None = None,
     *,
+    algorithm: str,
+    file_algorithm: str | None = None,
     threads: int | None = None,
+    only: Callable[[Segment], bool] | None = None,
 ) -> list[str]:
-    """Hash every segment (and every ``whole_files`` path -> sha256) in parallel.
+    """Hash every segment (``algorithm``) and every ``whole_files`` path (``file_algorithm``).
 
     Returns the paths (and tensor or gap names) that differ; empty when every byte matches.
     ``model``: a path, or the model's :class:`ModelFiles` (the buffers then used are these).
+    Each byte is hashed once, all cores at once, one file's pages released after the other.
+    ``only``: hash just the segments it selects (partial verification); sizes are still checked.
     """
     files = _files(model)
-    views: dict[str, memoryview] = {}
     problems: list[str] = []
-    jobs: list[tuple[str, str, memoryview, str]] = []
-    try:
-        for path in sorted({*layouts, *(whole_files or {})}):
-            try:
-                views[path] = files.view(path)
-            except BadInputError:
-                problems.append(f"{path}: unreadable")
-        for path, segments in layouts.items():
-            view = views.get(path)
-            if view is None:
-                continue
-            if view.nbytes != sum(s.length for s in segments):
+    jobs: list[HashJob] = []
+    labels: dict[tuple[str, ...], tuple[str, str, str]] = {}
+    for path in sorted({*layouts, *(whole_files or {})}):
+        try:
+            size = files.size(path)
+        except BadInputError:
+            problems.append(f"{path}: unreadable")
+            continue
+        segments = layouts.get(path)
+        if segments is not None:
+            if size != sum(s.length for s in segments):
                 problems.append(f"{path}: size")
                 continue
             for s in segments:
+                if only is not None and not only(s):
+                    continue
                 label = (
                     f"tensor {s.tensor!r}"
                     if s.tensor
                     else f"bytes {s.offset}..{s.offset + s.length}"
                 )
-                jobs.append((path, label, view[s.offset : s.offset + s.length], s.digest))
-        for path, digest in (whole_files or {}).items():
-            if path in views:
-                jobs.append((path, "file", views[path][:], digest))
-        jobs.sort(key=lambda job: -job[2].nbytes)  # largest first keeps every core busy
-        workers = threads or os.cpu_count() or 1
-        with ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="modelguard-verify"
-        ) as pool:
-            digests = list(pool.map(lambda job: _sha256(job[2]), jobs))
-        problems += [
-            f"{path}: {label}"
-            for (path, label, _, want), got in zip(jobs, digests, strict=True)
-            if got != want
-        ]
-        return problems
-    finally:
-        for _, _, view, _ in jobs:
-            view.release()
+                key: tuple[str, ...] = ("segment", path, str(s.offset))
+                labels[key] = (path, label, s.digest)
+                jobs.append(
+                    HashJob(
+                        key,
+                        path,
+                        s.length,
+                        file_slice(files, path, s.offset, s.length),
+                        algorithm,
+                        s.offset,
+                    )
+                )
+        elif whole_files is not None:
+            key = ("file", path, "")
+            labels[key] = (path, "file", whole_files[path])
+            jobs.append(
+                HashJob(
+                    key,
+                    path,
+                    size,
+                    file_slice(files, path, 0, size),
+                    file_algorithm or algorithm,
+                    0,
+                )
+            )
+    digests = run_hash_jobs(files, jobs, threads=threads)
+    problems += [
+        f"{path}: {label}" for key, (path, label, want) in labels.items() if digests[key] != want
+    ]
+    return problems

@@ -19,7 +19,7 @@ model, next to a single-file model), an OpenSSF Model Signing v1.0 bundle that
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import re
@@ -44,11 +44,18 @@ from modelguard.errors import (
 from modelguard.formats import ModelFiles, parse_model_file
 from modelguard.keys import PrivateKey, PublicKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
+    SIGNING_FILE_HASH,
+    SIGNING_LAYER_HASH,
+    HashJob,
     Manifest,
     ManifestDiff,
     build_manifest,
     compare_manifests,
+    file_slice,
     open_model,
+    prove_tensor,
+    run_hash_jobs,
+    scan_model,
 )
 from modelguard.policy import NO_CHECKS, Policy, PolicyChecks, policy_from_keys
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
@@ -56,9 +63,10 @@ from modelguard.signing.bundle import payload_digest as bundle_payload_digest
 from modelguard.signing.gate import check_audits, check_certificate, check_policy
 from modelguard.signing.gate import signer_label as _signer_label
 from modelguard.signing.layout import (
-    build_layouts,
+    Segment,
     check_layouts,
     layouts_from_dict,
+    layouts_from_scan,
     layouts_to_dict,
 )
 from modelguard.signing.ledger_check import check_ledger
@@ -80,7 +88,6 @@ from modelguard.signing.verify import sign_statement, verify_bundle
 DEFAULT_SIGNATURE_NAME = "model.sig"
 COSIGN_SUFFIX = ".d"  # model.sig.d/<key id>.sig holds every signer after the first
 PREDICATE_SCHEMA = 1
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 def default_signature_path(path: Path) -> Path:
@@ -126,22 +133,49 @@ def is_ignored(rel: str, ignore: Sequence[str]) -> bool:
     return False
 
 
-def file_digests(files: ModelFiles) -> dict[str, str]:
-    """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``."""
-    digests: dict[str, str] = {}
-    for rel in files.members:
-        hasher = hashlib.sha256()
-        view = files.view(rel)
-        for start in range(0, view.nbytes, _HASH_CHUNK):
-            hasher.update(view[start : start + _HASH_CHUNK])
-        digests["." if files.single else rel] = hasher.hexdigest()
-    return digests
+def signed_manifest(path: Path, *, threads: int | None = None) -> Manifest:
+    """The manifest a signature of ``path`` records (signing's hashes, signature files left out)."""
+    path = Path(path)
+    ignore = signing_ignore_paths(path, default_signature_path(path))
+    return scan_model(open_model(path, ignore_paths=ignore), layout=False, threads=threads).manifest
+
+
+def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str]:
+    """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``.
+
+    Files are hashed concurrently (one SHA-256 pass each), their pages released as they go.
+    """
+    jobs = [
+        HashJob(
+            ("file", rel),
+            rel,
+            files.size(rel),
+            file_slice(files, rel, 0, files.size(rel)),
+            "sha256",
+            0,
+        )
+        for rel in files.members
+    ]
+    digests = run_hash_jobs(files, jobs, threads=threads)
+    return {("." if files.single else rel): digests[("file", rel)] for rel in files.members}
+
+
+def _file_spec(spec: Serialization) -> str:
+    """The manifest's whole-file hash for ``spec``: the OMS resource digests when they are the same
+    function over the same bytes (computed once), else SHA-256."""
+    return (
+        spec.hash_type
+        if spec.method == "files" and spec.hash_type in ("sha256", "blake3")
+        else SIGNING_FILE_HASH
+    )
+
+
+def _resources_in_manifest(spec: Serialization, manifest: Manifest) -> bool:
+    return spec.method == "files" and spec.hash_type == manifest.file_algorithm
 
 
 def manifest_resources(model: Path, manifest: Manifest) -> dict[str, str]:
-    """The OMS resources (name -> sha256 hex) a modelguard manifest implies for ``model``."""
-    if manifest.hash_algorithm != "sha256":
-        raise BadInputError("OMS resources need a sha256 manifest")
+    """The OMS resources (name -> hex, the manifest's file hash) a manifest implies for ``model``."""
     if model.is_file():
         if len(manifest.files) != 1:
             raise FormatError(
@@ -230,13 +264,13 @@ def sign_model(
     sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     ignore = signing_ignore_paths(path, sig_path)
     files = open_model(path, ignore_paths=ignore)
-    manifest = build_manifest(
-        path, hash_algorithm="sha256", ignore_paths=ignore, threads=threads, files=files
-    )
     spec = serialization or Serialization()
+    # one pass: SHA-256 (or the OMS hash) of each file, BLAKE3 of each tensor and gap
+    scan = scan_model(files, file_hash_algorithm=_file_spec(spec), threads=threads)
+    manifest = scan.manifest
     resources = (
         manifest_resources(path, manifest)
-        if spec.is_default
+        if _resources_in_manifest(spec, manifest)
         else _view_resources(files, spec, threads, for_signing=True)
     )
     public = key.public_key()
@@ -277,7 +311,7 @@ def sign_model(
         "signer_key_id": kid,
         "manifest": manifest.to_dict(),
     }
-    layouts = build_layouts(files, manifest)
+    layouts = layouts_from_scan(scan)
     if layouts is not None:
         predicate["layout"] = layouts_to_dict(layouts)
     statement = model_statement(
@@ -371,6 +405,8 @@ class VerificationReport:
     subject_digest: str | None = None
     layer_detail: bool = False
     ledger: dict[str, Any] | None = None
+    # the tensors checked when verification was partial (verify --tensors); None: every byte
+    partial: list[str] | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -414,6 +450,7 @@ class VerificationReport:
             "checks": [c.to_dict() for c in self.checks],
             "failures": self.failures,
             "ledger": self.ledger,
+            "partial_tensors": self.partial,
         }
 
 
@@ -531,16 +568,25 @@ def _read_signatures(
     return signed
 
 
-def _actual_state(files: ModelFiles, want_layers: bool, threads: int | None) -> _Actual:
-    if want_layers:
+def _actual_state(
+    files: ModelFiles, scheme: tuple[str, str] | None, threads: int | None
+) -> _Actual:
+    """The model as it is: file digests, and with a ``scheme`` (tensor hash, file hash) its manifest."""
+    if scheme is not None:
         try:
             manifest = build_manifest(
-                files.root, hash_algorithm="sha256", threads=threads, files=files
+                files.root,
+                hash_algorithm=scheme[0],
+                file_hash_algorithm=scheme[1],
+                threads=threads,
+                files=files,
             )
-            return _Actual(_resources(files, manifest), manifest, None)
+            if manifest.file_algorithm == "sha256":
+                return _Actual(_resources(files, manifest), manifest, None)
+            return _Actual(file_digests(files, threads), manifest, None)
         except (FormatError, UnsafeModelError) as error:
-            return _Actual(file_digests(files), None, str(error))
-    return _Actual(file_digests(files), None, None)
+            return _Actual(file_digests(files, threads), None, str(error))
+    return _Actual(file_digests(files, threads), None, None)
 
 
 def _view_resources(
@@ -598,8 +644,7 @@ def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bo
         return False
     resources = {r.name: r.digest for r in item.statement.resources}
     if (
-        item.statement.serialization_spec.is_default
-        and item.manifest.hash_algorithm == "sha256"
+        _resources_in_manifest(item.statement.serialization_spec, item.manifest)
         and manifest_resources(model, item.manifest) != resources
     ):
         report.check(
@@ -656,6 +701,8 @@ def _fast_check(
     item: _Signed,
     threads: int | None,
     done: dict[str, bool],
+    allowed: Sequence[str],
+    tensors: frozenset[str] | None = None,
 ) -> bool:
     """Every byte through the signed layout's tensor and gap digests, hashed in parallel.
 
@@ -667,8 +714,10 @@ def _fast_check(
     extra = item.statement.modelguard or {}
     if item.manifest is None or "layout" not in extra:
         return False
-    if not item.statement.serialization_spec.is_default:
-        return False  # the OMS resources (shards, blake2b, blake3) must be recomputed too
+    if not set(item.manifest.scheme) <= set(allowed):
+        return False  # the policy does not accept the layout's hash alone: check the files too
+    if item.statement.serialization_spec.method != "files":
+        return False  # shard resources name byte ranges: checked on the full path
     try:
         layouts = layouts_from_dict(extra["layout"], item.manifest)
     except (FormatError, UnsafeModelError, BadInputError):
@@ -677,14 +726,46 @@ def _fast_check(
     if ({"."} if files.single else set(files.members)) != set(resources):
         return False
     whole = {f.path: f.digest for f in item.manifest.files if f.path not in layouts}
-    key = json.dumps([extra["layout"], sorted(whole.items()), files.ignore], sort_keys=True)
+    only = None
+    if tensors is not None:
+        placed = {s.tensor for v in layouts.values() for s in v if s.tensor is not None}
+        if not tensors <= placed:
+            return False  # a named tensor is not stored verbatim: check everything
+        for record in item.manifest.files:  # each named leaf is in the signed root (RFC 9162)
+            for name in sorted(tensors & {t.name for t in record.tensors}):
+                prove_tensor(item.manifest, name, record.path).check(item.manifest.layer_root)
+        only = functools.partial(_selected, tensors)
+    key = json.dumps(
+        [extra["layout"], sorted(whole.items()), files.ignore, sorted(tensors or ())],
+        sort_keys=True,
+    )
     if key not in done:
-        done[key] = not check_layouts(files, layouts, whole, threads=threads) and _references_ok(
-            files, item.manifest
-        )
+        done[key] = not check_layouts(
+            files,
+            layouts,
+            whole,
+            algorithm=item.manifest.hash_algorithm,
+            file_algorithm=item.manifest.file_algorithm,
+            threads=threads,
+            only=only,
+        ) and _references_ok(files, item.manifest)
     if not done[key]:
         return False
     who = _signer_label(item.signer)
+    if tensors is not None:
+        rest = sum(t.name not in tensors for f in item.manifest.files for t in f.tensors)
+        report.check(
+            "files",
+            True,
+            f"{who}: PARTIAL: every non-tensor byte and the {len(tensors)} named tensor(s) match "
+            f"(each proven in the signed layer root); {rest} other tensor(s) NOT checked",
+            "digest",
+        )
+        report.partial = sorted(tensors)
+        if report.manifest is None:
+            report.manifest = item.manifest
+        report.layer_detail = True
+        return True
     segments = sum(len(v) for v in layouts.values())
     report.check(
         "files",
@@ -727,6 +808,10 @@ def _reference_problem(files: ModelFiles, onnx_files: Sequence[str] | None = Non
     return None
 
 
+def _selected(tensors: frozenset[str], segment: Segment) -> bool:
+    return segment.tensor is None or segment.tensor in tensors
+
+
 def _check_content(
     report: VerificationReport,
     model: Path,
@@ -735,10 +820,16 @@ def _check_content(
     threads: int | None,
     private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
+    allowed: Sequence[str] = ("sha256",),
+    tensors: frozenset[str] | None = None,
 ) -> ModelFiles | None:
-    """Check every signer's files, tensors and structures; the opened model that verified."""
+    """Check every signer's files, tensors and structures; the opened model that verified.
+
+    ``allowed``: the hash functions the policy accepts; the signed layout alone decides only
+    when its functions are among them (else the whole-file digests are checked too).
+    """
     opened: dict[tuple[str, ...], ModelFiles] = {}
-    cache: dict[tuple[tuple[str, ...], bool], _Actual] = {}
+    cache: dict[tuple[tuple[str, ...], tuple[str, str] | None], _Actual] = {}
     fast: dict[str, bool] = {}
     first: ModelFiles | None = None
     for item in signed:
@@ -762,12 +853,18 @@ def _check_content(
             opened[ignore] = open_model(model, ignore_paths=ignore, private=private)
         files = opened[ignore]
         first = first or files
-        if _fast_check(report, files, item, threads, fast):
+        if tensors is not None and item.manifest is not None:
+            unknown = sorted(tensors - {t.name for f in item.manifest.files for t in f.tensors})
+            if unknown:
+                raise BadInputError(
+                    f"no tensor {', '.join(map(repr, unknown))} in the signed manifest"
+                )
+        if _fast_check(report, files, item, threads, fast, allowed, tensors):
             continue
-        want_layers = item.manifest is not None
-        cache_key = (ignore, want_layers)
+        scheme = item.manifest.scheme if item.manifest is not None else None
+        cache_key = (ignore, scheme)
         if cache_key not in cache:
-            cache[cache_key] = _actual_state(files, want_layers, threads)
+            cache[cache_key] = _actual_state(files, scheme, threads)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
         spec = item.statement.serialization_spec
@@ -807,9 +904,9 @@ def _check_content(
         for line in lines:
             report.check("layers", False, f"{who}: {line}", "digest")
         if not lines:
-            tensors = item.manifest.tensor_count
+            count = item.manifest.tensor_count
             report.check(
-                "layers", True, f"{who}: all {tensors} tensor and structure digests match", "digest"
+                "layers", True, f"{who}: all {count} tensor and structure digests match", "digest"
             )
     return first
 
@@ -822,7 +919,13 @@ def _verified_root(
         return report.manifest.layer_root
     if files is not None and report.ok:  # a plain OMS signature: the manifest of what verified
         try:
-            return build_manifest(files.root, threads=threads, files=files).layer_root
+            return build_manifest(
+                files.root,
+                hash_algorithm=SIGNING_LAYER_HASH,
+                file_hash_algorithm=SIGNING_FILE_HASH,
+                threads=threads,
+                files=files,
+            ).layer_root
         except (FormatError, UnsafeModelError):
             return None
     return None
@@ -841,6 +944,7 @@ def verify_model(
     threads: int | None = None,
     ignore_unsigned_files: bool = False,
     checks: PolicyChecks = NO_CHECKS,
+    tensors: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
 
@@ -852,6 +956,10 @@ def verify_model(
     Returns a report (``.ok``, ``.failures``; ``.raise_if_failed()`` raises the typed error).
     Malformed input (bundle, statement, key) raises :class:`FormatError`/``BadInputError``.
     Each file is read once, through one descriptor (see :func:`verify_and_hold`).
+
+    ``tensors``: partial verification: only these tensors plus every non-tensor byte (headers,
+    graphs, files without tensors) are hashed, each named tensor proven in the signed layer
+    root; ``report.partial`` lists them. Needs a signed layout (else everything is checked).
     """
     report, _ = _verify(
         Path(path),
@@ -866,6 +974,7 @@ def verify_model(
         private=False,
         ignore_unsigned_files=ignore_unsigned_files,
         checks=checks,
+        tensors=frozenset(tensors) if tensors is not None else None,
     )
     return report
 
@@ -925,6 +1034,7 @@ def _verify(
     private: bool | Callable[[str], bool],
     ignore_unsigned_files: bool = False,
     checks: PolicyChecks = NO_CHECKS,
+    tensors: frozenset[str] | None = None,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
@@ -953,7 +1063,15 @@ def _verify(
             else []
         )
         files = _check_content(
-            report, path, signed, sig_ignore, threads, private, ignore_unsigned_files
+            report,
+            path,
+            signed,
+            sig_ignore,
+            threads,
+            private,
+            ignore_unsigned_files,
+            policy.allowed_hash_algorithms,
+            tensors,
         )
     check_policy(report, policy, signed, now or _now())
     roots: list[str | None] = []

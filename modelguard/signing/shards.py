@@ -41,7 +41,7 @@ import blake3
 
 from modelguard.errors import BadInputError, FormatError
 from modelguard.hashing import Hasher
-from modelguard.manifest import list_model_files
+from modelguard.manifest import feed, list_model_files
 from modelguard.safeio import open_regular
 
 METHODS: tuple[str, ...] = ("files", "shards")
@@ -154,7 +154,7 @@ def _parts(path: str) -> tuple[str, ...]:
 def _hash_view(view: memoryview, algorithm: str) -> str:
     hasher = oms_hasher(algorithm)
     for start in range(0, view.nbytes, _CHUNK):
-        hasher.update(view[start : start + _CHUNK])
+        feed(hasher, view[start : start + _CHUNK], algorithm)
     return hasher.hexdigest()
 
 

@@ -383,8 +383,8 @@ def _extension(
         if path in records:
             raise FormatError(f"file {path!r} has two manifest records")
         if (
-            spec.is_default
-            and head.get("hash_algorithm") == "sha256"
+            spec.method == "files"
+            and (head.get("file_hash_algorithm") or head.get("hash_algorithm")) == spec.hash_type
             and record.get("digest") != resource.digest
         ):
             raise FormatError(f"manifest record of {path!r} disagrees with its resource digest")
