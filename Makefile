@@ -47,10 +47,13 @@ unit: $(VENV)/.installed-dev
 
 test: lint typecheck unit
 
-# -P keeps bench/ off sys.path (bench/ledger.py would shadow the ledger package).
+# Every side-by-side benchmark behind docs/benchmarks.md (long: run it on a quiet machine;
+# BENCHES=name to run one). Each prints ratios measured in one run.
+BENCHES ?= hashing signing oms_peers crypto verified_load startup ledger_ops ledger_gate \
+	ledger_load attacks hardening advgan distributed
 bench: $(VENV)/.installed-dev
-	for script in hashing signing crypto ledger_ops attacks hardening; do \
-		$(BIN)/python -P bench/$$script.py || exit 1; \
+	for script in $(BENCHES); do \
+		$(BIN)/python bench/$$script.py || exit 1; \
 	done
 
 # Coverage-guided fuzzing (atheris/libFuzzer) of every parser of untrusted bytes, FUZZ_SECONDS

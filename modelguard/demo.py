@@ -182,10 +182,30 @@ def stage_sign(ctx: DemoContext) -> None:
         f"{signed.signature_path.name} is an OpenSSF Model Signing bundle; "
         f"verify -> {'[green]ok[/]' if report.ok else '[red]FAILED[/]'}"
     )
-    named = next((f for f in bad.failures if "tensor" in f), "; ".join(bad.failures))
+    named = next((f for f in bad.failures if "tensor '" in f), "; ".join(bad.failures))
     ctx.say(
         f"   flipped one byte of tensor {tensor!r} in a copy: verify -> "
         f"{'[red]FAILED[/]' if not bad.ok else 'ok (unexpected!)'}: {named}"
+    )
+    # Partial verification (issue 15): only the named tensor plus every non-tensor byte, the
+    # tensor proven against the signed layer root; the flipped tensor is still caught.
+    partial = verify_model(tampered, keys=[public], tensors=[tensor])
+    signed_files = report.manifest.files if report.manifest is not None else []
+    others = [t.name for f in signed_files for t in f.tensors if t.name != tensor]
+    untouched = verify_model(tampered, keys=[public], tensors=[others[0]]) if others else None
+    ctx.summary["sign"]["partial"] = {
+        "tensor": tensor,
+        "verified": partial.ok,
+        "other_tensor_verified": untouched.ok if untouched is not None else None,
+    }
+    ctx.say(
+        f"   verify --tensors {tensor}: {'ok (unexpected!)' if partial.ok else '[red]FAILED[/]'}"
+        + (
+            f"; --tensors {others[0]} (untouched): "
+            f"{'[green]ok[/]' if untouched.ok else 'FAILED'}, the rest reported as unchecked"
+            if untouched is not None
+            else ""
+        )
     )
 
 

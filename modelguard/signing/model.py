@@ -58,6 +58,7 @@ from modelguard.manifest import (
     scan_model,
 )
 from modelguard.policy import NO_CHECKS, Policy, PolicyChecks, policy_from_keys
+from modelguard.safeio import MAX_SIGNATURE_BYTES, open_regular
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.bundle import payload_digest as bundle_payload_digest
 from modelguard.signing.gate import check_audits, check_certificate, check_policy
@@ -1046,6 +1047,11 @@ def _verify(
         policy = policy_from_keys(keys)
     sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     report = VerificationReport(model=str(path), signature=str(sig_path))
+    if sig_path.exists() and not sig_path.is_file():
+        # A FIFO, device, socket or directory where the signature should be is bad input
+        # (exit 2), not a missing signature: open_regular names what it is, without reading.
+        with open_regular(sig_path, max_size=MAX_SIGNATURE_BYTES, what="signature"):
+            pass
     if not sig_path.is_file():
         report.check("signature", False, f"no signature file at {sig_path}")
         return report, None
