@@ -269,9 +269,10 @@ def stage_ledger(ctx: DemoContext) -> None:
         f"{ctx.heading('Ledger')} {ctx.ledger_url}: {size} entries, chain and tree verify: {report.ok}"
     )
     for entry in entries:
+        version = entry.subject.get("version")
         ctx.say(
-            f"   #{entry.index} {entry.kind:<9} {entry.subject.get('name', '')} "
-            f"v{entry.subject.get('version', '')} by {entry.actor[:12]}..."
+            f"   #{entry.index} {entry.kind:<9} {entry.subject.get('name', '')}"
+            f"{f' v{version}' if version else ''} by {entry.actor[:12]}..."
         )
     ctx.say("   signed checkpoint (C2SP tlog-checkpoint):")
     for line in checkpoint.strip().splitlines():
