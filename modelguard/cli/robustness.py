@@ -19,7 +19,7 @@ from modelguard.cli.options import load_sign_key, sign_key_options, trust_arch
 from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
-from modelguard.robustness.evaluate import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig
+from modelguard.robustness.config import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig
 from modelguard.robustness.smoothing import SmoothingConfig
 
 

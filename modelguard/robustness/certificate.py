@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelguard import __version__
 from modelguard.errors import (
@@ -35,8 +35,11 @@ from modelguard.errors import (
     VerificationError,
 )
 from modelguard.keys import PrivateKey, PublicKey, key_id
-from modelguard.robustness.evaluate import GATE_METRIC, EvalConfig, EvalResult, proportion
+from modelguard.robustness.config import GATE_METRIC, EvalConfig, proportion
 from modelguard.robustness.stats import Proportion
+
+if TYPE_CHECKING:
+    from modelguard.robustness.evaluate import EvalResult
 
 PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
 ROOT_DIGEST_NAME = "modelguard-manifest-root-sha256"

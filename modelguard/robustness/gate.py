@@ -63,8 +63,6 @@ def certificate_gate(
     ``model_root``: the verified bytes' layer root (given by ``verify``, so the model is not
     read a second time); without it the model is hashed here.
     """
-    from modelguard.robustness.evaluate import model_identity
-
     path = certificate_path_for(model)
     if not path.is_file():
         return [f"no robustness certificate at {path}"] if requirement.required else []
@@ -72,7 +70,11 @@ def certificate_gate(
         certificate = load_certificate(path, trusted)
     except (VerificationError, BadInputError) as error:
         return [f"robustness certificate not accepted: {error}"]
-    root = model_root if model_root is not None else model_identity(Path(model))["manifest_root"]
+    if model_root is None:
+        from modelguard.robustness.evaluate import model_identity  # hashes the model (torch)
+
+        model_root = model_identity(Path(model))["manifest_root"]
+    root = model_root
     if certificate.manifest_root != root:
         return [
             f"robustness certificate {path} is bound to model root "

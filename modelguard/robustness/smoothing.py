@@ -32,7 +32,6 @@ Paper settings (ImageNet/CIFAR-10): n0 = 100, n = 100,000, alpha = 0.001, sigma 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from modelguard.errors import BadInputError
 from modelguard.robustness.attacks.base import eval_mode, model_device
+from modelguard.robustness.config import SmoothingConfig
 from modelguard.robustness.stats import Proportion, one_sided_lower
 
 ABSTAIN = -1
@@ -103,65 +103,6 @@ class SmoothedClassifier:
         if binomtest(top, top + runner, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(first)
-
-
-@dataclass
-class SmoothingConfig:
-    """Everything that determines the certified numbers (recorded in the certificate)."""
-
-    sigma: float = 0.25
-    n0: int = 100
-    n: int = 1000
-    alpha: float = 0.001
-    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    limit: int | None = None  # certify only the first N evaluation examples (it is costly)
-    batch_size: int = 1000
-
-    def validated(self) -> SmoothingConfig:
-        if not self.sigma > 0:
-            raise BadInputError(f"smoothing sigma must be > 0, got {self.sigma}")
-        if self.n0 < 1 or self.n < 1:
-            raise BadInputError("smoothing n0 and n must be >= 1")
-        if not 0 < self.alpha < 1:
-            raise BadInputError(f"smoothing alpha must lie in (0, 1), got {self.alpha}")
-        if not self.radii or any(not r >= 0 for r in self.radii):
-            raise BadInputError("smoothing radii must be numbers >= 0")
-        if self.limit is not None and self.limit <= 0:
-            raise BadInputError("smoothing limit must be positive")
-        return SmoothingConfig(
-            float(self.sigma),
-            int(self.n0),
-            int(self.n),
-            float(self.alpha),
-            sorted({float(r) for r in self.radii}),
-            self.limit,
-            int(self.batch_size),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": "randomized-smoothing",
-            "sigma": self.sigma,
-            "n0": self.n0,
-            "n": self.n,
-            "alpha": self.alpha,
-            "radii": list(self.radii),
-            "limit": self.limit,
-            "batch_size": self.batch_size,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SmoothingConfig:
-        limit = data.get("limit")
-        return cls(
-            sigma=float(data["sigma"]),
-            n0=int(data["n0"]),
-            n=int(data["n"]),
-            alpha=float(data["alpha"]),
-            radii=[float(r) for r in data["radii"]],
-            limit=None if limit is None else int(limit),
-            batch_size=int(data.get("batch_size", 1000)),
-        ).validated()
 
 
 def certify_dataset(
