@@ -21,7 +21,6 @@ data sets audited (:func:`modelguard.robustness.data.dataset_digest`). Issuing o
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 from modelguard import __version__
 from modelguard.errors import DigestMismatchError, FormatError, SignatureError
 from modelguard.keys import PrivateKey, PublicKey, atomic_write, key_id
+from modelguard.signing.dsse import require_finite
 
 PREDICATE_VERSION = 1
 PREDICATE_TYPES = {
@@ -55,18 +55,6 @@ def audits_dir_for(model: str | os.PathLike[str]) -> Path:
 def attestation_path_for(model: str | os.PathLike[str], audit: str) -> Path:
     """Where ``modelguard audit AUDIT --model M`` writes its attestation and the gate looks."""
     return audits_dir_for(model) / f"{audit}.sig"
-
-
-def _check_finite(value: Any, where: str) -> None:
-    """Canonical JSON (RFC 8785) has no NaN or infinity: refuse them early, naming the field."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FormatError(f"attestation field {where} is not a finite number")
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
 
 
 def build_statement(
@@ -117,7 +105,7 @@ def build_statement(
         "results": dict(results),
         "summary": dict(summary),
     }
-    _check_finite(predicate, "predicate")
+    require_finite(predicate, "predicate", "attestation")
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,

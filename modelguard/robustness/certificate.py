@@ -37,6 +37,7 @@ from modelguard.errors import (
 from modelguard.keys import PrivateKey, PublicKey, key_id
 from modelguard.robustness.config import GATE_METRIC, EvalConfig, proportion
 from modelguard.robustness.stats import Proportion
+from modelguard.signing.dsse import require_finite
 
 if TYPE_CHECKING:
     from modelguard.robustness.evaluate import EvalResult
@@ -104,25 +105,13 @@ def build_certificate(result: EvalResult, *, issued_at: datetime | None = None) 
             "gate_metric": GATE_METRIC,
         },
     }
-    _check_finite(predicate, "predicate")
+    require_finite(predicate, "predicate", "certificate")
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
         "predicateType": PREDICATE_TYPE,
         "predicate": predicate,
     }
-
-
-def _check_finite(value: Any, where: str) -> None:
-    """Canonical JSON (RFC 8785) has no NaN or infinity: refuse them early, naming the field."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FormatError(f"certificate field {where} is not a finite number")
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
 
 
 def sign_certificate(statement: Mapping[str, Any], key: PrivateKey) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,19 @@ def b64decode_strict(text: object, what: str, *, limit: int) -> bytes:
     if base64.b64encode(raw).decode("ascii") != text:
         raise FormatError(f"{what} is not canonical base64")
     return raw
+
+
+def require_finite(value: Any, where: str, what: str) -> None:
+    """Canonical JSON (RFC 8785) has no NaN or infinity: refuse them before signing, naming
+    the field (``what`` says whose field: "certificate", "attestation")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FormatError(f"{what} field {where} is not a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            require_finite(v, f"{where}.{k}", what)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            require_finite(v, f"{where}[{i}]", what)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
