@@ -609,6 +609,7 @@ def run_hash_jobs(
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[tuple[str, ...], str]:
     """Every job's hex digest, computed concurrently, one file after another.
 
@@ -616,7 +617,8 @@ def run_hash_jobs(
     threads share one file's pages; each chunk's pages are released once hashed, and a file's
     once its last job finished (:meth:`ModelFiles.drop_pages`, read-only mappings only): resident
     memory is a few chunks per thread, whatever the model's size. Each job's bytes go through
-    its own function exactly once.
+    its own function exactly once. Once ``stop`` is set, every job raises :class:`ScanCancelled`
+    at its next chunk.
     """
     workers = threads if threads is not None else default_threads()
     if workers < 1:
@@ -639,9 +641,13 @@ def run_hash_jobs(
         # an own view of the reader's buffer (a reader may hand out the same view every time)
         with memoryview(job.view()) as view:
             for start in range(0, view.nbytes, chunk_size):
+                if stop is not None and stop.is_set():
+                    raise ScanCancelled
                 chunk = view[start : start + chunk_size]
                 if job.parts:
-                    _feed_parts(chunk, start, hasher, job.parts, parts)
+                    _feed_parts(
+                        chunk, start, hasher, job.parts, parts, copy=job.algorithm != "blake3"
+                    )
                 else:
                     feed(hasher, chunk, job.algorithm)
                 advance(chunk.nbytes * (2 if job.parts else 1))
@@ -667,15 +673,24 @@ def _feed_parts(
     whole: Hasher,
     ranges: Sequence[tuple[tuple[str, ...], int, int]],
     hashers: Sequence[Hasher],
+    *,
+    copy: bool = True,
 ) -> None:
     """Feed ``chunk`` (file offset ``at``) to ``whole`` and each overlapping range's hasher,
-    one cache-sized window at a time: the bytes are read from memory once for both functions."""
+    one cache-sized window at a time: the bytes are read from memory once for both functions.
+
+    ``copy``: through this thread's buffer (what SHA-256 needs, :func:`feed`); BLAKE3 hashes the
+    window in place and the ranges find it still in cache (measured: 15 % less CPU than a copy).
+    """
     buffer = _buffer()
     first = 0
     for w0 in range(at, at + chunk.nbytes, _BOUNCE):
         w1 = min(at + chunk.nbytes, w0 + _BOUNCE)
-        window = buffer[: w1 - w0]
-        window[:] = chunk[w0 - at : w1 - at]
+        if copy:
+            window = buffer[: w1 - w0]
+            window[:] = chunk[w0 - at : w1 - at]
+        else:
+            window = chunk[w0 - at : w1 - at]
         whole.update(window)
         while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
             first += 1
@@ -841,12 +856,14 @@ def scan_model(
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
 ) -> Scan:
     """Parse each file once and compute every digest once, concurrently, from the same buffers.
 
     Whole files are hashed with ``file_hash_algorithm`` (default: SHA-256, the OMS resource
     digests), tensors, structures and the gaps between tensors with ``hash_algorithm`` (default
-    BLAKE3). No byte goes through the same function twice.
+    BLAKE3). No byte goes through the same function twice. ``progress(n)``: bytes just hashed
+    (from worker threads); ``stop``: once set, the scan raises :class:`ScanCancelled`.
     """
     check_algorithm(hash_algorithm)
     file_algorithm = check_algorithm(file_hash_algorithm or hash_algorithm)
@@ -859,7 +876,7 @@ def scan_model(
         # the files alone keep every thread busy to the end: read each file once for both
         _fuse(plan, hash_algorithm)
     digests = run_hash_jobs(
-        files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress
+        files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress, stop=stop
     )
     records = []
     for rel, (size, kind, parsed) in plan.files.items():
@@ -899,6 +916,69 @@ def scan_model(
             for where, segments in plan.tiles.items()
         }
     return Scan(manifest, tiled)
+
+
+class ScanCancelled(Exception):
+    """A started scan was cancelled (:meth:`StartedScan.cancel`); never reaches a user."""
+
+
+class StartedScan:
+    """A :func:`scan_model` already running in the background (:func:`start_scan`).
+
+    One file's SHA-256 is one serial pass, the longest part of signing it: started first, it
+    runs while the caller does everything else it needs (imports, key loading, checking an
+    existing signature). :meth:`result` waits for it and raises what the scan raised;
+    :meth:`cancel` stops it within one chunk (call it when the caller gives up, so the process
+    does not wait for hashing nobody needs).
+    """
+
+    def __init__(self, files: ModelFiles, options: Mapping[str, Any]) -> None:
+        self.files = files
+        self.options = dict(options)  # scan_model's keyword arguments, for a caller to check
+        self._stop = threading.Event()
+        self._scan: Scan | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="modelguard-scan", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._scan = scan_model(self.files, stop=self._stop, **self.options)
+        except BaseException as error:  # re-raised in the caller's thread by result()
+            self._error = error
+
+    def result(self) -> Scan:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._scan is not None
+        return self._scan
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def start_scan(
+    files: ModelFiles,
+    *,
+    hash_algorithm: str = SIGNING_LAYER_HASH,
+    file_hash_algorithm: str | None = SIGNING_FILE_HASH,
+    layout: bool = True,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> StartedScan:
+    """:func:`scan_model` of ``files`` in a background thread; returns at once."""
+    check_algorithm(hash_algorithm)
+    check_algorithm(file_hash_algorithm or hash_algorithm)
+    options = {
+        "hash_algorithm": hash_algorithm,
+        "file_hash_algorithm": file_hash_algorithm,
+        "layout": layout,
+        "threads": threads,
+        "progress": progress,
+    }
+    return StartedScan(files, options)
 
 
 def build_manifest(

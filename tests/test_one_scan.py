@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from modelguard.errors import BadInputError, DigestMismatchError, FormatError
 from modelguard.keys import generate_key, write_keypair
 from modelguard.manifest import (
     Manifest,
+    ScanCancelled,
     TensorProof,
     build_manifest,
     open_model,
     prove_tensor,
     scan_model,
+    start_scan,
 )
 from modelguard.policy import policy_from_keys
 from modelguard.signing.model import sign_model, signed_manifest, verify_model
@@ -358,3 +361,24 @@ def test_one_read_for_both_functions_gives_the_same_digests(tmp_path: Path, thre
     split = scan_model(open_model(model), threads=8)  # fewer files than threads: split jobs
     assert scan_model(open_model(model), threads=threads) == split
     assert scan_model(open_model(model), threads=threads, chunk_size=7) == split
+
+
+def test_a_started_scan_gives_the_same_scan_and_its_errors(tmp_path: Path) -> None:
+    model = sharded(tmp_path / "m")
+    started = start_scan(open_model(model), file_hash_algorithm="blake3")
+    assert started.result() == scan_model(open_model(model), file_hash_algorithm="blake3")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 8 + b"{}")  # header length far beyond the file
+    with pytest.raises(FormatError):
+        start_scan(open_model(bad)).result()
+
+
+def test_a_cancelled_scan_stops_hashing(tmp_path: Path) -> None:
+    model = sharded(tmp_path / "m")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ScanCancelled):
+        scan_model(open_model(model), stop=stop)
+    started = start_scan(open_model(model))
+    started.cancel()  # finished or stopped: either way nothing runs afterwards
+    assert not any(t.name.startswith("modelguard-hash") for t in threading.enumerate())
