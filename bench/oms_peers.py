@@ -20,11 +20,19 @@ Commands (same ECDSA P-256 key, signatures written outside the model, no ledger)
 Memory: peak RSS as GNU ``/usr/bin/time`` reports it (``%M``), and the peaks of anonymous and
 file-backed resident memory sampled every 10 ms from ``/proc/PID/status`` (RssAnon, RssFile).
 ``--scaling`` reruns every command under ``taskset -c 0`` (one core) to give the 1 -> 2 core slope.
+
+Bytecode: modelguard's ``.pyc`` files are written first (``compileall``), as ``pip install``
+does, so no run pays for compiling the sources (the peer's installed package has its own);
+``PYTHONDONTWRITEBYTECODE`` in a development shell would otherwise make every modelguard run
+compile its modules again.
+
+Each row prints the issue 15 target for its ratio and memory and whether it was met.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -265,6 +273,54 @@ def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> 
     return [sign, verify]
 
 
+# issue 15's targets: (minimum ratio to model_signing, for rows whose label ends so)
+TARGETS: dict[str, float] = {
+    "1 file sign: modelguard": 1.4,
+    "1 file verify: modelguard": 2.5,
+    "1 file sign: modelguard --hash blake3": 3.0,
+    "1 file verify: modelguard --hash blake3": 4.0,
+    "files sign: modelguard": 1.0,
+    "files verify: modelguard": 2.5,
+    "files sign: modelguard --hash blake3": 3.0,
+    "files verify: modelguard --hash blake3": 4.0,
+}
+MAX_ANON_MIB = 64
+RSS_MARGIN_MIB = 128  # peak RSS <= the largest model file + this
+
+
+def target_for(label: str) -> float | None:
+    """The ratio target of a 2-core modelguard row (1-core rows measure the slope only)."""
+    if "1 core" in label or "modelguard" not in label:
+        return None
+    command = label.split(" MiB ", 1)[-1]  # labels read "<case> <size> MiB <command>"
+    kind = "1 file" if label.startswith("1 file") else "files"
+    return TARGETS.get(f"{kind} {command}")
+
+
+def verdict(row: Row, ratio: float, largest_mib: float) -> str:
+    """ "met" / "MISSED: why" against the ratio and memory targets ("" where none applies)."""
+    target = target_for(row.label)
+    if target is None:
+        return ""
+    missed = []
+    if ratio < target:
+        missed.append(f"ratio {ratio:.2f} < {target}")
+    if row.median("maxrss_mib") > largest_mib + RSS_MARGIN_MIB:
+        missed.append(f"RSS > {largest_mib:.0f}+{RSS_MARGIN_MIB} MiB")
+    if row.median("anon_mib") > MAX_ANON_MIB:
+        missed.append(f"anon > {MAX_ANON_MIB} MiB")
+    return f">= {target}x: " + ("MISSED (" + "; ".join(missed) + ")" if missed else "met")
+
+
+def compile_bytecode() -> None:
+    """Write modelguard's and ledger's .pyc files (what ``pip install`` does)."""
+    import ledger
+    import modelguard
+
+    for package in (modelguard, ledger):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+
+
 def uptime() -> str:
     """The 1, 5 and 15 minute load averages."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -289,6 +345,7 @@ def main() -> None:
 
     from modelguard.keys import generate_key, write_keypair
 
+    compile_bytecode()
     base = Path(tempfile.mkdtemp(prefix="mg-bench-", dir=args.tmp))
     load_before = uptime()
     try:
@@ -300,6 +357,7 @@ def main() -> None:
             'threshold = 1\n[[signers]]\nname = "bench"\npublic_key = "bench.pub"\n'
         )
         single, multi = write_models(base, args.size_mib, args.multi_factor, args.shards)
+        per_file_mib = args.size_mib * args.multi_factor / args.shards
         warm([single, multi])
         groups: list[list[Row]] = []
         cases = [
@@ -322,18 +380,22 @@ def main() -> None:
         load_after = uptime()
         print(f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
         print(
-            f"{'command':52} {'median s':>9} {'x peer':>7} {'maxRSS MiB':>11} {'anon':>6} {'file':>6}"
+            f"{'command':52} {'median s':>9} {'x peer':>7} {'maxRSS MiB':>11} {'anon':>6} "
+            f"{'file':>6}  target"
         )
         figures = []
         for group in groups:
             peer = group[0] if "model_signing" in group[0].label else None
+            largest = args.size_mib if group[0].label.startswith("1 file") else per_file_mib
             for row in group:
                 ratio = (
                     peer.median("wall") / row.median("wall") if peer else float("nan")
                 )  # nan: no peer row
+                status = verdict(row, ratio, largest)
                 print(
                     f"{row.label:52} {row.median('wall'):9.2f} {ratio:7.2f} "
-                    f"{row.median('maxrss_mib'):11.0f} {row.median('anon_mib'):6.0f} {row.median('file_mib'):6.0f}"
+                    f"{row.median('maxrss_mib'):11.0f} {row.median('anon_mib'):6.0f} "
+                    f"{row.median('file_mib'):6.0f}  {status}"
                 )
                 figures.append(
                     {
@@ -344,6 +406,7 @@ def main() -> None:
                         "anon_mib": row.median("anon_mib"),
                         "file_mib": row.median("file_mib"),
                         "runs_s": [r.wall for r in row.runs],
+                        "target": status or None,
                     }
                 )
         if args.json:
