@@ -125,7 +125,7 @@ def manifest(
     """
     if prove is not None:
         from modelguard.manifest import prove_tensor
-        from modelguard.signing.model import signed_manifest
+        from modelguard.signing.files import signed_manifest
 
         signed = signed_manifest(path, threads=threads)
         # FILE:TENSOR names the file when several hold a tensor of that name

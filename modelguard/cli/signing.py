@@ -20,8 +20,9 @@ from modelguard.cli.output import emit, heartbeat, json_option
 from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import load_public_key
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
-from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from modelguard.transparency import check_signature_proof, write_entry_proof
 
 _PATH = click.Path(path_type=Path, exists=False)
