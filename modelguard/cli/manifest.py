@@ -136,14 +136,14 @@ def manifest(
             output.write_text(json.dumps(proof, indent=2) + "\n")
         emit(proof, as_json or output is None, lambda out: None)
         return
-    with progress("hashing", total=None) as advance:
+    with progress("hashing") as hashed:
         result = build_manifest(
             path,
             hash_algorithm=hash_algorithm,
             allow_symlinks=allow_symlinks,
             ignore_paths=ignore_paths,
             threads=threads,
-            progress=advance,
+            progress=hashed,
         )
     if output is not None:
         output.write_bytes(result.canonical_json())

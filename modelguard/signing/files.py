@@ -20,6 +20,7 @@ from modelguard.manifest import (
     SIGNING_FILE_HASH,
     HashJob,
     Manifest,
+    ProgressCallback,
     file_slice,
     open_model,
     run_hash_jobs,
@@ -87,7 +88,9 @@ def signed_manifest(path: Path, *, threads: int | None = None) -> Manifest:
     return scan_model(open_model(path, ignore_paths=ignore), layout=False, threads=threads).manifest
 
 
-def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str]:
+def file_digests(
+    files: ModelFiles, threads: int | None = None, progress: ProgressCallback | None = None
+) -> dict[str, str]:
     """OMS-style file digests of the opened model (no parsing): ``{".": d}`` for a file, else ``{rel: d}``.
 
     Files are hashed concurrently (one SHA-256 pass each), their pages released as they go.
@@ -103,7 +106,7 @@ def file_digests(files: ModelFiles, threads: int | None = None) -> dict[str, str
         )
         for rel in files.members
     ]
-    digests = run_hash_jobs(files, jobs, threads=threads)
+    digests = run_hash_jobs(files, jobs, threads=threads, progress=progress)
     return {("." if files.single else rel): digests[("file", rel)] for rel in files.members}
 
 

@@ -34,6 +34,7 @@ from modelguard.errors import (
 from modelguard.keys import PrivateKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
     Manifest,
+    ProgressCallback,
     open_model,
     scan_model,
 )
@@ -127,6 +128,7 @@ def sign_model(
     record: bool = True,
     threads: int | None = None,
     serialization: Serialization | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SignResult:
     """Hash ``path`` (files, tensors, structures), sign the OMS statement, write the bundle.
 
@@ -134,6 +136,7 @@ def sign_model(
     files must still match what the first signer signed. With ``record`` the signature lands
     in the ledger as a ``sign`` entry. ``serialization`` picks the OMS resources (default:
     whole files, SHA-256; or shards and/or blake2b, blake3: modelguard.signing.shards).
+    ``progress(n, total)``: bytes hashed so far (from worker threads), for a progress display.
     """
     path = Path(path)
     if not path.exists():
@@ -145,7 +148,9 @@ def sign_model(
     files = open_model(path, ignore_paths=ignore)
     spec = serialization or Serialization()
     # one pass: SHA-256 (or the OMS hash) of each file, BLAKE3 of each tensor and gap
-    scan = scan_model(files, file_hash_algorithm=file_spec(spec), threads=threads)
+    scan = scan_model(
+        files, file_hash_algorithm=file_spec(spec), threads=threads, progress=progress
+    )
     manifest = scan.manifest
     resources = (
         manifest_resources(path, manifest)

@@ -28,6 +28,7 @@ from modelguard.manifest import (
     SIGNING_LAYER_HASH,
     Manifest,
     ManifestDiff,
+    ProgressCallback,
     build_manifest,
     compare_manifests,
     open_model,
@@ -171,7 +172,10 @@ def _read_signatures(
 
 
 def _actual_state(
-    files: ModelFiles, scheme: tuple[str, str] | None, threads: int | None
+    files: ModelFiles,
+    scheme: tuple[str, str] | None,
+    threads: int | None,
+    progress: ProgressCallback | None = None,
 ) -> _Actual:
     """The model as it is: file digests, and with a ``scheme`` (tensor hash, file hash) its manifest."""
     if scheme is not None:
@@ -182,13 +186,14 @@ def _actual_state(
                 file_hash_algorithm=scheme[1],
                 threads=threads,
                 files=files,
+                progress=progress,
             )
             if manifest.file_algorithm == "sha256":
                 return _Actual(resources_of(files, manifest), manifest, None)
-            return _Actual(file_digests(files, threads), manifest, None)
+            return _Actual(file_digests(files, threads, progress), manifest, None)
         except (FormatError, UnsafeModelError) as error:
-            return _Actual(file_digests(files, threads), None, str(error))
-    return _Actual(file_digests(files, threads), None, None)
+            return _Actual(file_digests(files, threads, progress), None, str(error))
+    return _Actual(file_digests(files, threads, progress), None, None)
 
 
 def _check_binding(report: VerificationReport, model: Path, item: _Signed) -> bool:
@@ -289,6 +294,7 @@ def _fast_check(
     done: dict[str, bool],
     allowed: Sequence[str],
     tensors: frozenset[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> bool:
     """Every byte through the signed layout's tensor and gap digests, hashed in parallel.
 
@@ -334,6 +340,7 @@ def _fast_check(
             file_algorithm=item.manifest.file_algorithm,
             threads=threads,
             only=only,
+            progress=progress,
         ) and _references_ok(files, item.manifest)
     if not done[key]:
         return False
@@ -408,6 +415,7 @@ def _check_content(
     ignore_unsigned_files: bool = False,
     allowed: Sequence[str] = ("sha256",),
     tensors: frozenset[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ModelFiles | None:
     """Check every signer's files, tensors and structures; the opened model that verified.
 
@@ -445,12 +453,12 @@ def _check_content(
                 raise BadInputError(
                     f"no tensor {', '.join(map(repr, unknown))} in the signed manifest"
                 )
-        if _fast_check(report, files, item, threads, fast, allowed, tensors):
+        if _fast_check(report, files, item, threads, fast, allowed, tensors, progress):
             continue
         scheme = item.manifest.scheme if item.manifest is not None else None
         cache_key = (ignore, scheme)
         if cache_key not in cache:
-            cache[cache_key] = _actual_state(files, scheme, threads)
+            cache[cache_key] = _actual_state(files, scheme, threads, progress)
         actual = cache[cache_key]
         resources = {r.name: r.digest for r in item.statement.resources}
         spec = item.statement.serialization_spec
@@ -531,6 +539,7 @@ def verify_model(
     ignore_unsigned_files: bool = False,
     checks: PolicyChecks = NO_CHECKS,
     tensors: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> VerificationReport:
     """Verify every signature on ``path``, then every file, tensor and structure digest.
 
@@ -546,6 +555,7 @@ def verify_model(
     ``tensors``: partial verification: only these tensors plus every non-tensor byte (headers,
     graphs, files without tensors) are hashed, each named tensor proven in the signed layer
     root; ``report.partial`` lists them. Needs a signed layout (else everything is checked).
+    ``progress(n, total)``: bytes hashed so far (from worker threads), for a progress display.
     """
     report, _ = _verify(
         Path(path),
@@ -561,6 +571,7 @@ def verify_model(
         ignore_unsigned_files=ignore_unsigned_files,
         checks=checks,
         tensors=frozenset(tensors) if tensors is not None else None,
+        progress=progress,
     )
     return report
 
@@ -578,6 +589,7 @@ def verify_and_hold(
     threads: int | None = None,
     private: bool | Callable[[str], bool] = True,
     checks: PolicyChecks = NO_CHECKS,
+    progress: ProgressCallback | None = None,
 ) -> VerifiedModel:
     """Verify like :func:`verify_model` and keep the checked bytes, or raise the typed error.
 
@@ -599,6 +611,7 @@ def verify_and_hold(
         threads=threads,
         private=private,
         checks=checks,
+        progress=progress,
     )
     report.raise_if_failed()
     if files is None:
@@ -621,6 +634,7 @@ def _verify(
     ignore_unsigned_files: bool = False,
     checks: PolicyChecks = NO_CHECKS,
     tensors: frozenset[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[VerificationReport, ModelFiles | None]:
     if not path.exists():
         raise BadInputError("no such model file or directory", path=str(path))
@@ -663,6 +677,7 @@ def _verify(
             ignore_unsigned_files,
             policy.allowed_hash_algorithms,
             tensors,
+            progress,
         )
     check_policy(report, policy, signed, now or datetime.now(UTC).replace(microsecond=0))
     roots: list[str | None] = []
