@@ -47,7 +47,6 @@ def commands(model: Path, keys: Path, sigs: Path) -> dict[str, list[str]]:
             "--signature",
             str(sigs / "again.sig"),
             "--no-ledger",
-            "-q",
         ],
         "modelguard verify (tiny model)": [
             *mg,
@@ -57,7 +56,6 @@ def commands(model: Path, keys: Path, sigs: Path) -> dict[str, list[str]]:
             pub,
             "--signature",
             str(sigs / "mg.sig"),
-            "-q",
         ],
         "modelguard verify --json (tiny model)": [
             *mg,
@@ -115,7 +113,7 @@ def setup(base: Path) -> tuple[Path, Path, Path]:
     import ledger
     import modelguard
     from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
 
     packages = [str(Path(p.__file__).parent) for p in (modelguard, ledger)]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)

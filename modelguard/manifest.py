@@ -865,7 +865,7 @@ def scan_model(
 
     Whole files are hashed with ``file_hash_algorithm`` (default: SHA-256, the OMS resource
     digests), tensors, structures and the gaps between tensors with ``hash_algorithm`` (default
-    BLAKE3). No byte goes through the same function twice. ``progress(n)``: bytes just hashed
+    BLAKE3). No byte goes through the same function twice. ``progress(n, total)``: bytes just hashed
     (from worker threads); ``stop``: once set, the scan raises :class:`ScanCancelled`.
     """
     check_algorithm(hash_algorithm)

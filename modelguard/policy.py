@@ -47,7 +47,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelguard.audit import is_verifier_key_string
 from modelguard.errors import BadInputError
 from modelguard.hashing import HASH_ALGORITHMS
 from modelguard.keys import PublicKey, key_id, load_public_key, load_public_key_pem
@@ -331,6 +330,8 @@ def _certificate(table: object, source: str) -> CertificateRequirement:
 
 def _resolve(value: str, base: Path | None) -> str:
     """A relative path is relative to the policy file; a verifier key string stays as is."""
+    from modelguard.audit import is_verifier_key_string  # the ledger client: only for [ledger]
+
     if is_verifier_key_string(value):
         return value
     path = Path(value).expanduser()

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import modelguard.manifest as manifest_module
-import modelguard.signing.sign as model_module
 from modelguard.cli import main as cli_main
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError
 from modelguard.keys import generate_key, write_keypair
@@ -221,8 +220,8 @@ def test_signatures_from_before_issue_15_still_verify(
     """A SHA-256 manifest and SHA-256 layout (what modelguard signed before) keeps verifying."""
     model = sharded(tmp_path / "m")
     old = functools.partial(scan_model, hash_algorithm="sha256", file_hash_algorithm=None)
-    monkeypatch.setattr(
-        model_module, "scan_model", lambda files, **kw: old(files, threads=kw.get("threads"))
+    monkeypatch.setattr(  # the scan signing starts (modelguard.manifest.start_scan)
+        manifest_module, "scan_model", lambda files, **kw: old(files, threads=kw.get("threads"))
     )
     signed = sign_model(model, KEY, record=False)
     monkeypatch.undo()

@@ -27,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from modelguard.errors import BadInputError
-from modelguard.keys import PrivateKey, load_private_key, read_passphrase
+
+if TYPE_CHECKING:
+    from modelguard.keys import PrivateKey
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,6 +113,8 @@ def load_sign_key(path: Path, env: str | None, file: Path | None) -> PrivateKey:
     """The ``--sign-key``, decrypted with the passphrase its flags name."""
     if env is not None and file is not None:
         raise click.UsageError("give the passphrase one way: --sign-passphrase-env or -file")
+    from modelguard.keys import load_private_key, read_passphrase  # the key library
+
     return load_private_key(
         path, read_passphrase(env=env, file=file), passphrase_hint=SIGN_PASSPHRASE_HINT
     )

@@ -23,18 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+if TYPE_CHECKING:  # rich loads when something is drawn, not with every command
+    from rich.console import Console
+    from rich.progress import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +71,8 @@ LOG_WIDTH = 4096
 
 
 def console() -> Console:
+    from rich.console import Console
+
     if sys.stdout.isatty():
         return Console(soft_wrap=True)
     return Console(soft_wrap=True, width=LOG_WIDTH)
@@ -166,6 +163,15 @@ class ProgressReporter:
 
     def __enter__(self) -> ProgressReporter:
         if self._mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn()]
             columns.append(MofNCompleteColumn() if self.unit != "bytes" else TextColumn(""))
             columns += [TimeElapsedColumn(), TimeRemainingColumn()]
@@ -220,6 +226,8 @@ def working(stage: str) -> Iterator[None]:
         yield
         return
     if sys.stdout.isatty():
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
         with Progress(
             TextColumn("[bold]{task.description}"), TimeElapsedColumn(), transient=True
         ) as bar:

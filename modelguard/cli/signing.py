@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
-from modelguard.cli.output import emit, json_option, progress
-from modelguard.gates import STANDARD_CHECKS
-from modelguard.keys import load_public_key
-from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
+from modelguard.cli.output import emit, is_quiet, json_option, progress
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
-from modelguard.signing.sign import sign_model
-from modelguard.signing.verify import verify_model
-from modelguard.transparency import check_signature_proof, write_entry_proof
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Everything else loads inside the command that needs it: `sign` starts hashing first and
+# loads the key library, the signing code and rich beside it; `verify` loads the ledger
+# client and the transparency code only for the flags that use them.
 
 _PATH = click.Path(path_type=Path, exists=False)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,22 +106,38 @@ def sign(
         raise click.UsageError("--shard-size needs --serialization shards")
     if serialization == "shards" and shard_size is None:
         shard_size = DEFAULT_SHARD_SIZE
-    key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
+    spec = Serialization(serialization, hash_type, shard_size)
+    from modelguard.signing.files import start_sign_scan
+
     with progress("sign: hashing") as hashed:
-        result = sign_model(
-            path,
-            key,
-            signature_path=signature_path,
-            name=name,
-            version=model_version,
-            parent=parent,
-            ledger_url=ledger_url,
-            record=not no_ledger,
-            serialization=Serialization(serialization, hash_type, shard_size),
-            progress=hashed,
+        # the serial whole-file pass first; the key and the code that signs load beside it
+        started = start_sign_scan(
+            path, signature_path=signature_path, serialization=spec, progress=hashed
         )
+        try:
+            key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
+            from modelguard.signing.sign import sign_model
+
+            if not (as_json or is_quiet()):
+                import rich.console  # noqa: F401  (draws the result: loaded while hashing runs)
+            result = sign_model(
+                path,
+                key,
+                signature_path=signature_path,
+                name=name,
+                version=model_version,
+                parent=parent,
+                ledger_url=ledger_url,
+                record=not no_ledger,
+                serialization=spec,
+                started=started,
+            )
+        finally:
+            started.cancel()
     document = result.to_dict()
     if ledger_proof is not None and result.ledger_entry:
+        from modelguard.transparency import write_entry_proof
+
         index = int(result.ledger_entry["index"])
         document["ledger_proof"] = write_entry_proof(index, ledger_proof, ledger_url)
 
@@ -243,6 +258,11 @@ def verify(
         raise click.UsageError(
             "give trusted keys with --trust-key, or a --policy file (one of the two)"
         )
+    from modelguard.gates import STANDARD_CHECKS
+    from modelguard.keys import load_public_key
+    from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
+    from modelguard.signing.verify import verify_model
+
     keys = [load_public_key(p) for p in key_paths]
     policy = with_ledger_trust(
         load_policy(policy_path) if policy_path else policy_from_keys(keys),
@@ -264,10 +284,14 @@ def verify(
             progress=hashed,
         )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
+        from modelguard.transparency import check_signature_proof
+
         check_signature_proof(report, ledger_proof, policy)
     error = report.error()
 
     def human(console: Console) -> None:
+        from rich.table import Table
+
         signers = Table(title="Signatures", show_lines=False)
         for column in ("signature", "signer", "status", "signed at", "layers"):
             signers.add_column(column)

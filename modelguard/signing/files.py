@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelguard.errors import (
+    BadInputError,
     FormatError,
 )
 from modelguard.formats import ModelFiles
@@ -21,10 +22,12 @@ from modelguard.manifest import (
     HashJob,
     Manifest,
     ProgressCallback,
+    StartedScan,
     file_slice,
     open_model,
     run_hash_jobs,
     scan_model,
+    start_scan,
 )
 from modelguard.signing.shards import (
     Serialization,
@@ -108,6 +111,32 @@ def file_digests(
     ]
     digests = run_hash_jobs(files, jobs, threads=threads, progress=progress)
     return {("." if files.single else rel): digests[("file", rel)] for rel in files.members}
+
+
+def start_sign_scan(
+    path: Path,
+    *,
+    signature_path: Path | None = None,
+    serialization: Serialization | None = None,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> StartedScan:
+    """Open ``path`` and start, in the background, the one scan that signing it needs.
+
+    What :func:`modelguard.signing.sign.sign_model` runs first; ``modelguard sign`` calls it
+    before it loads the key and the rest of the signing code, so the serial whole-file pass
+    (one SHA-256 per file) runs beside all of that. Nothing here needs the key library.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError("no such model file or directory", path=str(path))
+    sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
+    files = open_model(path, ignore_paths=signing_ignore_paths(path, sig_path))
+    spec = serialization or Serialization()
+    # one pass: SHA-256 (or the OMS hash) of each file, BLAKE3 of each tensor and gap
+    return start_scan(
+        files, file_hash_algorithm=file_spec(spec), threads=threads, progress=progress
+    )
 
 
 def file_spec(spec: Serialization) -> str:

@@ -35,8 +35,7 @@ from modelguard.keys import PrivateKey, atomic_write, key_id, oms_hint
 from modelguard.manifest import (
     Manifest,
     ProgressCallback,
-    open_model,
-    scan_model,
+    StartedScan,
 )
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes, parse_bundle, read_bundle_file
 from modelguard.signing.bundle import payload_digest as bundle_payload_digest
@@ -48,6 +47,7 @@ from modelguard.signing.files import (
     manifest_resources,
     resources_in_manifest,
     signing_ignore_paths,
+    start_sign_scan,
     view_resources,
 )
 from modelguard.signing.layout import (
@@ -129,6 +129,7 @@ def sign_model(
     threads: int | None = None,
     serialization: Serialization | None = None,
     progress: ProgressCallback | None = None,
+    started: StartedScan | None = None,
 ) -> SignResult:
     """Hash ``path`` (files, tensors, structures), sign the OMS statement, write the bundle.
 
@@ -137,45 +138,54 @@ def sign_model(
     in the ledger as a ``sign`` entry. ``serialization`` picks the OMS resources (default:
     whole files, SHA-256; or shards and/or blake2b, blake3: modelguard.signing.shards).
     ``progress(n, total)``: bytes hashed so far (from worker threads), for a progress display.
+    ``started``: the scan :func:`~modelguard.signing.files.start_sign_scan` already started for
+    the same path, signature path and serialization (``threads`` and ``progress`` then are its).
     """
     path = Path(path)
-    if not path.exists():
-        raise BadInputError("no such model file or directory", path=str(path))
+    sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
+    spec = serialization or Serialization()
+    if started is None:
+        started = start_sign_scan(
+            path, signature_path=sig_path, serialization=spec, threads=threads, progress=progress
+        )
+    try:
+        return _sign(path, key, sig_path, spec, started, name, version, parent, ledger_url, record)
+    finally:
+        started.cancel()  # nothing left to stop once the scan finished
+
+
+def _sign(
+    path: Path,
+    key: PrivateKey,
+    sig_path: Path,
+    spec: Serialization,
+    started: StartedScan,
+    name: str | None,
+    version: str | None,
+    parent: str | None,
+    ledger_url: str | None,
+    record: bool,
+) -> SignResult:
     if parent is not None and not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", parent):
         raise BadInputError(f"--parent {parent!r} is not a sha256 digest (64 hex digits)")
-    sig_path = Path(signature_path) if signature_path is not None else default_signature_path(path)
     ignore = signing_ignore_paths(path, sig_path)
-    files = open_model(path, ignore_paths=ignore)
-    spec = serialization or Serialization()
-    # one pass: SHA-256 (or the OMS hash) of each file, BLAKE3 of each tensor and gap
-    scan = scan_model(
-        files, file_hash_algorithm=file_spec(spec), threads=threads, progress=progress
-    )
-    manifest = scan.manifest
-    resources = (
-        manifest_resources(path, manifest)
-        if resources_in_manifest(spec, manifest)
-        else view_resources(files, spec, threads, for_signing=True)
-    )
+    files = started.files
+    if (
+        files.ignore != ignore
+        or files.root != (path if path.is_dir() else path.parent)
+        or started.options.get("file_hash_algorithm") != file_spec(spec)
+        or started.options.get("layout") is not True
+    ):
+        raise ValueError("the started scan is not the one signing this model needs")
+    threads = started.options.get("threads")
+    # everything that needs no digest runs while the scan hashes
     public = key.public_key()
     kid = key_id(public)
-    target, cosigned = sig_path, False
+    first: ParsedStatement | None = None  # another key's signature: this one co-signs it
     if sig_path.exists():
         names, existing = _existing_signer(read_bundle_file(sig_path), str(sig_path))
         if not names & {kid, oms_hint(public)}:
-            signed = {r.name: r.digest for r in existing.resources}
-            now = (
-                resources
-                if existing.serialization_spec == spec
-                else view_resources(files, existing.serialization_spec, threads)
-            )
-            if signed != now:
-                raise BadInputError(
-                    "the model changed since it was signed; remove the old signature(s) "
-                    "to sign the new content",
-                    path=str(sig_path),
-                )
-            target, cosigned = cosign_dir(sig_path) / f"{kid}.sig", True
+            first = existing
     model_name = name or path.resolve().name
     try:
         model_name.encode("utf-8")
@@ -184,6 +194,28 @@ def sign_model(
             "the model's name is not valid UTF-8: give one with --name",
             path=os.fsencode(path).decode("utf-8", "backslashreplace"),
         ) from None
+    scan = started.result()
+    manifest = scan.manifest
+    resources = (
+        manifest_resources(path, manifest)
+        if resources_in_manifest(spec, manifest)
+        else view_resources(files, spec, threads, for_signing=True)
+    )
+    target, cosigned = sig_path, False
+    if first is not None:
+        signed = {r.name: r.digest for r in first.resources}
+        now = (
+            resources
+            if first.serialization_spec == spec
+            else view_resources(files, first.serialization_spec, threads)
+        )
+        if signed != now:
+            raise BadInputError(
+                "the model changed since it was signed; remove the old signature(s) "
+                "to sign the new content",
+                path=str(sig_path),
+            )
+        target, cosigned = cosign_dir(sig_path) / f"{kid}.sig", True
     predicate: dict[str, Any] = {
         "schema": PREDICATE_SCHEMA,
         "tool": "modelguard",

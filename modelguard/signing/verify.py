@@ -57,7 +57,6 @@ from modelguard.signing.layout import (
     check_layouts,
     layouts_from_dict,
 )
-from modelguard.signing.ledger_check import check_ledger
 from modelguard.signing.report import (
     SignerResult,
     VerificationReport,
@@ -690,6 +689,8 @@ def _verify(
     check_certificate(report, policy, checks, path, sig_path, root)
     check_audits(report, policy, checks, path, root)
     if require_ledger:
+        from modelguard.signing.ledger_check import check_ledger  # the ledger client: only here
+
         check_ledger(
             report,
             [(s.payload_digest, s.signer, s.statement.subject_digest, s.manifest) for s in signed],
