@@ -383,3 +383,67 @@ def test_a_cancelled_scan_stops_hashing(tmp_path: Path) -> None:
     started = start_scan(open_model(model))
     started.cancel()  # finished or stopped: either way nothing runs afterwards
     assert not any(t.name.startswith("modelguard-hash") for t in threading.enumerate())
+
+
+def one_file_model(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    tensors = {f"t{i}": rng.standard_normal(300_000 + 17 * i).astype(np.float32) for i in range(3)}
+    tiny_safetensors(path, tensors)  # 3.6 MB: two 2 MiB windows, tensors across the boundary
+    return path
+
+
+@pytest.mark.parametrize("file_hash", ["sha256", "blake2b"])
+def test_paired_threads_give_the_plain_digests(
+    tmp_path: Path, file_hash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file on two threads (the whole-file digest beside the segments, from one copy of
+    each window) gives exactly the digests of one thread and of hashing each range alone."""
+    import hashlib
+
+    import blake3
+
+    path = one_file_model(tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    one = scan_model(open_model(path), file_hash_algorithm=file_hash, threads=1)
+    paired_runs: list[int] = []
+    real = manifest_module._run_paired
+
+    def spy(*args: Any) -> None:
+        paired_runs.append(1)
+        real(*args)
+
+    monkeypatch.setattr(manifest_module, "_run_paired", spy)
+    for threads, chunk in [(2, 7), (2, 1 << 20), (5, 32 << 20)]:
+        paired = scan_model(
+            open_model(path), file_hash_algorithm=file_hash, threads=threads, chunk_size=chunk
+        )
+        assert paired == one
+    assert len(paired_runs) == 3
+    reference = hashlib.sha256() if file_hash == "sha256" else hashlib.blake2b(digest_size=32)
+    reference.update(data)
+    assert one.manifest.files[0].digest == reference.hexdigest()
+    assert one.layout is not None
+    segments = one.layout["m.safetensors"]
+    assert sum(length for _, length, _, _ in segments) == len(data)
+    for offset, length, _, digest in segments:
+        assert blake3.blake3(data[offset : offset + length]).hexdigest() == digest
+
+
+def test_a_failing_paired_hasher_fails_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = one_file_model(tmp_path / "m.safetensors")
+    real = manifest_module.new_hasher
+
+    class Broken:
+        def update(self, data: bytes | memoryview) -> None:
+            raise RuntimeError("hasher broke")
+
+    monkeypatch.setattr(
+        manifest_module,
+        "new_hasher",
+        lambda algorithm: Broken() if algorithm == "sha256" else real(algorithm),
+    )
+    with pytest.raises(RuntimeError, match="hasher broke"):
+        scan_model(open_model(path), threads=2)
+    assert not any(t.name == "modelguard-hash-whole" for t in threading.enumerate())
