@@ -392,16 +392,28 @@ def one_file_model(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("file_hash", ["sha256", "blake2b"])
+@pytest.mark.parametrize(
+    ("file_hash", "window", "wait"),
+    [("sha256", None, None), ("blake2b", None, None), ("sha256", 65_537, 0.0)],
+)
 def test_paired_threads_give_the_plain_digests(
-    tmp_path: Path, file_hash: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    file_hash: str,
+    window: int | None,
+    wait: float | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One file on two threads (the whole-file digest beside the segments, from one copy of
-    each window) gives exactly the digests of one thread and of hashing each range alone."""
+    each window) gives exactly the digests of one thread and of hashing each range alone,
+    also when neither thread waits for the other (each window handed over or read again)."""
     import hashlib
 
     import blake3
 
+    if window is not None:
+        monkeypatch.setattr(manifest_module, "_PAIR_WINDOW", window)
+    if wait is not None:
+        monkeypatch.setattr(manifest_module, "_PAIR_WAIT", wait)
     path = one_file_model(tmp_path / "m.safetensors")
     data = path.read_bytes()
     one = scan_model(open_model(path), file_hash_algorithm=file_hash, threads=1)
