@@ -380,7 +380,7 @@ def main() -> None:
         load_after = uptime()
         print(f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
         print(
-            f"{'command':52} {'median s':>9} {'x peer':>7} {'maxRSS MiB':>11} {'anon':>6} "
+            f"{'command':58} {'median s':>9} {'x peer':>7} {'maxRSS MiB':>11} {'anon':>6} "
             f"{'file':>6}  target"
         )
         figures = []
@@ -393,7 +393,7 @@ def main() -> None:
                 )  # nan: no peer row
                 status = verdict(row, ratio, largest)
                 print(
-                    f"{row.label:52} {row.median('wall'):9.2f} {ratio:7.2f} "
+                    f"{row.label:58} {row.median('wall'):9.2f} {ratio:7.2f} "
                     f"{row.median('maxrss_mib'):11.0f} {row.median('anon_mib'):6.0f} "
                     f"{row.median('file_mib'):6.0f}  {status}"
                 )

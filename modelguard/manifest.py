@@ -713,14 +713,28 @@ def _feed_parts(
         else:
             window = chunk[w0 - at : w1 - at]
         whole.update(window)
-        while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
-            first += 1
-        i = first
-        while i < len(ranges) and ranges[i][1] < w1:
-            lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
-            if hi > lo:
-                hashers[i].update(window[lo - w0 : hi - w0])
-            i += 1
+        first = _feed_ranges(window, w0, ranges, hashers, first)
+
+
+def _feed_ranges(
+    window: memoryview,
+    w0: int,
+    ranges: Sequence[tuple[tuple[str, ...], int, int]],
+    hashers: Sequence[Hasher],
+    first: int,
+) -> int:
+    """Feed each range's hasher its part of ``window`` (file offset ``w0``); ``ranges`` are
+    sorted and disjoint, and those before ``first`` are done. Returns the new ``first``."""
+    w1 = w0 + window.nbytes
+    while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
+        first += 1
+    i = first
+    while i < len(ranges) and ranges[i][1] < w1:
+        lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
+        if hi > lo:
+            hashers[i].update(window[lo - w0 : hi - w0])
+        i += 1
+    return first
 
 
 # A paired job's windows: each is copied from the mapping once, hashed there by one thread
@@ -824,14 +838,7 @@ def _run_paired(
             w1 = w0 + window.nbytes
             with view[w0:w1] as source:
                 window[:] = source
-            while first < len(job.parts) and job.parts[first][1] + job.parts[first][2] <= w0:
-                first += 1
-            i = first
-            while i < len(job.parts) and job.parts[i][1] < w1:
-                lo, hi = max(job.parts[i][1], w0), min(job.parts[i][1] + job.parts[i][2], w1)
-                if hi > lo:
-                    parts[i].update(window[lo - w0 : hi - w0])
-                i += 1
+            first = _feed_ranges(window, w0, job.parts, parts, first)
             with shared.cond:
                 if publish:
                     shared.held[slot] = k
