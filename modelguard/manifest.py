@@ -36,8 +36,6 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import rfc8785
 
-from ledger.errors import ProofError
-from ledger.merkle import inclusion_path_ranges, leaf_hash, root_from_inclusion_proof, root_hash
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError, UnsafeModelError
 from modelguard.formats import DTYPE_BITS, ModelFiles, ParsedModel, TensorSlice, parse_model_file
 from modelguard.hashing import HASH_ALGORITHMS, Hasher, check_algorithm, new_hasher
@@ -171,6 +169,8 @@ class Manifest:
         if file_hash_algorithm == hash_algorithm:
             file_hash_algorithm = None
         leaves = _leaves(hash_algorithm, ordered, file_hash_algorithm)
+        from ledger.merkle import root_hash  # here: `sign` starts hashing before ledger loads
+
         return cls(
             hash_algorithm,
             ordered,
@@ -386,6 +386,9 @@ class TensorProof:
     def check(self, layer_root: str, data: bytes | memoryview | None = None) -> None:
         """Raise :class:`DigestMismatchError` unless the leaf is in ``layer_root`` (the trusted
         root, never the proof's own) and, when given, ``data`` hashes to the leaf's digest."""
+        from ledger.errors import ProofError
+        from ledger.merkle import leaf_hash, root_from_inclusion_proof
+
         name = f"tensor {self.leaf['name']!r} in {self.leaf['path']!r}"
         try:
             implied = root_from_inclusion_proof(
@@ -419,6 +422,8 @@ def prove_tensor(manifest: Manifest, name: str, path: str | None = None) -> Tens
         raise BadInputError(
             f"tensor {name!r} is in several files ({', '.join(holders)}): name the file"
         )
+    from ledger.merkle import inclusion_path_ranges, root_hash
+
     leaves = manifest.layer_leaves()
     index = manifest.leaf_index(holders[0], name)
     audit = [root_hash(leaves[lo:hi]).hex() for lo, hi in inclusion_path_ranges(index, len(leaves))]
