@@ -17,7 +17,9 @@ Commands (same ECDSA P-256 key, signatures written outside the model, no ledger)
 - ``modelguard sign MODEL --key K --signature S --no-ledger`` / ``verify MODEL --key P
   --signature S``, default (SHA-256 OMS resources) and ``--hash blake3``.
 
-Memory: peak RSS as GNU ``/usr/bin/time`` reports it (``%M``), and the peaks of anonymous and
+CPU: user + system seconds of each command (``%U + %S``), the figure that decides on a machine
+whose cores are taken by other jobs. Memory: peak RSS as GNU ``/usr/bin/time`` reports it
+(``%M``), and the peaks of anonymous and
 file-backed resident memory sampled every 10 ms from ``/proc/PID/status`` (RssAnon, RssFile).
 ``--scaling`` reruns every command under ``taskset -c 0`` (one core) to give the 1 -> 2 core slope.
 
@@ -116,6 +118,7 @@ def warm(paths: list[Path]) -> None:
 @dataclass
 class Run:
     wall: float
+    cpu: float  # user + system seconds of the command (what a busy machine charges)
     maxrss_mib: float
     anon_mib: float
     file_mib: float
@@ -163,7 +166,7 @@ def run_once(row: Row) -> Run:
     start = time.perf_counter()
     # GNU time's own child is forked from a small process: its maxrss is the command's alone
     # (a child forked from this Python would count this process's pages until it execs)
-    argv = ["/usr/bin/time", "-f", "maxrss_kib=%M", *row.argv]
+    argv = ["/usr/bin/time", "-f", "maxrss_kib=%M cpu=%U+%S", *row.argv]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peaks: dict[str, int] = {}
     done = threading.Event()
@@ -178,8 +181,15 @@ def run_once(row: Row) -> Run:
         raise SystemExit(
             f"{row.label} failed ({status}): {' '.join(row.argv)}\n{out.decode()}{err.decode()}"
         )
-    maxrss = int(err.decode().rsplit("maxrss_kib=", 1)[1].split()[0])
-    return Run(wall, maxrss / 1024, peaks.get("RssAnon", 0) / 1024, peaks.get("RssFile", 0) / 1024)
+    maxrss_text, cpu_text = err.decode().rsplit("maxrss_kib=", 1)[1].split()[:2]
+    user, system = cpu_text.removeprefix("cpu=").split("+")
+    return Run(
+        wall,
+        float(user) + float(system),
+        int(maxrss_text) / 1024,
+        peaks.get("RssAnon", 0) / 1024,
+        peaks.get("RssFile", 0) / 1024,
+    )
 
 
 def commands(model: Path, keys: Path, sigs: Path, case: str, pin: list[str]) -> list[list[Row]]:
@@ -380,7 +390,7 @@ def main() -> None:
         load_after = uptime()
         print(f"load average before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
         print(
-            f"{'command':58} {'median s':>9} {'x peer':>7} {'maxRSS MiB':>11} {'anon':>6} "
+            f"{'command':58} {'median s':>9} {'x peer':>7} {'CPU s':>6} {'maxRSS MiB':>11} {'anon':>6} "
             f"{'file':>6}  target"
         )
         figures = []
@@ -393,7 +403,7 @@ def main() -> None:
                 )  # nan: no peer row
                 status = verdict(row, ratio, largest)
                 print(
-                    f"{row.label:58} {row.median('wall'):9.2f} {ratio:7.2f} "
+                    f"{row.label:58} {row.median('wall'):9.2f} {ratio:7.2f} {row.median('cpu'):6.2f} "
                     f"{row.median('maxrss_mib'):11.0f} {row.median('anon_mib'):6.0f} "
                     f"{row.median('file_mib'):6.0f}  {status}"
                 )
@@ -401,6 +411,7 @@ def main() -> None:
                     {
                         "command": row.label,
                         "median_s": row.median("wall"),
+                        "cpu_s": row.median("cpu"),
                         "ratio_to_model_signing": ratio if peer else None,
                         "max_rss_mib": row.median("maxrss_mib"),
                         "anon_mib": row.median("anon_mib"),
