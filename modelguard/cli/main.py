@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -163,6 +162,12 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     obj["quiet"] = quiet
 
 
+def _print_traceback() -> None:
+    import traceback  # only with --debug: not on every command's start-up path
+
+    traceback.print_exc()
+
+
 def _error_document(error: dict[str, Any], exit_code: int) -> str:
     return json.dumps({"ok": False, "exit_code": exit_code, "error": error}, indent=2)
 
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except ModelGuardError as error:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(f"modelguard: error: {error}", err=True)
         if want_json:
             click.echo(_error_document(error.to_dict(), error.exit_code))
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         if extra is None:
             _internal_error(error, debug, want_json)
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         command = next((a for a in args if a in COMMANDS), "this command")
         message = f"modelguard {command} {install_hint(error.name or '?', extra)}"
         click.echo(f"modelguard: error: {message}", err=True)
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except (RecursionError, UnicodeError) as error:  # bad input that slipped past a parser
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         message = (
             "input is nested too deeply to parse"
             if isinstance(error, RecursionError)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _internal_error(error: Exception, debug: bool, want_json: bool) -> NoReturn:
     if debug:
-        traceback.print_exc()
+        _print_traceback()
     line = (
         f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
     )
