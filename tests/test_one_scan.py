@@ -459,3 +459,20 @@ def test_a_failing_paired_hasher_fails_the_scan(
     with pytest.raises(RuntimeError, match="hasher broke"):
         scan_model(open_model(path), threads=2)
     assert not any(t.name == "modelguard-hash-whole" for t in threading.enumerate())
+
+
+def test_cli_sign_stops_its_scan_when_the_key_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sign` starts hashing before it loads the key: a wrong passphrase still ends the command
+    with exit 2, writes no signature and leaves no hashing thread behind."""
+    model = sharded(tmp_path / "m")
+    priv, _ = write_keypair(tmp_path / "keys", "k", KEY, b"right passphrase")
+    monkeypatch.setenv("MG_PASS", "wrong passphrase")
+    code, document = run_cli(
+        capsys, "sign", str(model), "--sign-key", str(priv), "--sign-passphrase-env", "MG_PASS",
+        "--no-ledger", "--json",
+    )  # fmt: skip
+    assert code == 2 and document["error"]["type"] == "KeyFileError"
+    assert not (model / "model.sig").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("modelguard-")]
