@@ -15,38 +15,26 @@ What the rows measure:
   parse + whole-file digest + one digest per tensor, thread pool over all of them.
 - ``modelguard tensor digests only``: the per-layer part alone (thread pool over tensors).
 - ``model_signing ...``: ``model_signing.hashing.Config`` file and shard serialization.
-
-``--critical-path`` instead times the scan ``modelguard sign`` runs on one safetensors file
-(SHA-256 of the file, BLAKE3 of its tensors and gaps) with the whole-file digest paired (its
-own thread, fed windows the other thread copied once, the default) and unpaired (that thread
-reads the mapping itself, as before): wall time, process CPU time, and the CPU time of the
-thread that runs SHA-256, which bounds the scan on an idle machine whatever the load now.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import mmap
 import os
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-from safetensors.numpy import save_file
 
-import modelguard.manifest as manifest
 from modelguard.formats import parse_model_file
-from modelguard.manifest import build_manifest, hash_view, open_model, scan_model
+from modelguard.manifest import build_manifest, hash_view
 
 
 def _varint(value: int) -> bytes:
@@ -161,75 +149,6 @@ def methods(path: Path, threads: int) -> dict[str, Callable[[], object]]:
     return found
 
 
-class _TimedSha256:
-    """SHA-256 that notes the CPU time of the thread feeding it (at its latest update)."""
-
-    def __init__(self, seen: dict[int, float]) -> None:
-        self.inner, self.seen = hashlib.sha256(), seen
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.inner.update(data)
-        self.seen[threading.get_ident()] = time.thread_time()
-
-    def digest(self) -> bytes:
-        return self.inner.digest()
-
-    def hexdigest(self) -> str:
-        return self.inner.hexdigest()
-
-
-@contextmanager
-def _scan_mode(paired: bool, seen: dict[int, float]) -> Iterator[None]:
-    real_hasher, real_fuse = manifest.new_hasher, manifest._fuse
-
-    def hasher(algorithm: str) -> Any:
-        return _TimedSha256(seen) if algorithm == "sha256" else real_hasher(algorithm)
-
-    def fuse(plan: Any, hash_algorithm: str, *, paired: bool = False) -> None:
-        if not paired:
-            real_fuse(plan, hash_algorithm)
-
-    manifest.new_hasher = hasher  # type: ignore[assignment]
-    if not paired:
-        manifest._fuse = fuse
-    try:
-        yield
-    finally:
-        manifest.new_hasher, manifest._fuse = real_hasher, real_fuse
-
-
-def critical_path(size_mib: int, repeats: int, tmp: Path) -> None:
-    """The signing scan of one safetensors file, paired and unpaired (see the module doc)."""
-    path = tmp / "model.safetensors"
-    rng = np.random.default_rng(0)
-    tensors = 8
-    save_file(
-        {
-            f"w{i}": rng.random(size_mib * 2**18 // tensors, dtype=np.float32)
-            for i in range(tensors)
-        },
-        str(path),
-    )
-    hashlib_single(path)  # warm the page cache
-    rows: dict[str, list[tuple[float, float, float]]] = {"paired": [], "unpaired": []}
-    for _ in range(repeats):
-        for mode in rows:
-            seen: dict[int, float] = {}
-            with _scan_mode(mode == "paired", seen):
-                wall, cpu = time.perf_counter(), time.process_time()
-                scan_model(open_model(path))
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rows[mode].append((wall, cpu, max(seen.values())))
-    print(
-        f"signing scan of one {size_mib} MiB safetensors file, {os.cpu_count()} CPUs, "
-        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; medians of {repeats}"
-    )
-    print(f"{'whole-file SHA-256':22} {'wall s':>8} {'CPU s':>8} {'SHA-256 thread CPU s':>21}")
-    for mode, values in rows.items():
-        wall, cpu, sha = (statistics.median(v[i] for v in values) for i in range(3))
-        print(f"{mode:22} {wall:8.3f} {cpu:8.3f} {sha:21.3f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -241,17 +160,8 @@ def main() -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write the model (default: a temp dir)"
     )
-    parser.add_argument(
-        "--critical-path",
-        action="store_true",
-        help="time the signing scan of one file, whole-file SHA-256 paired vs unpaired",
-    )
     args = parser.parse_args()
 
-    if args.critical_path:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            critical_path(args.size_mib, args.repeats, Path(tmp))
-        return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "big.onnx"
         size = write_big_onnx(path, tensors=args.tensors, tensor_mib=args.size_mib // args.tensors)

@@ -20,7 +20,6 @@ the JSON document and of the Merkle leaves is specified in docs/manifest.md.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -608,8 +607,6 @@ class HashJob:
     # digests of byte ranges of the same bytes, computed in the same read: (key, offset, length)
     parts: tuple[tuple[tuple[str, ...], int, int], ...] = ()
     part_algorithm: str = ""
-    # with parts: the whole digest on a second thread, from the same copies (:func:`_run_paired`)
-    paired: bool = False
 
 
 def run_hash_jobs(
@@ -651,10 +648,19 @@ def run_hash_jobs(
         parts = [new_hasher(job.part_algorithm) for _ in job.parts]
         # an own view of the reader's buffer (a reader may hand out the same view every time)
         with memoryview(job.view()) as view:
-            if job.paired:
-                _run_paired(files, job, view, hasher, parts, chunk_size, advance, stop)
-            else:
-                _run_chunks(files, job, view, hasher, parts, chunk_size, advance, stop)
+            for start in range(0, view.nbytes, chunk_size):
+                if stop is not None and stop.is_set():
+                    raise ScanCancelled
+                chunk = view[start : start + chunk_size]
+                if job.parts:
+                    _feed_parts(
+                        chunk, start, hasher, job.parts, parts, copy=job.algorithm != "blake3"
+                    )
+                else:
+                    feed(hasher, chunk, job.algorithm)
+                advance(chunk.nbytes * (2 if job.parts else 1))
+                if job.offset is not None:
+                    files.drop_pages(job.rel, job.offset + start, chunk.nbytes)
         with lock:
             pending[job.rel] -= 1
             last = pending[job.rel] == 0
@@ -667,30 +673,6 @@ def run_hash_jobs(
         return {k: d for job in ordered for k, d in run(job)}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelguard-hash") as pool:
         return {k: d for result in pool.map(run, ordered) for k, d in result}
-
-
-def _run_chunks(
-    files: ModelFiles,
-    job: HashJob,
-    view: memoryview,
-    whole: Hasher,
-    parts: Sequence[Hasher],
-    chunk_size: int,
-    advance: Callable[[int], None],
-    stop: threading.Event | None,
-) -> None:
-    """``job`` on this thread, a chunk at a time (its parts from the same read)."""
-    for start in range(0, view.nbytes, chunk_size):
-        if stop is not None and stop.is_set():
-            raise ScanCancelled
-        chunk = view[start : start + chunk_size]
-        if job.parts:
-            _feed_parts(chunk, start, whole, job.parts, parts, copy=job.algorithm != "blake3")
-        else:
-            feed(whole, chunk, job.algorithm)
-        advance(chunk.nbytes * (2 if job.parts else 1))
-        if job.offset is not None:
-            files.drop_pages(job.rel, job.offset + start, chunk.nbytes)
 
 
 def _feed_parts(
@@ -718,148 +700,14 @@ def _feed_parts(
         else:
             window = chunk[w0 - at : w1 - at]
         whole.update(window)
-        first = _feed_ranges(window, w0, ranges, hashers, first)
-
-
-def _feed_ranges(
-    window: memoryview,
-    w0: int,
-    ranges: Sequence[tuple[tuple[str, ...], int, int]],
-    hashers: Sequence[Hasher],
-    first: int,
-) -> int:
-    """Feed each range's hasher its part of ``window`` (file offset ``w0``); ``ranges`` are
-    sorted and disjoint, and those before ``first`` are done. Returns the new ``first``."""
-    w1 = w0 + window.nbytes
-    while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
-        first += 1
-    i = first
-    while i < len(ranges) and ranges[i][1] < w1:
-        lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
-        if hi > lo:
-            hashers[i].update(window[lo - w0 : hi - w0])
-        i += 1
-    return first
-
-
-# A paired job's windows: each is copied from the mapping once, hashed there by one thread
-# (the segments) and then by the other (the whole file) while still in the shared cache.
-_PAIR_WINDOW = 2 * 1024 * 1024
-_PAIR_WINDOWS = 4
-# How long either thread waits for the other (seconds) before it goes on alone: on a busy
-# machine one of the two is often descheduled, and a pair that waited for each other would
-# run at the pace of the slower one (measured: 26 % slower than unpaired at load 3.8 on 2 CPUs).
-_PAIR_WAIT = 0.005
-
-
-class _Pairing:
-    """What the two threads of a paired job share: which window each slot holds and how far
-    the whole-file thread got (every field under ``cond``)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.held = [-1] * _PAIR_WINDOWS  # window index published in each slot
-        self.reading = -1  # the window the segment thread is copying and hashing
-        self.whole_done = 0  # windows the whole-file thread has finished
-        self.failed: list[BaseException] = []
-
-    def settled(self, window: int) -> bool:
-        """``window`` was handed over, or its reader moved on without handing it over."""
-        return self.held[window % _PAIR_WINDOWS] == window or self.reading != window
-
-    def slot_free(self, window: int) -> bool:
-        """The whole-file thread is done with what ``window``'s slot held before."""
-        return self.whole_done > window - _PAIR_WINDOWS
-
-
-def _run_paired(
-    files: ModelFiles,
-    job: HashJob,
-    view: memoryview,
-    whole: Hasher,
-    parts: Sequence[Hasher],
-    chunk_size: int,
-    advance: Callable[[int], None],
-    stop: threading.Event | None,
-) -> None:
-    """``job``'s whole-file digest on a helper thread, its segments' on this one, both from the
-    same copy of each window of the mapping wherever the two threads keep pace.
-
-    One file's SHA-256 is one serial pass, the longest path of a scan: here that thread mostly
-    hashes windows already in cache (this thread did the reading), which on the development VM
-    took its CPU time from 0.69 to 0.60 s per GiB (bench/hashing.py --critical-path). Neither
-    thread waits for the other longer than :data:`_PAIR_WAIT`: a window the other has not
-    handed over is read from the mapping again (the same bytes of the same read-only mapping),
-    so a descheduled thread never stalls its partner.
-    """
-    assert job.offset is not None
-    ring = [memoryview(bytearray(_PAIR_WINDOW)) for _ in range(_PAIR_WINDOWS)]
-    shared = _Pairing()
-    windows = range(0, view.nbytes, _PAIR_WINDOW)
-
-    def hash_whole() -> None:
-        own = memoryview(bytearray(_PAIR_WINDOW))
-        try:
-            for k, w0 in enumerate(windows):
-                slot = k % _PAIR_WINDOWS
-                with shared.cond:
-                    if shared.held[slot] != k and shared.reading == k:  # being read now
-                        shared.cond.wait_for(functools.partial(shared.settled, k), _PAIR_WAIT)
-                    handed = shared.held[slot] == k
-                size = min(_PAIR_WINDOW, view.nbytes - w0)
-                if handed:  # the slot stays ours until whole_done passes k
-                    whole.update(ring[slot][:size])
-                else:
-                    with view[w0 : w0 + size] as source:
-                        own[:size] = source
-                    whole.update(own[:size])
-                with shared.cond:
-                    shared.whole_done = k + 1
-                    shared.cond.notify_all()
-        except BaseException as error:  # re-raised by the reading thread below
-            with shared.cond:
-                shared.failed.append(error)
-                shared.whole_done = len(windows)
-                shared.cond.notify_all()
-
-    helper = threading.Thread(target=hash_whole, name="modelguard-hash-whole", daemon=True)
-    helper.start()
-    own = memoryview(bytearray(_PAIR_WINDOW))
-    first = dropped = 0
-    try:
-        for k, w0 in enumerate(windows):
-            if stop is not None and stop.is_set():
-                raise ScanCancelled
-            slot = k % _PAIR_WINDOWS
-            with shared.cond:
-                if shared.failed:
-                    break
-                shared.reading = k
-                # the slot is free once the whole-file thread is past the window it held
-                free = shared.cond.wait_for(functools.partial(shared.slot_free, k), _PAIR_WAIT)
-                publish = free and shared.whole_done <= k
-            buffer = ring[slot] if free else own
-            window = buffer[: min(_PAIR_WINDOW, view.nbytes - w0)]
-            w1 = w0 + window.nbytes
-            with view[w0:w1] as source:
-                window[:] = source
-            first = _feed_ranges(window, w0, job.parts, parts, first)
-            with shared.cond:
-                if publish:
-                    shared.held[slot] = k
-                shared.reading = k + 1
-                shared.cond.notify_all()
-            advance(2 * window.nbytes)
-            if w1 - dropped >= chunk_size or w1 == view.nbytes:
-                files.drop_pages(job.rel, job.offset + dropped, w1 - dropped)
-                dropped = w1
-    finally:
-        with shared.cond:
-            shared.reading = len(windows)  # nothing more will be handed over
-            shared.cond.notify_all()
-        helper.join()
-    if shared.failed:
-        raise shared.failed[0]
+        while first < len(ranges) and ranges[first][1] + ranges[first][2] <= w0:
+            first += 1
+        i = first
+        while i < len(ranges) and ranges[i][1] < w1:
+            lo, hi = max(ranges[i][1], w0), min(ranges[i][1] + ranges[i][2], w1)
+            if hi > lo:
+                hashers[i].update(window[lo - w0 : hi - w0])
+            i += 1
 
 
 def default_threads() -> int:
@@ -959,9 +807,8 @@ def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: boo
     return plan
 
 
-def _fuse(plan: _Plan, hash_algorithm: str, *, paired: bool = False) -> None:
-    """One job per tiled file: its whole-file digest and its segments' digests in one read
-    (``paired``: on two threads, :func:`_run_paired`)."""
+def _fuse(plan: _Plan, hash_algorithm: str) -> None:
+    """One job per tiled file: its whole-file digest and its segments' digests in one read."""
     assert plan.tiles is not None
     keys: dict[tuple[str, int, str], tuple[str, ...]] = {}
     kept: list[HashJob] = []
@@ -994,7 +841,6 @@ def _fuse(plan: _Plan, hash_algorithm: str, *, paired: bool = False) -> None:
                 0,
                 parts,
                 hash_algorithm,
-                paired,
             )
         )
     plan.jobs = kept
@@ -1037,9 +883,6 @@ def scan_model(
     if tiled_files and (tiled_files % workers == 0 or tiled_files >= 4 * workers):
         # the files alone keep every thread busy to the end: read each file once for both
         _fuse(plan, hash_algorithm)
-    elif tiled_files == 1 and file_algorithm != "blake3":
-        # one file's SHA-256 is the longest path: a thread of its own, fed from cache
-        _fuse(plan, hash_algorithm, paired=True)
     digests = run_hash_jobs(
         files, plan.jobs, threads=threads, chunk_size=chunk_size, progress=progress, stop=stop
     )
