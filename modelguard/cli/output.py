@@ -147,22 +147,36 @@ def log_interval() -> float:
 
 class ProgressReporter:
     """Progress of one long operation, for whoever watches: a rich bar in a terminal, a plain
-    line on stderr every :func:`log_interval` seconds in a log, nothing when quiet.
+    line on stderr every :func:`log_interval` seconds in a log (and with ``--json``, whose
+    stdout stays one document), nothing with ``-q``.
 
-    ``update(stage, done, total)`` sets absolute progress (evaluation's hook signature);
-    ``advance(n)`` adds to it (hashing callbacks)."""
+    ``update(stage, done, total)`` sets absolute progress (the robustness hook signature,
+    :mod:`modelguard.robustness.progress`); ``advance(n)`` adds to it (hashing callbacks).
+    A stage whose total changes, or whose count starts again, is a new phase: its rate and ETA
+    are measured from there. In a log a stage that reports nothing for an interval is
+    repeated with its elapsed time, so a long silent stage still shows it is alive."""
 
     def __init__(self, stage: str, total: float | None = None, unit: str = "") -> None:
         self.stage, self.total, self.unit = stage, total, unit
         self.title = stage  # the operation as a whole, for the closing line
         self.done = 0.0
-        self._mode = "off" if is_quiet() else "bar" if sys.stdout.isatty() else "log"
+        self._mode = (
+            "off"
+            if _context_flag("quiet")
+            else "bar"
+            if sys.stdout.isatty() and not _context_flag("json")
+            else "log"
+        )
         self._bar: Progress | None = None
         self._task: Any = None
         self._start = time.monotonic()
+        self._phase_start = self._last_update = self._start
         self._last_line = self._start
         self._interval = log_interval()
         self._printed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> ProgressReporter:
         if self._mode == "bar":
@@ -172,9 +186,17 @@ class ProgressReporter:
             self._bar = Progress(*columns, transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task(self.stage, total=self.total)
+        elif self._mode == "log":
+            self._ticker = threading.Thread(
+                target=self._tick, name="modelguard-progress", daemon=True
+            )
+            self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
         elif self._mode == "log" and self._printed and exc[0] is None:
@@ -182,12 +204,21 @@ class ProgressReporter:
             click.echo(f"{self.title}: done in {_duration(elapsed)}", err=True)
 
     def update(self, stage: str, done: float, total: float | None) -> None:
-        self.stage, self.done, self.total = stage, done, total
+        with self._lock:
+            now = time.monotonic()
+            if total != self.total or done < self.done:
+                self._phase_start = self._last_update  # its work began after the last report
+            self._last_update = now
+            self.stage, self.done, self.total = stage, done, total
         self._show()
 
     def advance(self, n: float) -> None:
-        self.done += n
+        with self._lock:
+            self.done += n
         self._show()
+
+    def _line(self, now: float) -> str:
+        return eta_line(self.stage, self.done, self.total, now - self._phase_start, self.unit)
 
     def _show(self) -> None:
         if self._bar is not None:
@@ -195,12 +226,24 @@ class ProgressReporter:
                 self._task, completed=self.done, total=self.total, description=self.stage
             )
         elif self._mode == "log":
-            now = time.monotonic()
-            if now - self._last_line >= self._interval:
-                self._last_line = now
-                self._printed = True
-                line = eta_line(self.stage, self.done, self.total, now - self._start, self.unit)
-                click.echo(line, err=True)
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_line < self._interval:
+                    return
+                self._last_line, self._printed = now, True
+                line = self._line(now)
+            click.echo(line, err=True)
+
+    def _tick(self) -> None:
+        quiet_for = max(self._interval, 1.0)  # repeat a silent stage, never more than 1/s
+        while not self._stop.wait(quiet_for):
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_line < quiet_for:
+                    continue
+                self._last_line, self._printed = now, True
+                line = f"{self._line(now)}, {_duration(now - self._start)} elapsed"
+            click.echo(line, err=True)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_recertify_passes_untouched_and_fails_on_a_changed_weight(world: dict) -
     args = ["recertify", str(child), "--trust-key", str(world["pub"]), "--ledger", world["url"]]
     ok = runner.invoke(cli, [*args, "--json"], standalone_mode=False)
     assert ok.exception is None, ok.output
-    assert json.loads(ok.output)["ok"] is True
+    assert json.loads(ok.stdout)["ok"] is True
     weights = child / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-2] ^= 0x40
@@ -223,8 +224,8 @@ def test_a_harden_whose_evaluation_fails_leaves_no_signed_child(
 
     real = hardening.evaluate_model_dir
 
-    def broken_parity(model_dir: Path, config: EvalConfig) -> object:
-        result = real(model_dir, config)
+    def broken_parity(model_dir: Path, config: EvalConfig, **kwargs: Any) -> object:
+        result = real(model_dir, config, **kwargs)
         result.parity = {**result.parity, "ok": False}  # as if ONNX disagreed on clean inputs
         return result
 
