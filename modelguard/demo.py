@@ -432,7 +432,8 @@ def format_table(
 
 def stage_evaluate(ctx: DemoContext) -> None:
     from modelguard.robustness.certificate import certify
-    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.config import EvalConfig
+    from modelguard.robustness.evaluate import evaluate_model_dir
     from modelguard.robustness.gate import robustness_dir_for
     from modelguard.robustness.report import write_outputs
 
@@ -475,7 +476,7 @@ def stage_evaluate(ctx: DemoContext) -> None:
 def stage_harden(ctx: DemoContext) -> None:
     from modelguard.cli.hardening import render_comparison
     from modelguard.cli.ledger import lineage_tree
-    from modelguard.robustness.evaluate import EvalConfig
+    from modelguard.robustness.config import EvalConfig
     from modelguard.robustness.hardening import harden_model, recertify
 
     config = EvalConfig(attacks=DEMO_ATTACKS, eps=DEMO_EPS, seed=DEMO_SEED)

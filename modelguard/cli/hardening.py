@@ -196,7 +196,7 @@ def harden(
     **defense_options: Any,
 ) -> None:
     """Harden a verified model, export, evaluate, re-sign with lineage, record in the ledger."""
-    from modelguard.robustness.evaluate import EvalConfig
+    from modelguard.robustness.config import EvalConfig
     from modelguard.robustness.hardening import harden_model
 
     if arch is not None:

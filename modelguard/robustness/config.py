@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelguard.errors import BadInputError, FormatError
@@ -160,16 +160,9 @@ class EvalConfig:
                 params[used] = dict(profile.params.get(name, {}))
             for name, values in self.attack_params.items():
                 params.setdefault(name, {}).update(values)
-            expanded = EvalConfig.from_dict(
-                {
-                    **self.to_dict(),
-                    "attacks": attacks,
-                    "attack_params": params,
-                    "profile": profile.name,
-                    "cascade": True,
-                }
-            )
-            return expanded.resolved()
+            return replace(
+                self, attacks=attacks, attack_params=params, profile=profile.name, cascade=True
+            ).resolved()
         if not self.attacks:
             raise BadInputError("no attack given")
         for name in self.attacks:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,14 @@ from modelguard.robustness.certificate import (
     issue_certificate,
     load_certificate,
 )
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.defenses import apply_defense
-from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.progress import ProgressHook, prefixed, stage
 from modelguard.robustness.report import write_outputs
+from modelguard.robustness.results import EvalResult
 from modelguard.signing.model import (
     VerifiedModel,
     sign_model,
@@ -305,7 +307,7 @@ def harden_model(
     if report_dir.exists():
         shutil.rmtree(report_dir)  # never leave an older run's certificate beside the child
     config = eval_config or parent_config or EvalConfig()
-    config = EvalConfig.from_dict({**config.to_dict(), "data_digest": None})
+    config = replace(config, data_digest=None)  # the child is evaluated on today's data
     # Transactional: the exported child is evaluated, and its certificate built, before it is
     # signed or ledgered. If either fails the unsigned child is removed, so a failed harden
     # never leaves a signed model that looks hardened (the report, if any, stays for triage).

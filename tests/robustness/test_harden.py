@@ -18,8 +18,9 @@ from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import generate_key, write_keypair
 from modelguard.policy import load_policy
 from modelguard.robustness.certificate import build_certificate, write_signed_certificate
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import load_dataset
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.gate import certificate_path_for
 from modelguard.robustness.hardening import harden_model, recertify
 from modelguard.signing.model import sign_model, verify_model
