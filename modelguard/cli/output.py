@@ -15,7 +15,6 @@ nothing is wrapped or truncated, and long stages print a plain line every few se
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -147,8 +146,8 @@ def log_interval() -> float:
 
 class ProgressReporter:
     """Progress of one long operation, for whoever watches: a rich bar in a terminal, a plain
-    line on stderr every :func:`log_interval` seconds in a log (and with ``--json``, whose
-    stdout stays one document), nothing with ``-q``.
+    line on stderr every :func:`log_interval` seconds in a log, nothing with ``-q`` or
+    ``--json`` (whose caller reads one document and the exit code).
 
     ``update(stage, done, total)`` sets absolute progress (the robustness hook signature,
     :mod:`modelguard.robustness.progress`); ``advance(n)`` adds to it (hashing callbacks).
@@ -160,13 +159,7 @@ class ProgressReporter:
         self.stage, self.total, self.unit = stage, total, unit
         self.title = stage  # the operation as a whole, for the closing line
         self.done = 0.0
-        self._mode = (
-            "off"
-            if _context_flag("quiet")
-            else "bar"
-            if sys.stdout.isatty() and not _context_flag("json")
-            else "log"
-        )
+        self._mode = "off" if is_quiet() else "bar" if sys.stdout.isatty() else "log"
         self._bar: Progress | None = None
         self._task: Any = None
         self._start = time.monotonic()
@@ -214,8 +207,20 @@ class ProgressReporter:
 
     def advance(self, n: float) -> None:
         with self._lock:
+            self._last_update = time.monotonic()
             self.done += n
         self._show()
+
+    def hashed(self, n: int, total: int) -> None:
+        """A hashing callback (``manifest.ProgressCallback``): ``n`` more of ``total`` bytes.
+
+        A different total is a new hashing pass (say, the full check after the layout's):
+        its count starts again, and so do its rate and ETA."""
+        if total != self.total:
+            with self._lock:
+                self._phase_start = self._last_update
+                self.total, self.done = total, 0.0
+        self.advance(n)
 
     def _line(self, now: float) -> str:
         return eta_line(self.stage, self.done, self.total, now - self._phase_start, self.unit)
@@ -247,54 +252,10 @@ class ProgressReporter:
 
 
 @contextmanager
-def working(stage: str) -> Iterator[None]:
-    """For a long call that reports no progress of its own: a spinner in a terminal, a plain
-    "still working" line every :func:`log_interval` seconds in a log, nothing when quiet."""
-    if is_quiet():
-        yield
-        return
-    if sys.stdout.isatty():
-        with Progress(
-            TextColumn("[bold]{task.description}"), TimeElapsedColumn(), transient=True
-        ) as bar:
-            bar.add_task(stage, total=None)
-            yield
-        return
-    stop = threading.Event()
-    start = time.monotonic()
-
-    def beat() -> None:
-        while not stop.wait(log_interval() or 5.0):
-            click.echo(f"{stage}: working, {_duration(time.monotonic() - start)} elapsed", err=True)
-
-    thread = threading.Thread(target=beat, name="modelguard-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def heartbeat(stage: str) -> Callable[[F], F]:
-    """Run a whole command under :func:`working` (decorate the click callback)."""
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with working(stage):
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-@contextmanager
-def progress(description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
-    """Yield ``advance(n)`` for a count of bytes (see :class:`ProgressReporter`)."""
-    with ProgressReporter(description, total, unit="bytes") as reporter:
-        yield reporter.advance
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """Yield a hashing callback ``(n, total)`` in bytes (see :class:`ProgressReporter`)."""
+    with ProgressReporter(description, unit="bytes") as reporter:
+        yield reporter.hashed
 
 
 def to_jsonable(value: Any) -> Any:

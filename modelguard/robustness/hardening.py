@@ -69,11 +69,9 @@ from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, 
 from modelguard.robustness.progress import ProgressHook, prefixed, stage
 from modelguard.robustness.report import write_outputs
 from modelguard.robustness.results import EvalResult
-from modelguard.signing.model import (
-    VerifiedModel,
-    sign_model,
-    verify_and_hold,
-)
+from modelguard.signing.report import VerifiedModel
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_and_hold
 
 HARDEN_KIND = "harden"
 RECERTIFY_KIND = "recertify"

@@ -147,7 +147,7 @@ def load_model_directory(
 ) -> LoadedModel:
     """A model directory (``modelguard.json``) with its ONNX graph when it has one.
 
-    ``verified``: the model as verified (``modelguard.signing.model.VerifiedModel``): card,
+    ``verified``: the model as verified (``modelguard.signing.report.VerifiedModel``): card,
     weights and ONNX graph come from its buffers and its manifest is the identity; nothing is
     read by path again.
     """

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from modelguard.cli.main import cli
 from modelguard.keys import generate_key, write_keypair
 from modelguard.robustness.data import load_dataset
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 
 # A progress line for logs: "<stage>: done/total (pct), rate/s, ETA ..."
 PROGRESS = re.compile(r"^(?P<stage>.+?): (?P<done>\d+)/(?P<total>\d+) \(\d+\.\d%\), ")
@@ -84,13 +84,13 @@ def progress_lines(stderr: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def test_harden_and_recertify_print_progress_lines_for_logs_beside_their_json(
+def test_harden_and_recertify_print_progress_lines_for_logs(
     signed: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODELGUARD_PROGRESS_INTERVAL", "0")  # every update makes a line
-    done = invoke(*harden_args(signed, "child"), "--json")
+    done = invoke(*harden_args(signed, "child"))  # CliRunner's stdout is no terminal: a log
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout)["ok"] is True  # stdout is the JSON document alone
+    assert "hardened" in done.stdout and not progress_lines(done.stdout)  # progress: stderr
     lines = progress_lines(done.stderr)
     stages = {stage for stage, _, _ in lines}
     assert {"verify parent", "export child", "sign child"} <= stages, done.stderr
@@ -103,17 +103,20 @@ def test_harden_and_recertify_print_progress_lines_for_logs_beside_their_json(
     assert ("evaluate child: fgsm eps=0.1", 1, evaluation[0][1]) in lines
     assert done.stderr.splitlines()[-1].startswith("harden: done in ")
 
-    again = invoke(
-        "recertify", str(signed["tmp"] / "child"), "--trust-key", signed["pub"], "--json"
-    )
+    child = str(signed["tmp"] / "child")
+    again = invoke("recertify", child, "--trust-key", signed["pub"])
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["ok"] is True
+    assert "RE-CERTIFIED" in again.stdout
     rerun = progress_lines(again.stderr)
     assert ("verify model", 1, 1) in rerun
     assert any(s.startswith("re-run evaluation: fgsm eps=0.1") for s, _, _ in rerun)
     assert again.stderr.splitlines()[-1].startswith("recertify: done in ")
 
-    quiet = invoke("recertify", str(signed["tmp"] / "child"), "--trust-key", signed["pub"], "-q")
+    # --json: stdout is the one JSON document, and no progress line anywhere; -q: silence.
+    as_json = invoke("recertify", child, "--trust-key", signed["pub"], "--json")
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["ok"] is True
+    assert as_json.stderr == ""
+    quiet = invoke("recertify", child, "--trust-key", signed["pub"], "-q")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
 
 
