@@ -261,12 +261,8 @@ def evaluate_model_dir(
     trusted_factory: str | None = None,
     verified: Any = None,
 ) -> EvalResult:
-    """White-box evaluation of a model directory (``modelguard.json``), with ONNX parity.
-
-    ``verified``: the model as verified (``modelguard.signing.report.VerifiedModel``): card,
-    weights and ONNX graph come from its buffers and its manifest is the identity; nothing is
-    read by path again.
-    """
+    """White-box evaluation of a model directory (``modelguard.json``), with ONNX parity;
+    ``verified``: evaluate the verified buffers (:func:`~.loaders.load_model_directory`)."""
     config = config.resolved()
     loaded = load_model_directory(model_dir, trusted_factory=trusted_factory, verified=verified)
     assert loaded.num_classes is not None
