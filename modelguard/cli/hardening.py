@@ -264,6 +264,8 @@ def harden(
 Examples (a scheduled CI job, see docs/hardening.md):
   modelguard recertify build/digits-pgd --trust-key keys/mg.pub
   modelguard recertify build/digits-pgd.robustness/certificate.sig --policy policy.toml --json
+  modelguard recertify build/digits-pgd --trust-key keys/mg.pub --require-ledger \\
+      --ledger-key .modelguard/ledger.db.note.pub
 Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad input.
 """
 )
