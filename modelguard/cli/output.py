@@ -242,13 +242,17 @@ class ProgressReporter:
     def _tick(self) -> None:
         quiet_for = max(self._interval, 1.0)  # repeat a silent stage, never more than 1/s
         while not self._stop.wait(quiet_for):
-            with self._lock:
-                now = time.monotonic()
-                if now - self._last_line < quiet_for:
-                    continue
-                self._last_line, self._printed = now, True
-                line = f"{self._line(now)}, {_duration(now - self._start)} elapsed"
-            click.echo(line, err=True)
+            self.repeat_if_silent(quiet_for)
+
+    def repeat_if_silent(self, quiet_for: float) -> None:
+        """In a log: say the current stage again when no line came for ``quiet_for`` s."""
+        with self._lock:
+            now = time.monotonic()
+            if self._mode != "log" or now - self._last_line < quiet_for:
+                return
+            self._last_line, self._printed = now, True
+            line = f"{self._line(now)}, {_duration(now - self._start)} elapsed"
+        click.echo(line, err=True)
 
 
 @contextmanager

@@ -146,3 +146,36 @@ def test_harden_and_recertify_take_the_ledger_key_on_the_command_line(signed: di
     stranger = str(signed["tmp"] / "other.db.note.pub")
     wrong = invoke(*base, "--require-ledger", "--ledger-key", stranger, "-q")
     assert exit_code(wrong) == 1, wrong.exception
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_rate_restarts_with_each_stage_and_a_silent_stage_is_repeated(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelguard.cli import output
+
+    clock = FakeClock()
+    monkeypatch.setattr(output.time, "monotonic", clock)
+    monkeypatch.setenv("MODELGUARD_PROGRESS_INTERVAL", "5")
+    reporter = output.ProgressReporter("harden")
+    reporter._mode = "log"  # as outside a terminal (the ticker thread is not started here)
+    clock.now += 60  # a minute of training
+    reporter.update("train epoch 1/1, batches", 60, 60)
+    clock.now += 2  # the next stage starts where the last one reported, not at the start
+    reporter.update("evaluate child: pgd eps=0.1", 1, 4)
+    clock.now += 4
+    reporter.repeat_if_silent(5.0)  # 4 s since the last line: nothing yet
+    clock.now += 2
+    reporter.repeat_if_silent(5.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "train epoch 1/1, batches: 60/60 (100.0%), 1.0/s, ETA 0s"
+    # 1 run in the 6 s since the stage began (not in the 66 s since the start): 0.2/s
+    assert lines[1] == "evaluate child: pgd eps=0.1: 1/4 (25.0%), 0.2/s, ETA 18s, 1m06s elapsed"
+    assert len(lines) == 2
