@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,7 @@ from ledger.verify import StoredRow, VerifyReport, indexed_values, verify_entrie
 
 _ENTRY_COLUMNS = "idx, kind, subject_name, subject_root, payload_digest, actor, body"
 _CHUNK = 500
+BODY_BATCH = 4096  # rows per query when streaming entry bodies (Ledger.bodies)
 
 
 def schema_sql(int_pk: str, blob: str) -> list[str]:
@@ -345,25 +346,33 @@ class Ledger(ABC):
             )
             return [str(r[0]) for r in cur.fetchall()]
 
-    def bodies(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    def bodies(
+        self, start: int, end: int, *, batch: int = BODY_BATCH
+    ) -> Generator[tuple[int, bytes], None, None]:
         """(index, stored canonical bytes) of the rows with ``start <= idx < end``, in order.
 
         Rows as stored, unchecked: a reader proves them against a signed tree head (see
-        :mod:`ledger.client`). Read in one snapshot, in batches, so memory stays bounded.
+        :mod:`ledger.client`). Read in one snapshot, ``batch`` rows per query (keyset paging:
+        a client-side cursor such as psycopg's would otherwise hold the whole result), so
+        memory stays bounded whatever the range.
         """
+        if batch < 1:
+            raise LedgerInputError(f"batch size {batch} is not positive")
         with self._read() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT idx, body FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx"
-                ),
-                (start, end),
-            )
-            while True:
-                batch = cur.fetchmany(10_000)
-                if not batch:
+            while start < end:
+                cur.execute(
+                    self._sql(
+                        "SELECT idx, body FROM ledger_entries WHERE idx >= ? AND idx < ?"
+                        " ORDER BY idx LIMIT ?"
+                    ),
+                    (start, end, batch),
+                )
+                rows = cur.fetchall()
+                if not rows:
                     return
-                for index, body in batch:
+                for index, body in rows:
                     yield int(index), bytes(body)
+                start = int(rows[-1][0]) + 1
 
     # --- auditing ------------------------------------------------------------------------
     def _rows(self, cur: Any) -> Iterator[StoredRow]:
