@@ -172,7 +172,8 @@ class Cosigner:
 
 
 def verify_cosignatures(note: str, witnesses: Sequence[CosignerVerifier]) -> dict[str, int]:
-    """Names of the trusted witnesses whose cosignature on ``note`` verifies -> their timestamp.
+    """Names of the trusted witnesses whose cosignature on ``note`` verifies -> their (latest)
+    timestamp.
 
     Signature lines from unknown keys are ignored; a line that claims a trusted witness's name
     and key id but does not verify makes the note malformed (NoteVerificationError).
@@ -189,7 +190,7 @@ def verify_cosignatures(note: str, witnesses: Sequence[CosignerVerifier]) -> dic
         timestamp = int.from_bytes(blob[:8], "big")
         if timestamp > _TS_MAX or not witness.verify(text, timestamp, blob[8:]):
             raise NoteVerificationError(f"cosignature by witness {name} does not verify")
-        verified[name] = timestamp
+        verified[name] = max(timestamp, verified.get(name, 0))  # its latest view counts
     return verified
 
 

@@ -253,3 +253,11 @@ def test_gate_refuses_a_frozen_cosigned_checkpoint(
         record_cosigned(log, cosigned(note, (w, int(time.time()))))
     rc, report = gate()
     assert rc == 0, report
+
+
+@pytest.mark.parametrize("stale_last", [False, True])
+def test_a_witness_counts_with_its_latest_cosignature(note: str, stale_last: bool) -> None:
+    w = Cosigner.generate("w1.example")
+    stamps = [(w, NOW - 5), (w, NOW - 3 * DAY)]
+    both = cosigned(note, *(reversed(stamps) if not stale_last else stamps))
+    assert require_cosignatures(both, [w.verifier()], 1, now=NOW) == ["w1.example"]
