@@ -66,6 +66,18 @@ def schema_sql(int_pk: str, blob: str) -> list[str]:
     ]
 
 
+def _stored_bytes(value: object, what: str) -> bytes:
+    """A BLOB/BYTEA value as read. SQLite types each value, so an edited row can hold TEXT or
+    an INTEGER instead (``bytes(2**62)`` would try to allocate it): that is tampering."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise LedgerIntegrityError(
+        f"{what} is stored as {type(value).__name__}, not bytes: the row was edited"
+    )
+
+
 def _matches(entry: Entry, subject: Mapping[str, str] | str | None) -> bool:
     if subject is None:
         return True
@@ -143,7 +155,7 @@ class Ledger(ABC):
             row = cur.fetchone()
         if row is None:
             raise LedgerInputError(f"{self.url}: no entry {index}")
-        return Entry.from_canonical(bytes(row[0]))
+        return Entry.from_canonical(_stored_bytes(row[0], f"{self.url}: entry {index}"))
 
     def entries(
         self,
@@ -180,7 +192,7 @@ class Ledger(ABC):
         with self._read() as cur:
             cur.execute(self._sql(sql), tuple(params))
             rows = cur.fetchall()
-        found = [Entry.from_canonical(bytes(r[0])) for r in rows]
+        found = [Entry.from_canonical(_stored_bytes(r[0], f"{self.url}: an entry")) for r in rows]
         found = [e for e in found if _matches(e, subject)]
         return found[-limit:] if limit is not None and limit > 0 else found
 
@@ -195,7 +207,7 @@ class Ledger(ABC):
                 self._sql(f"SELECT id, hash FROM ledger_nodes WHERE id IN ({marks})"), chunk
             )
             for nid, h in cur.fetchall():
-                found[ids[int(nid)]] = bytes(h)
+                found[ids[int(nid)]] = _stored_bytes(h, f"{self.url}: tree node {nid}")
         return found
 
     def _root(self, cur: Any, size: int) -> bytes:
@@ -237,7 +249,11 @@ class Ledger(ABC):
             row = cur.fetchone()
             origin = self._origin(cur)
         path, leaf, root = tuple(hashes[:-2]), hashes[-2], hashes[-1]
-        entry = Entry.from_canonical(bytes(row[0])) if row else None
+        entry = (
+            Entry.from_canonical(_stored_bytes(row[0], f"{self.url}: entry {index}"))
+            if row
+            else None
+        )
         if entry is None or entry.leaf_hash != leaf:
             raise LedgerIntegrityError(
                 f"{self.url}: entry {index} does not match its tree leaf (run verify)"
@@ -371,7 +387,7 @@ class Ledger(ABC):
                 if not rows:
                     return
                 for index, body in rows:
-                    yield int(index), bytes(body)
+                    yield int(index), _stored_bytes(body, f"{self.url}: entry {index}")
                 start = int(rows[-1][0]) + 1
 
     # --- auditing ------------------------------------------------------------------------
@@ -382,7 +398,7 @@ class Ledger(ABC):
             if not batch:
                 return
             for r in batch:
-                yield StoredRow(r[0], r[6], r[1:6])
+                yield StoredRow(r[0], _stored_bytes(r[6], f"{self.url}: entry {r[0]}"), r[1:6])
 
     def verify(self, verifiers: Sequence[NoteVerifier] = ()) -> VerifyReport:
         """Recompute chain and tree from the entries; compare with stored nodes and checkpoints."""
