@@ -182,7 +182,8 @@ def test_decrypted_model_still_verifies_against_plaintext_signature(
     onnx_model: Path, tmp_path: Path
 ) -> None:
     from modelguard.keys import generate_key
-    from modelguard.signing.model import sign_model, verify_model
+    from modelguard.signing.sign import sign_model
+    from modelguard.signing.verify import verify_model
 
     signer = generate_key()
     signature = tmp_path / "plain.sig"
@@ -391,7 +392,7 @@ def test_any_single_byte_change_is_detected(
 def test_encrypting_a_signed_directory_ledgers_it_under_its_signed_root(tmp_path: Path) -> None:
     from modelguard import audit
     from modelguard.keys import generate_key
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     model = model_dir(tmp_path / "model")

@@ -270,7 +270,7 @@ def signed_model_root(model: Path, manifest: Manifest) -> str:
     verifiable model), but the model's identity in the ledger is the root it was signed under.
     """
     from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH, build_manifest
-    from modelguard.signing.model import default_signature_path, signing_ignore_paths
+    from modelguard.signing.files import default_signature_path, signing_ignore_paths
 
     if manifest.hash_algorithm != "sha256" or not model.is_dir():
         return manifest.layer_root
@@ -324,7 +324,7 @@ def encrypt_model(
     signature = None
     signed = None
     if sign_key is not None:
-        from modelguard.signing.model import sign_model
+        from modelguard.signing.sign import sign_model
 
         model_root = signed_model_root(source, manifest)
         signed = sign_model(
