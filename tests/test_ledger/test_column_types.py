@@ -66,7 +66,7 @@ def test_gate_refuses_a_retyped_row(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sql: str
 ) -> None:
     from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
     from tests.tinymodels import model_dir
 
     key = generate_key()

@@ -213,7 +213,7 @@ def test_gate_refuses_a_frozen_cosigned_checkpoint(
     valid cosignature from two days ago (a frozen view): refused, until the policy allows it
     or a fresh cosignature arrives."""
     from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
     from tests.tinymodels import model_dir
 
     key = generate_key()
