@@ -17,6 +17,7 @@ from ledger import LedgerIntegrityError, NoteSigner, open_ledger
 from ledger.merkle import node_id
 from ledger.tiles import export_tiles
 from modelguard.cli import main as cli_main
+from tests.test_ledger.signed import signed_model
 
 HUGE = 2**62  # bytes(HUGE) is a MemoryError, never a row
 
@@ -65,25 +66,11 @@ def test_library_readers_refuse_a_retyped_row(tmp_path: Path, sql: str) -> None:
 def test_gate_refuses_a_retyped_row(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sql: str
 ) -> None:
-    from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.sign import sign_model
-    from tests.tinymodels import model_dir
-
-    key = generate_key()
-    _, pub = write_keypair(tmp_path / "keys", "signer", key, None)
-    db_path = tmp_path / "ledger" / "l.db"
-    url = f"sqlite:///{db_path}"
-    with open_ledger(url, origin="ex/gate") as log:
-        for i in range(3):
-            log.append(
-                "evaluate", subject={"name": f"x{i}"}, payload_digest=f"sha256:{i}", actor="k"
-            )
-    model = model_dir(tmp_path / "model")
-    sign_model(model, key, name="m", version="1", ledger_url=url)  # entry 3, checkpointed
-    note_pub = tmp_path / "ledger" / "l.db.note.pub"
+    signed = signed_model(tmp_path, entries_before=3)  # the sign entry is entry 3
+    url, note_pub, db_path = signed.url, signed.note_pub, tmp_path / "ledger" / "l.db"
     edit(db_path, sql)  # node (1, 0) is on entry 3's inclusion path in the tree of 4
     gate = (
-        "verify", str(model), "--trust-key", str(pub), "--ledger", url, "--require-ledger",
+        "verify", str(signed.model), "--trust-key", str(signed.public_key), "--ledger", url, "--require-ledger",
         "--ledger-key", str(note_pub), "--ledger-state", str(tmp_path / "state"),
     )  # fmt: skip
     rc, report = run_cli(capsys, *gate)

@@ -28,6 +28,7 @@ from ledger.witness_http import record_cosigned
 from modelguard.cli import main as cli_main
 from modelguard.errors import BadInputError
 from modelguard.policy import parse_policy
+from tests.test_ledger.signed import signed_model
 
 ORIGIN = "example.org/log"
 NOW = 1_800_000_000
@@ -212,17 +213,9 @@ def test_gate_refuses_a_frozen_cosigned_checkpoint(
     """`verify --require-ledger` with `witness_quorum = 1`: the newest checkpoint carries a
     valid cosignature from two days ago (a frozen view): refused, until the policy allows it
     or a fresh cosignature arrives."""
-    from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.sign import sign_model
-    from tests.tinymodels import model_dir
-
-    key = generate_key()
-    _, pub = write_keypair(tmp_path / "keys", "signer", key, None)
-    url = f"sqlite:///{tmp_path / 'ledger' / 'l.db'}"
-    model = model_dir(tmp_path / "model")
-    sign_model(model, key, name="m", version="1", ledger_url=url)
-    note_pub = tmp_path / "ledger" / "l.db.note.pub"
-    signer = NoteSigner.from_key_string((tmp_path / "ledger" / "l.db.note.key").read_text())
+    signed = signed_model(tmp_path)
+    model, pub, url, note_pub = signed.model, signed.public_key, signed.url, signed.note_pub
+    signer = NoteSigner.from_key_string(signed.note_key.read_text())
     w = Cosigner.generate("w1.example")
     with open_ledger(url) as log:
         size = log.size()
