@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from ledger.entry import Entry
 from ledger.errors import LedgerInputError, ProofError
 from ledger.merkle import HASH_SIZE, leaf_hash, verify_inclusion
-from ledger.note import Checkpoint, NoteVerifier, open_checkpoint, split_note
+from ledger.note import Checkpoint, NoteVerifier, is_decimal, open_checkpoint, split_note
 from ledger.witness import DEFAULT_MAX_COSIGNATURE_AGE, CosignerVerifier, require_cosignatures
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class TlogProof:
         if not rest or not rest[0].startswith("index "):
             raise LedgerInputError("tlog proof has no 'index <n>' line")
         index_text = rest[0][6:]
-        if not index_text.isdigit() or (index_text.startswith("0") and index_text != "0"):
+        if not is_decimal(index_text):
             raise LedgerInputError("tlog proof index is not a decimal number")
         if len(rest) - 1 > MAX_PATH_HASHES:
             raise LedgerInputError("tlog proof has too many inclusion proof hashes")

@@ -56,7 +56,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError, ProofError
 from ledger.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
-from ledger.note import Checkpoint, NoteVerifier, check_key_name, new_seed, open_note, split_note
+from ledger.note import (
+    Checkpoint,
+    NoteVerifier,
+    check_key_name,
+    is_decimal,
+    new_seed,
+    open_note,
+    split_note,
+)
 
 ALG_COSIGNATURE_V1 = 0x04
 MAX_REQUEST_BYTES = 64 * 1024
@@ -300,11 +308,7 @@ def parse_add_checkpoint(body: bytes) -> tuple[int, list[bytes], str]:
     lines = head.split("\n")
     first = lines[0]
     size_text = first[4:]
-    if (
-        not first.startswith("old ")
-        or not size_text.isdigit()
-        or (size_text.startswith("0") and size_text != "0")
-    ):
+    if not first.startswith("old ") or not is_decimal(size_text):
         raise WitnessBadRequest("request must start with 'old <size>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise WitnessBadRequest(f"more than {MAX_PROOF_LINES} consistency proof lines")
