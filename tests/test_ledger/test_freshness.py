@@ -254,3 +254,38 @@ def test_a_witness_counts_with_its_latest_cosignature(note: str, stale_last: boo
     stamps = [(w, NOW - 5), (w, NOW - 3 * DAY)]
     both = cosigned(note, *(reversed(stamps) if not stale_last else stamps))
     assert require_cosignatures(both, [w.verifier()], 1, now=NOW) == ["w1.example"]
+
+
+def test_verify_ledger_proof_honours_the_policy_bound(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`verify --ledger-proof` under a witness quorum: a proof whose checkpoint carries only a
+    two-day-old cosignature is refused unless the policy's max_cosignature_age allows it."""
+    from modelguard import transparency
+
+    signed = signed_model(tmp_path)
+    proof = tmp_path / "model.sig.tlog-proof"
+    transparency.write_entry_proof(0, proof, signed.url, signed.note_key)
+    w = Cosigner.generate("w1.example")
+    text = proof.read_text()
+    checkpoint_body = split_note(text.split("\n\n", 1)[1])[0]
+    proof.write_text(text + w.cosign(checkpoint_body, int(time.time()) - 2 * DAY))
+
+    def verify(*extra: str) -> tuple[int, str]:
+        policy = tmp_path / "policy.toml"
+        policy.write_text(
+            f'[[signers]]\nname = "release"\npublic_key = "{signed.public_key}"\n\n'
+            f'[ledger]\nkey = "{signed.note_pub}"\n'
+            f'witnesses = ["{w.verifier().to_key_string()}"]\nwitness_quorum = 1\n'
+            + "".join(f"{line}\n" for line in extra)
+        )
+        rc, report, _ = run_cli(
+            capsys, "verify", str(signed.model), "--policy", str(policy), "--ledger-proof",
+            str(proof),
+        )  # fmt: skip
+        return rc, json.dumps(report)
+
+    rc, report = verify()
+    assert rc == 1 and "w1.example cosigned" in report and "(2d 0h) ago" in report
+    rc, report = verify('max_cosignature_age = "3d"')
+    assert rc == 0, report
