@@ -26,8 +26,8 @@ import torch
 from modelguard import zoo
 from modelguard.modelcard import export_model_dir, seed_everything, train_classifier
 from modelguard.robustness.attacks import Attack, build_attack
+from modelguard.robustness.config import EVAL_DEFAULTS
 from modelguard.robustness.data import digits_split
-from modelguard.robustness.evaluate import EVAL_DEFAULTS
 from modelguard.robustness.onnx_model import OnnxClassifier
 
 

@@ -134,8 +134,9 @@ def autoattack_suite(args: argparse.Namespace) -> None:
     import torchattacks
 
     from modelguard.modelcard import ModelCard, export_model_dir
+    from modelguard.robustness.config import EvalConfig
     from modelguard.robustness.defenses import apply_defense
-    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.evaluate import evaluate_model_dir
 
     train, test = digits_split()
     test = test.subset(args.limit)

@@ -27,9 +27,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from modelguard.modelcard import ModelCard, export_model_dir, train_classifier  # noqa: E402
+from modelguard.robustness.config import DEFAULT_ATTACKS, EvalConfig  # noqa: E402
 from modelguard.robustness.data import digits_split  # noqa: E402
 from modelguard.robustness.defenses import apply_defense  # noqa: E402
-from modelguard.robustness.evaluate import DEFAULT_ATTACKS, EvalConfig, evaluate_model_dir  # noqa: E402
+from modelguard.robustness.evaluate import evaluate_model_dir  # noqa: E402
 from modelguard.zoo import digits_cnn  # noqa: E402
 
 CLASSES = [str(i) for i in range(10)]

@@ -43,7 +43,7 @@ passphrases work the same way), and run a signed ONNX model after verifying it i
 
 Robustness (PyTorch; ``make demo`` builds the model directories used here):
 
->>> from modelguard.robustness.evaluate import EvalConfig
+>>> from modelguard.robustness.config import EvalConfig
 >>> result = modelguard.evaluate(                                     # doctest: +SKIP
 ...     "build/demo/digits-v1", EvalConfig(attacks=["pgd"], eps=[0.1], limit=100))
 >>> hardened = modelguard.harden(                                     # doctest: +SKIP

@@ -167,7 +167,8 @@ def test_certify_refuses_a_weights_file_result(project: Path, tmp_path: Path) ->
     from modelguard import zoo
     from modelguard.keys import generate_key
     from modelguard.robustness.certificate import certify
-    from modelguard.robustness.evaluate import EvalConfig, evaluate
+    from modelguard.robustness.config import EvalConfig
+    from modelguard.robustness.evaluate import evaluate
 
     zoo.trust_factory(ARCH)
     cwd = os.getcwd()

@@ -102,7 +102,8 @@ def failures(result: dict[str, Any]) -> list[str]:
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from modelguard import zoo
     from modelguard.modelcard import export_model_dir
-    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.config import EvalConfig
+    from modelguard.robustness.evaluate import evaluate_model_dir
     from modelguard.robustness.report import write_outputs
 
     work = tmp_path_factory.mktemp("report")

@@ -273,7 +273,7 @@ def run_membership_audit(
             return logits(torch_model, x)
 
     elif path.is_file() and path.suffix == ".onnx":
-        from modelguard.robustness.evaluate import model_identity
+        from modelguard.robustness.loaders import model_identity
         from modelguard.robustness.onnx_model import OnnxClassifier
 
         session = OnnxClassifier(path)

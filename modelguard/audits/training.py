@@ -107,7 +107,7 @@ def load_audited_model(
 ) -> AuditedModel:
     """Load a model directory (``modelguard.json``); ``arch`` overrides (and trusts) its factory."""
     from modelguard.modelcard import load_model_dir
-    from modelguard.robustness.evaluate import model_identity
+    from modelguard.robustness.loaders import model_identity
 
     directory = Path(path)
     if not directory.is_dir():

@@ -16,15 +16,16 @@ from rich.table import Table
 
 from modelguard.cli.options import (
     arch_option,
+    ledger_trust_options,
     load_sign_key,
     sign_key_options,
     trust_arch,
     trust_key_option,
 )
-from modelguard.cli.output import emit, heartbeat, json_option, percent
+from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.keys import PublicKey, load_public_key
-from modelguard.policy import Policy, load_policy
+from modelguard.policy import Policy, load_policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.defenses import METHODS
 
 _PATH = click.Path(path_type=Path)
@@ -38,6 +39,19 @@ def _trust(
     return [load_public_key(p) for p in key_paths], load_policy(
         policy_path
     ) if policy_path else None
+
+
+def _with_ledger_trust(
+    keys: list[PublicKey],
+    policy: Policy | None,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
+) -> tuple[list[PublicKey], Policy | None]:
+    """``--ledger-key``/``--ledger-state`` ride on the policy (keys alone become the implicit
+    every-key-must-sign policy, as in ``verify``)."""
+    if not ledger_keys and ledger_state is None:
+        return keys, policy
+    return [], with_ledger_trust(policy or policy_from_keys(keys), ledger_keys, ledger_state)
 
 
 def _float_list(text: str | None, flag: str) -> list[float] | None:
@@ -150,10 +164,10 @@ Exit codes: 0 hardened; 1 the parent (or a member) failed verification; 2 bad in
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--require-ledger", is_flag=True, help="The parent must have a ledgered sign entry.")
+@ledger_trust_options
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 @arch_option
 @json_option
-@heartbeat("harden (train, export, sign, evaluate)")
 def harden(
     model_dir: Path,
     method: str,
@@ -174,13 +188,15 @@ def harden(
     model_version: str | None,
     ledger_url: str | None,
     require_ledger: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     force: bool,
     arch: str | None,
     as_json: bool,
     **defense_options: Any,
 ) -> None:
     """Harden a verified model, export, evaluate, re-sign with lineage, record in the ledger."""
-    from modelguard.robustness.evaluate import EvalConfig
+    from modelguard.robustness.config import EvalConfig
     from modelguard.robustness.hardening import harden_model
 
     if arch is not None:
@@ -189,6 +205,7 @@ def harden(
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
         keys = [key.public_key()]
+    keys, policy = _with_ledger_trust(keys, policy, ledger_keys, ledger_state)
     options = {k: v for k, v in defense_options.items() if v is not None}
     member_dirs: list[Path] = []
     if members is not None:
@@ -204,25 +221,27 @@ def harden(
             eps=_float_list(eval_eps, "--eval-eps") or defaults.eps,
             limit=limit,
         )
-    result = harden_model(
-        model_dir,
-        method=method,
-        out_dir=out_dir,
-        key=key,
-        keys=keys,
-        policy=policy,
-        signature_path=signature_path,
-        data=data,
-        options=options,
-        members=member_dirs,
-        eval_config=config,
-        parent_certificate=parent_certificate,
-        ledger_url=ledger_url,
-        require_ledger=require_ledger,
-        name=name,
-        version=model_version,
-        force=force,
-    )
+    with ProgressReporter("harden") as reporter:
+        result = harden_model(
+            model_dir,
+            method=method,
+            out_dir=out_dir,
+            key=key,
+            keys=keys,
+            policy=policy,
+            signature_path=signature_path,
+            data=data,
+            options=options,
+            members=member_dirs,
+            eval_config=config,
+            parent_certificate=parent_certificate,
+            ledger_url=ledger_url,
+            require_ledger=require_ledger,
+            name=name,
+            version=model_version,
+            force=force,
+            progress=reporter.update,
+        )
 
     def human(console: Console) -> None:
         training = result.training
@@ -245,6 +264,8 @@ def harden(
 Examples (a scheduled CI job, see docs/hardening.md):
   modelguard recertify build/digits-pgd --trust-key keys/mg.pub
   modelguard recertify build/digits-pgd.robustness/certificate.sig --policy policy.toml --json
+  modelguard recertify build/digits-pgd --trust-key keys/mg.pub --require-ledger \\
+      --ledger-key .modelguard/ledger.db.note.pub
 Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad input.
 """
 )
@@ -261,9 +282,9 @@ Exit codes: 0 re-certified; 1 the model, data or numbers no longer match; 2 bad 
     help="Ledger URL (default: $MODELGUARD_LEDGER or .modelguard/ledger.db).",
 )
 @click.option("--require-ledger", is_flag=True, help="The model must have a ledgered sign entry.")
+@ledger_trust_options
 @arch_option
 @json_option
-@heartbeat("recertify (verify, re-run the evaluation)")
 def recertify(
     target: Path,
     certificate: Path | None,
@@ -272,6 +293,8 @@ def recertify(
     signature_path: Path | None,
     ledger_url: str | None,
     require_ledger: bool,
+    ledger_keys: tuple[str, ...],
+    ledger_state: Path | None,
     arch: str | None,
     as_json: bool,
 ) -> None:
@@ -283,15 +306,18 @@ def recertify(
     keys, policy = _trust(trust_keys, policy_path)
     if not keys and policy is None:
         raise click.UsageError("give trusted keys with --trust-key, or a --policy file")
-    result = run_recertify(
-        target,
-        keys=keys,
-        policy=policy,
-        signature_path=signature_path,
-        certificate=certificate,
-        ledger_url=ledger_url,
-        require_ledger=require_ledger,
-    )
+    keys, policy = _with_ledger_trust(keys, policy, ledger_keys, ledger_state)
+    with ProgressReporter("recertify") as reporter:
+        result = run_recertify(
+            target,
+            keys=keys,
+            policy=policy,
+            signature_path=signature_path,
+            certificate=certificate,
+            ledger_url=ledger_url,
+            require_ledger=require_ledger,
+            progress=reporter.update,
+        )
 
     def human(console: Console) -> None:
         console.print(

@@ -159,3 +159,28 @@ def trust_arch(arch: str, model_dir: Path | None) -> None:
                 "part of the signed model, so rewrite it (modelguard card --force) and re-sign",
                 path=str(model_dir),
             )
+
+
+def ledger_trust_options(func: F) -> F:
+    """``--ledger-key`` (repeatable) and ``--ledger-state``: what ``--require-ledger`` trusts.
+
+    Parameters ``ledger_keys``, ``ledger_state``; pass them to
+    :func:`modelguard.policy.with_ledger_trust`."""
+    options = [
+        click.option(
+            "--ledger-key",
+            "ledger_keys",
+            multiple=True,
+            help="The ledger's checkpoint public key (file or one-line key) that --require-ledger"
+            " trusts; else the policy's [ledger] key, else $MODELGUARD_LEDGER_KEY.",
+        ),
+        click.option(
+            "--ledger-state",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Directory of the ledger gate's trust state (default: the policy's [ledger]"
+            " state, else $MODELGUARD_LEDGER_STATE, else ~/.config/modelguard/ledger-state).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

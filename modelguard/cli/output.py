@@ -15,7 +15,6 @@ nothing is wrapped or truncated, and long stages print a plain line every few se
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -144,10 +143,14 @@ def log_interval() -> float:
 
 class ProgressReporter:
     """Progress of one long operation, for whoever watches: a rich bar in a terminal, a plain
-    line on stderr every :func:`log_interval` seconds in a log, nothing when quiet.
+    line on stderr every :func:`log_interval` seconds in a log, nothing with ``-q`` or
+    ``--json`` (whose caller reads one document and the exit code).
 
-    ``update(stage, done, total)`` sets absolute progress (evaluation's hook signature);
-    ``advance(n)`` adds to it (hashing callbacks)."""
+    ``update(stage, done, total)`` sets absolute progress (the robustness hook signature,
+    :mod:`modelguard.robustness.progress`); ``advance(n)`` adds to it (hashing callbacks).
+    A stage whose total changes, or whose count starts again, is a new phase: its rate and ETA
+    are measured from there. In a log a stage that reports nothing for an interval is
+    repeated with its elapsed time, so a long silent stage still shows it is alive."""
 
     def __init__(self, stage: str, total: float | None = None, unit: str = "") -> None:
         self.stage, self.total, self.unit = stage, total, unit
@@ -157,9 +160,13 @@ class ProgressReporter:
         self._bar: Progress | None = None
         self._task: Any = None
         self._start = time.monotonic()
+        self._phase_start = self._last_update = self._start
         self._last_line = self._start
         self._interval = log_interval()
         self._printed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> ProgressReporter:
         if self._mode == "bar":
@@ -178,9 +185,17 @@ class ProgressReporter:
             self._bar = Progress(*columns, transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task(self.stage, total=self.total)
+        elif self._mode == "log":
+            self._ticker = threading.Thread(
+                target=self._tick, name="modelguard-progress", daemon=True
+            )
+            self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
         elif self._mode == "log" and self._printed and exc[0] is None:
@@ -188,21 +203,33 @@ class ProgressReporter:
             click.echo(f"{self.title}: done in {_duration(elapsed)}", err=True)
 
     def update(self, stage: str, done: float, total: float | None) -> None:
-        self.stage, self.done, self.total = stage, done, total
+        with self._lock:
+            now = time.monotonic()
+            if total != self.total or done < self.done:
+                self._phase_start = self._last_update  # its work began after the last report
+            self._last_update = now
+            self.stage, self.done, self.total = stage, done, total
         self._show()
 
     def advance(self, n: float) -> None:
-        self.done += n
+        with self._lock:
+            self._last_update = time.monotonic()
+            self.done += n
         self._show()
 
     def hashed(self, n: int, total: int) -> None:
         """A hashing callback (``manifest.ProgressCallback``): ``n`` more of ``total`` bytes.
 
         A different total is a new hashing pass (say, the full check after the layout's):
-        its count starts again."""
+        its count starts again, and so do its rate and ETA."""
         if total != self.total:
-            self.total, self.done = total, 0.0
+            with self._lock:
+                self._phase_start = self._last_update
+                self.total, self.done = total, 0.0
         self.advance(n)
+
+    def _line(self, now: float) -> str:
+        return eta_line(self.stage, self.done, self.total, now - self._phase_start, self.unit)
 
     def _show(self) -> None:
         if self._bar is not None:
@@ -210,58 +237,28 @@ class ProgressReporter:
                 self._task, completed=self.done, total=self.total, description=self.stage
             )
         elif self._mode == "log":
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_line < self._interval:
+                    return
+                self._last_line, self._printed = now, True
+                line = self._line(now)
+            click.echo(line, err=True)
+
+    def _tick(self) -> None:
+        quiet_for = max(self._interval, 1.0)  # repeat a silent stage, never more than 1/s
+        while not self._stop.wait(quiet_for):
+            self.repeat_if_silent(quiet_for)
+
+    def repeat_if_silent(self, quiet_for: float) -> None:
+        """In a log: say the current stage again when no line came for ``quiet_for`` s."""
+        with self._lock:
             now = time.monotonic()
-            if now - self._last_line >= self._interval:
-                self._last_line = now
-                self._printed = True
-                line = eta_line(self.stage, self.done, self.total, now - self._start, self.unit)
-                click.echo(line, err=True)
-
-
-@contextmanager
-def working(stage: str) -> Iterator[None]:
-    """For a long call that reports no progress of its own: a spinner in a terminal, a plain
-    "still working" line every :func:`log_interval` seconds in a log, nothing when quiet."""
-    if is_quiet():
-        yield
-        return
-    if sys.stdout.isatty():
-        from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn("[bold]{task.description}"), TimeElapsedColumn(), transient=True
-        ) as bar:
-            bar.add_task(stage, total=None)
-            yield
-        return
-    stop = threading.Event()
-    start = time.monotonic()
-
-    def beat() -> None:
-        while not stop.wait(log_interval() or 5.0):
-            click.echo(f"{stage}: working, {_duration(time.monotonic() - start)} elapsed", err=True)
-
-    thread = threading.Thread(target=beat, name="modelguard-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def heartbeat(stage: str) -> Callable[[F], F]:
-    """Run a whole command under :func:`working` (decorate the click callback)."""
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with working(stage):
-                return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+            if self._mode != "log" or now - self._last_line < quiet_for:
+                return
+            self._last_line, self._printed = now, True
+            line = f"{self._line(now)}, {_duration(now - self._start)} elapsed"
+        click.echo(line, err=True)
 
 
 @contextmanager

@@ -19,7 +19,12 @@ from modelguard.cli.options import load_sign_key, sign_key_options, trust_arch
 from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
-from modelguard.robustness.config import DEFAULT_ATTACKS, DEFAULT_EPS, EvalConfig
+from modelguard.robustness.config import (
+    DEFAULT_ATTACKS,
+    DEFAULT_ATTACKS_L2,
+    DEFAULT_EPS,
+    EvalConfig,
+)
 from modelguard.robustness.smoothing import SmoothingConfig
 
 
@@ -123,11 +128,12 @@ Examples:
 )
 @click.option(
     "--attacks",
-    default=",".join(DEFAULT_ATTACKS),
-    show_default=True,
+    default=None,
     help="A profile (standard = AutoAttack: apgd-ce, apgd-t, fab-t, square as a cascade; quick; "
     "rand = EOT for randomized defenses) or a comma-separated portfolio (fgsm, pgd, pgd-l2, "
-    "pgd-margin, bim, mifgsm, deepfool, cw, square, transfer, apgd-ce, apgd-dlr, apgd-t, fab-t).",
+    "pgd-margin, bim, mifgsm, deepfool, cw, square, square-l2, transfer, apgd-ce, apgd-dlr, "
+    "apgd-t, fab-t); each runs in --norm's threat model or is refused.  "
+    f"[default: {','.join(DEFAULT_ATTACKS)}; with --norm l2: {','.join(DEFAULT_ATTACKS_L2)}]",
 )
 @click.option(
     "--eps",
@@ -208,7 +214,7 @@ def evaluate(
     ctx: click.Context,
     model: Path | None,
     data: str,
-    attacks: str,
+    attacks: str | None,
     eps_text: str,
     norm: str,
     out_dir: Path | None,
@@ -255,6 +261,8 @@ def evaluate(
             "a certificate is bound to a signed model directory, not to a weights file: "
             "write its card (modelguard card DIR --arch ...), sign DIR, then evaluate DIR"
         )
+    if attacks is None:
+        attacks = ",".join(DEFAULT_ATTACKS if norm == "linf" else DEFAULT_ATTACKS_L2)
     config = EvalConfig(
         attacks=[a.strip() for a in attacks.split(",") if a.strip()],
         eps=_eps_list(eps_text),

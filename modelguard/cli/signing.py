@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
+from modelguard.cli.options import (
+    ledger_trust_options,
+    load_sign_key,
+    sign_key_options,
+    trust_key_option,
+)
 from modelguard.cli.output import emit, is_quiet, json_option, progress
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
 
@@ -181,25 +186,13 @@ _VERIFICATION_OPTIONS = [
         is_flag=True,
         help="Accept a version older than the newest in the ledger.",
     ),
-    click.option(
-        "--ledger-key",
-        "ledger_keys",
-        multiple=True,
-        help="The ledger's checkpoint public key (file or one-line key) that --require-ledger"
-        " trusts; else the policy's [ledger] key, else $MODELGUARD_LEDGER_KEY.",
-    ),
-    click.option(
-        "--ledger-state",
-        type=click.Path(path_type=Path, file_okay=False),
-        help="Directory of the ledger gate's trust state (default: the policy's [ledger] state,"
-        " else $MODELGUARD_LEDGER_STATE, else ~/.config/modelguard/ledger-state).",
-    ),
 ]
 
 
 def verification_options(func: F) -> F:
     """--signature, --key, --policy, --ledger, --require-ledger, --allow-rollback: shared by
     every command that verifies before it acts (verify, run)."""
+    func = ledger_trust_options(func)
     for option in reversed(_VERIFICATION_OPTIONS):
         func = option(func)
     return func

@@ -40,7 +40,7 @@ from modelguard.robustness.stats import Proportion
 from modelguard.signing.dsse import require_finite
 
 if TYPE_CHECKING:
-    from modelguard.robustness.evaluate import EvalResult
+    from modelguard.robustness.results import EvalResult
 
 PREDICATE_TYPE = "https://modelguard.dev/robustness-certificate/v1"
 ROOT_DIGEST_NAME = "modelguard-manifest-root-sha256"

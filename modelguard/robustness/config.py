@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelguard.errors import BadInputError, FormatError
-from modelguard.robustness.profiles import PROFILES, THREAT_NORM_ATTACKS, profile_attack
+from modelguard.robustness.profiles import PROFILES, profile_attack
 from modelguard.robustness.stats import Proportion
 
 EVAL_VERSION = 1
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "pgd-margin", "cw", "deepfool", "square")
+# The same portfolio for the L2 threat model (FGSM is Linf only; Square has an L2 version).
+DEFAULT_ATTACKS_L2: tuple[str, ...] = ("pgd", "pgd-margin", "cw", "deepfool", "square-l2")
 DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2)
 # The evaluation's own defaults per attack (chosen for 8x8 digits on a 2-core CPU); every
 # value ends up in the resolved config, so a certificate states exactly what ran.
@@ -156,20 +158,11 @@ class EvalConfig:
             attacks = [profile_attack(name, self.norm) for name in profile.attacks]
             for name, used in zip(profile.attacks, attacks, strict=True):
                 params[used] = dict(profile.params.get(name, {}))
-                if used in THREAT_NORM_ATTACKS:
-                    params[used]["norm"] = self.norm
             for name, values in self.attack_params.items():
                 params.setdefault(name, {}).update(values)
-            expanded = EvalConfig.from_dict(
-                {
-                    **self.to_dict(),
-                    "attacks": attacks,
-                    "attack_params": params,
-                    "profile": profile.name,
-                    "cascade": True,
-                }
-            )
-            return expanded.resolved()
+            return replace(
+                self, attacks=attacks, attack_params=params, profile=profile.name, cascade=True
+            ).resolved()
         if not self.attacks:
             raise BadInputError("no attack given")
         for name in self.attacks:
@@ -199,12 +192,11 @@ class EvalConfig:
             raise BadInputError(
                 f"parameters given for attacks not in the portfolio: {sorted(unknown)}"
             )
-        params = {
-            name: {
-                **EVAL_DEFAULTS.get(name, {}),
-                **({"norm": self.norm} if name in THREAT_NORM_ATTACKS else {}),
-                **dict(self.attack_params.get(name, {})),
-            }
+        params = {  # each attack runs in the threat model's norm, or is refused (exit 2)
+            name: ATTACKS[name].threat_params(
+                {**EVAL_DEFAULTS.get(name, {}), **dict(self.attack_params.get(name, {}))},
+                self.norm,
+            )
             for name in self.attacks
         }
         for name, values in params.items():

@@ -71,7 +71,7 @@ def certificate_gate(
     except (VerificationError, BadInputError) as error:
         return [f"robustness certificate not accepted: {error}"]
     if model_root is None:
-        from modelguard.robustness.evaluate import model_identity  # hashes the model (torch)
+        from modelguard.robustness.loaders import model_identity  # hashes the model (torch)
 
         model_root = model_identity(Path(model))["manifest_root"]
     root = model_root

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,14 @@ from modelguard.robustness.certificate import (
     issue_certificate,
     load_certificate,
 )
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.defenses import apply_defense
-from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
+from modelguard.robustness.progress import ProgressHook, prefixed, stage
 from modelguard.robustness.report import write_outputs
+from modelguard.robustness.results import EvalResult
 from modelguard.signing.report import VerifiedModel
 from modelguard.signing.sign import sign_model
 from modelguard.signing.verify import verify_and_hold
@@ -233,20 +236,26 @@ def harden_model(
     name: str | None = None,
     version: str | None = None,
     force: bool = False,
+    progress: ProgressHook | None = None,
 ) -> HardenResult:
-    """Verify the parent, defend it, export, sign with lineage, certify and record (see module doc)."""
+    """Verify the parent, defend it, export, sign with lineage, certify and record (see module doc).
+
+    ``progress`` hears every stage by name with its done/total: verify, train (batches),
+    export, evaluate child (attack runs), sign, evaluate parent when it is re-evaluated."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     distributed.init_from_env()  # under torchrun: train with DDP across the ranks
     trust = Trust(keys, policy, ledger_url, require_ledger)
-    parent = verify_and_hold_or_refuse(
-        model_dir, trust, what="parent", signature_path=signature_path
-    )
+    with stage(progress, "verify parent"):
+        parent = verify_and_hold_or_refuse(
+            model_dir, trust, what="parent", signature_path=signature_path
+        )
     parent_report = parent.report
     assert parent_report.manifest is not None
     parent_root = parent_report.manifest.layer_root
     member_models = []
     for member in members:
-        held = verify_and_hold_or_refuse(Path(member), trust, what="ensemble member")
+        with stage(progress, f"verify ensemble member {member}"):
+            held = verify_and_hold_or_refuse(Path(member), trust, what="ensemble member")
         member_models.append(load_model_dir(member, files=held.files))
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
@@ -262,7 +271,15 @@ def harden_model(
     )
     parent_model, card = load_model_dir(model_dir, files=parent.files)  # the verified bytes
     train = load_dataset(training_data_spec(data))
-    defended = apply_defense(method, parent_model, card, train, options, members=member_models)
+    defended = apply_defense(
+        method,
+        parent_model,
+        card,
+        train,
+        options,
+        members=member_models,
+        progress=prefixed(progress, method),
+    )
     distributed.leave()  # ranks > 0 exit here; rank 0 alone exports, signs, certifies, records
     child_name = name or f"{card.name}-{method}"
     child_version = version or card.version
@@ -272,27 +289,28 @@ def harden_model(
         "hyperparameters": defended.hyperparameters,
         "train_data": {"spec": training_data_spec(data), "digest": train.digest},
     }
-    export_model_dir(
-        defended.model,
-        out_dir,
-        factory=defended.factory,
-        kwargs=defended.kwargs,
-        input_shape=card.input_shape,
-        classes=defended.classes,
-        name=child_name,
-        version=child_version,
-        extra={"hardening": hardening},
-    )
+    with stage(progress, "export child"):
+        export_model_dir(
+            defended.model,
+            out_dir,
+            factory=defended.factory,
+            kwargs=defended.kwargs,
+            input_shape=card.input_shape,
+            classes=defended.classes,
+            name=child_name,
+            version=child_version,
+            extra={"hardening": hardening},
+        )
     report_dir = robustness_dir_for(out_dir)
     if report_dir.exists():
         shutil.rmtree(report_dir)  # never leave an older run's certificate beside the child
     config = eval_config or parent_config or EvalConfig()
-    config = EvalConfig.from_dict({**config.to_dict(), "data_digest": None})
+    config = replace(config, data_digest=None)  # the child is evaluated on today's data
     # Transactional: the exported child is evaluated, and its certificate built, before it is
     # signed or ledgered. If either fails the unsigned child is removed, so a failed harden
     # never leaves a signed model that looks hardened (the report, if any, stays for triage).
     try:
-        result = evaluate_model_dir(out_dir, config)
+        result = evaluate_model_dir(out_dir, config, progress=prefixed(progress, "evaluate child"))
         if not result.parity_ok:
             write_outputs(result, report_dir)
         statement = build_certificate(result)
@@ -306,14 +324,15 @@ def harden_model(
                 details=error.details,
             ) from error
         raise
-    signed = sign_model(
-        out_dir,
-        key,
-        name=child_name,
-        version=child_version,
-        parent=parent_root,
-        ledger_url=ledger_url,
-    )
+    with stage(progress, "sign child"):
+        signed = sign_model(
+            out_dir,
+            key,
+            name=child_name,
+            version=child_version,
+            parent=parent_root,
+            ledger_url=ledger_url,
+        )
     child_root = signed.manifest.layer_root
     if result.model.get("manifest_root") != child_root:
         raise DigestMismatchError(
@@ -323,7 +342,9 @@ def harden_model(
         parent_results = None  # a different portfolio: re-run the parent like for like
         parent_source = "parent certificate has another evaluation config: parent re-evaluated"
     if parent_results is None:
-        parent_results = evaluate_model_dir(model_dir, config, verified=parent).results_dict()
+        parent_results = evaluate_model_dir(
+            model_dir, config, verified=parent, progress=prefixed(progress, "evaluate parent")
+        ).results_dict()
     write_outputs(result, report_dir)
     issued = issue_certificate(statement, key, report_dir, ledger_url=ledger_url)
     cert_digest = issued.payload_digest
@@ -417,8 +438,11 @@ def recertify(
     ledger_url: str | None = None,
     require_ledger: bool = False,
     actor: str = "recertify",
+    progress: ProgressHook | None = None,
 ) -> RecertifyResult:
     """Verify, re-run the certificate's exact evaluation, compare, record; raise on drift.
+
+    ``progress`` hears the stages (verify model, re-run evaluation: attack runs) with done/total.
 
     Raises :class:`VerificationError` subclasses (exit 1) when the model no longer verifies,
     no longer matches the certificate's manifest root or ONNX digest, the data set no longer
@@ -439,10 +463,13 @@ def recertify(
         subject["version"] = str(cert.predicate["model"]["version"])
     config = cert.config
     try:
-        held = verify_and_hold_or_refuse(
-            model_dir, trust, what="model", signature_path=signature_path
+        with stage(progress, "verify model"):
+            held = verify_and_hold_or_refuse(
+                model_dir, trust, what="model", signature_path=signature_path
+            )
+        rerun = evaluate_model_dir(  # the verified bytes
+            model_dir, config, verified=held, progress=prefixed(progress, "re-run evaluation")
         )
-        rerun = evaluate_model_dir(model_dir, config, verified=held)  # the verified bytes
         drifts = check_rerun(cert, rerun)
     except VerificationError as error:
         _record_recertify(cert, subject, actor, ledger_url, ok=False, drifts=[str(error)])

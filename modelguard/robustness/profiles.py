@@ -34,9 +34,6 @@ class Profile:
     description: str = ""
 
 
-# Attacks that take the threat model's norm from the evaluation (the others are Linf-only).
-THREAT_NORM_ATTACKS = frozenset({"apgd-ce", "apgd-dlr", "apgd-t", "fab-t"})
-
 # The L2 threat model swaps in each attack's L2 counterpart where it is a separate attack.
 L2_COUNTERPARTS = {"square": "square-l2"}
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelguard.robustness.evaluate import EvalResult
+from modelguard.robustness.results import EvalResult
 
 REPORT_JSON = "report.json"
 CURVE_PNG = "robustness.png"

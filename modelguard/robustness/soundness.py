@@ -72,7 +72,7 @@ class Check:
 
 
 class EvaluationContext(Protocol):
-    """What the checks need from the evaluator (:class:`modelguard.robustness.evaluate._Evaluator`)."""
+    """What the checks need from the evaluator (:class:`modelguard.robustness.runner.Evaluator`)."""
 
     config: Any
     data: Any

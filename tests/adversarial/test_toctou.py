@@ -367,7 +367,8 @@ def test_recertify_evaluates_the_verified_bytes(tmp_path: Path) -> None:
     verification, the evaluation still runs, on the verified bytes (nothing read by path)."""
     torch = pytest.importorskip("torch")
     from modelguard.modelcard import export_model_dir
-    from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+    from modelguard.robustness.config import EvalConfig
+    from modelguard.robustness.evaluate import evaluate_model_dir
     from modelguard.robustness.hardening import Trust, verify_and_hold_or_refuse
     from modelguard.zoo import digits_cnn
 

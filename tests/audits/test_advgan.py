@@ -10,8 +10,9 @@ import torch
 from modelguard.modelcard import export_model_dir, load_model_dir, seed_everything, train_classifier
 from modelguard.robustness.attacks import ATTACKS, build_attack
 from modelguard.robustness.attacks.advgan import AdvGAN, weights_sha256
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import digits_split
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.onnx_model import OnnxClassifier
 from modelguard.zoo import digits_cnn
 

@@ -20,7 +20,7 @@ from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import PrivateKey, generate_key, public_pem
 from modelguard.policy import parse_policy
 from modelguard.robustness.data import load_dataset
-from modelguard.robustness.evaluate import model_identity
+from modelguard.robustness.loaders import model_identity
 from modelguard.signing.sign import sign_model
 from modelguard.signing.verify import verify_model
 

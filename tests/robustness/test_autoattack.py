@@ -16,7 +16,8 @@ from modelguard.robustness.attacks import ATTACKS, build_attack
 from modelguard.robustness.attacks.apgd import checkpoints, dlr_loss
 from modelguard.robustness.attacks.base import margin
 from modelguard.robustness.attacks.fab import boundary_projection
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.config import EvalConfig
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.hardening import harden_model
 from modelguard.signing.sign import sign_model
 

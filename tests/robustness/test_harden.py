@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import generate_key, write_keypair
 from modelguard.policy import load_policy
 from modelguard.robustness.certificate import build_certificate, write_signed_certificate
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import load_dataset
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.gate import certificate_path_for
 from modelguard.robustness.hardening import harden_model, recertify
 from modelguard.signing.sign import sign_model
@@ -144,7 +146,7 @@ def test_recertify_passes_untouched_and_fails_on_a_changed_weight(world: dict) -
     args = ["recertify", str(child), "--trust-key", str(world["pub"]), "--ledger", world["url"]]
     ok = runner.invoke(cli, [*args, "--json"], standalone_mode=False)
     assert ok.exception is None, ok.output
-    assert json.loads(ok.output)["ok"] is True
+    assert json.loads(ok.stdout)["ok"] is True
     weights = child / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-2] ^= 0x40
@@ -224,8 +226,8 @@ def test_a_harden_whose_evaluation_fails_leaves_no_signed_child(
 
     real = hardening.evaluate_model_dir
 
-    def broken_parity(model_dir: Path, config: EvalConfig) -> object:
-        result = real(model_dir, config)
+    def broken_parity(model_dir: Path, config: EvalConfig, **kwargs: Any) -> object:
+        result = real(model_dir, config, **kwargs)
         result.parity = {**result.parity, "ok": False}  # as if ONNX disagreed on clean inputs
         return result
 

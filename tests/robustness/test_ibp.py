@@ -11,7 +11,8 @@ from torch import nn
 from modelguard.errors import BadInputError
 from modelguard.robustness.attacks import build_attack
 from modelguard.robustness.attacks.base import margin
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.config import EvalConfig
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.ibp import certified_mask, margin_lower_bounds
 
 

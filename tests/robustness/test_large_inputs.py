@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from modelguard.modelcard import export_model_dir, train_classifier
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import Dataset, load_dataset
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.zoo import resnet_small
 
 CLASSES = ["a", "b", "c", "d"]

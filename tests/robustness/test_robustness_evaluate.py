@@ -23,8 +23,9 @@ from modelguard.robustness.certificate import (
     evaluate_and_certify,
     load_certificate,
 )
+from modelguard.robustness.config import EvalConfig
 from modelguard.robustness.data import load_dataset
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir, run_evaluation
+from modelguard.robustness.evaluate import evaluate_model_dir, run_evaluation
 
 FAST = {
     "pgd": {"steps": 10},
@@ -164,17 +165,17 @@ def test_recertify_rerun_matches_and_detects_changed_weights(
 
 
 def test_parity_tolerance_is_relative_to_the_logit_scale_and_ties_never_fail() -> None:
-    from modelguard.robustness.evaluate import _Parity
+    from modelguard.robustness.runner import Parity
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(50, 10)).astype(np.float32)
-    big = _Parity(atol=1e-4, rtol=1e-4)
+    big = Parity(atol=1e-4, rtol=1e-4)
     big.add_clean(logits * 5000, logits * 5000 + 0.3)  # 0.3 on a scale of ~10^4: float noise
     assert big.to_dict(True)["ok"]
-    small = _Parity(atol=1e-4, rtol=1e-4)
+    small = Parity(atol=1e-4, rtol=1e-4)
     small.add_clean(logits, logits + 0.3)  # 0.3 on a scale of ~2: a different function
     assert not small.to_dict(True)["ok"]
-    tie = _Parity(atol=1e-4, rtol=1e-4)
+    tie = Parity(atol=1e-4, rtol=1e-4)
     tie.add_clean(logits, logits)
     swapped = logits.copy()
     swapped[:, [0, 1]] = swapped[:, [1, 0]]  # every adversarial prediction disagrees

@@ -14,7 +14,8 @@ from torch import nn
 from modelguard.errors import BadInputError
 from modelguard.keys import generate_key
 from modelguard.robustness.certificate import certify, check_rerun, load_certificate
-from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
+from modelguard.robustness.config import EvalConfig
+from modelguard.robustness.evaluate import evaluate_model_dir
 from modelguard.robustness.smoothing import ABSTAIN, SmoothedClassifier, SmoothingConfig
 
 SIGMA = 0.25

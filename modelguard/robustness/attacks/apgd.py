@@ -76,6 +76,8 @@ def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
 
 class APGD(Attack):
     name: ClassVar[str] = "apgd-ce"
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    takes_norm: ClassVar[bool] = True
     supports_targeted: ClassVar[bool] = True
 
     def __init__(

@@ -119,6 +119,30 @@ class Attack:
     minimum_norm: ClassVar[bool] = False
     score_based: ClassVar[bool] = False
     supports_targeted: ClassVar[bool] = True
+    # The threat models (``--norm``) the evaluation may run this attack under; empty: its own
+    # ``norm`` only. ``takes_norm``: it runs in the threat model's norm (``norm=``, e.g. PGD,
+    # APGD, FAB); a minimum-norm attack listed for both is projected into either ball.
+    threat_norms: ClassVar[tuple[str, ...]] = ()
+    takes_norm: ClassVar[bool] = False
+
+    @classmethod
+    def threat_params(cls, params: dict[str, Any], norm: str) -> dict[str, Any]:
+        """``params`` for running under the threat model ``norm``, or a one-line refusal
+        (never another norm in silence): ``norm`` filled in for attacks that take it."""
+        from modelguard.robustness.attacks import ATTACKS
+
+        if norm not in (cls.threat_norms or (cls.norm,)):
+            others = sorted(n for n, c in ATTACKS.items() if norm in (c.threat_norms or (c.norm,)))
+            raise BadInputError(
+                f"{cls.name} runs in {'/'.join(cls.threat_norms or (cls.norm,))} only: it cannot "
+                f"run under --norm {norm} (attacks for {norm}: {', '.join(others)})"
+            )
+        given = params.get("norm", norm)
+        if given != norm:
+            raise BadInputError(
+                f"{cls.name}: norm={given!r} contradicts the threat model --norm {norm}"
+            )
+        return {**params, "norm": norm} if cls.takes_norm else dict(params)
 
     def __init__(
         self, model: Classifier, *, eps: float, targeted: bool = False, seed: int = 0

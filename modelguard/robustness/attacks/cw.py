@@ -37,6 +37,7 @@ class CarliniWagnerL2(Attack):
     name: ClassVar[str] = "cw"
     norm = "l2"
     minimum_norm: ClassVar[bool] = True
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # projected into either ball
 
     def __init__(
         self,

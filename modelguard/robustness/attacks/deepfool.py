@@ -30,6 +30,7 @@ class DeepFool(Attack):
     name: ClassVar[str] = "deepfool"
     norm = "l2"
     minimum_norm: ClassVar[bool] = True
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # projected into either ball
     supports_targeted: ClassVar[bool] = False
 
     def __init__(

@@ -79,6 +79,8 @@ def boundary_projection(x: Tensor, w: Tensor, r: Tensor, norm: str) -> Tensor:
 class FABT(Attack):
     name: ClassVar[str] = "fab-t"
     minimum_norm: ClassVar[bool] = True
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    takes_norm: ClassVar[bool] = True
     supports_targeted: ClassVar[bool] = False
 
     def __init__(

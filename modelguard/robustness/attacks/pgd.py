@@ -52,6 +52,8 @@ from modelguard.robustness.attacks.base import (
 
 class PGD(Attack):
     name: ClassVar[str] = "pgd"
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    takes_norm: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -162,6 +164,8 @@ class PGD(Attack):
 
 class PGDL2(PGD):
     name: ClassVar[str] = "pgd-l2"
+    threat_norms: ClassVar[tuple[str, ...]] = ("l2",)
+    takes_norm: ClassVar[bool] = False
 
     def __init__(self, model: Classifier, *, eps: float = 2.0, **kwargs: Any) -> None:
         kwargs.setdefault("norm", "l2")
@@ -178,6 +182,8 @@ class PGDMargin(PGD):
 
 class BIM(PGD):
     name: ClassVar[str] = "bim"
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf",)  # Kurakin et al.: Linf, 1/255 steps
+    takes_norm: ClassVar[bool] = False
 
     def __init__(
         self,

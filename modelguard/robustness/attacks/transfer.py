@@ -31,6 +31,18 @@ class TransferAttack(Attack):
     name: ClassVar[str] = "transfer"
     norm = "linf"
     score_based: ClassVar[bool] = True
+    threat_norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # its base attack's, checked below
+
+    @classmethod
+    def threat_params(cls, params: dict[str, Any], norm: str) -> dict[str, Any]:
+        """The base attack runs in the threat model's norm (or is refused, as on its own)."""
+        from modelguard.robustness.attacks import ATTACKS
+
+        base = str(params.get("base", "pgd-margin"))
+        if base not in ATTACKS:
+            raise BadInputError(f"transfer: unknown base attack {base!r}")
+        base_params = ATTACKS[base].threat_params(dict(params.get("base_params") or {}), norm)
+        return {**params, "base_params": base_params}
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ from modelguard.robustness.defenses.detector import (
 from modelguard.robustness.defenses.distillation import defensive_distillation
 from modelguard.robustness.defenses.trades import TradesSettings, trades
 from modelguard.robustness.defenses.training import TrainSettings, cross_entropy_step, fit
+from modelguard.robustness.progress import ProgressHook
 
 WRAPPERS = "modelguard.robustness.defenses.wrappers"
 TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "schedule")
@@ -91,6 +92,7 @@ class _Request:
     train: Dataset
     options: dict[str, Any]
     members: Sequence[tuple[nn.Module, ModelCard]]
+    progress: ProgressHook | None = None
 
     def pick(self, cls: Callable[..., Any], names: Sequence[str]) -> Any:
         return cls(**{n: self.options[n] for n in names if n in self.options})
@@ -123,7 +125,7 @@ def _adversarial(
     def run(req: _Request) -> Defended:
         adv = req.pick(AdversarialSettings, (*ADV_OPTIONS, *extra))
         settings = req.pick(TrainSettings, TRAIN_OPTIONS)
-        result = trainer(req.start_model(), req.train, adv, settings)
+        result = trainer(req.start_model(), req.train, adv, settings, req.progress)
         hyper = {
             **adv.to_dict(),
             **settings.to_dict(),
@@ -138,7 +140,7 @@ def _adversarial(
 def _trades(req: _Request) -> Defended:
     cfg = req.pick(TradesSettings, ("eps", "steps", "alpha", "beta"))
     settings = req.pick(TrainSettings, TRAIN_OPTIONS)
-    result = trades(req.start_model(), req.train, cfg, settings)
+    result = trades(req.start_model(), req.train, cfg, settings, req.progress)
     hyper = {**cfg.to_dict(), **settings.to_dict(), "init": req.options.get("init", "parent")}
     return req.same_arch(result.model, hyper, history=result.history)
 
@@ -148,7 +150,12 @@ def _distill(req: _Request) -> Defended:
     temperature = float(req.options.get("temperature", 50.0))
     factory = zoo.resolve_factory(req.card.factory)
     model, history = defensive_distillation(
-        factory, req.card.kwargs, req.train, temperature=temperature, settings=settings
+        factory,
+        req.card.kwargs,
+        req.train,
+        temperature=temperature,
+        settings=settings,
+        progress=req.progress,
     )
     hyper = {"temperature": temperature, "deployed_temperature": 1.0, **settings.to_dict()}
     return req.same_arch(model, hyper, history=history, report={"init": "scratch"})
@@ -163,7 +170,7 @@ def _augment(req: _Request) -> Defended:
         return cross_entropy_step(m, augmentation(x, generator), y, epoch)
 
     model = req.start_model()
-    history = fit(model, req.train, settings, step)
+    history = fit(model, req.train, settings, step, progress=req.progress)
     hyper = {
         **augmentation.to_dict(),
         **settings.to_dict(),
@@ -230,9 +237,15 @@ def _ensemble(req: _Request) -> Defended:
         torch.manual_seed(settings.seed + 1 + index)
         member = zoo.build(req.card.factory, req.card.kwargs)
         seeded = TrainSettings(**{**settings.to_dict(), "seed": settings.seed + 1 + index})
-        history += [
-            {"member": index + 1, **r} for r in fit(member, req.train, seeded, cross_entropy_step)
-        ]
+        trained = fit(
+            member,
+            req.train,
+            seeded,
+            cross_entropy_step,
+            progress=req.progress,
+            label=f"train member {index + 1}/{extra}",
+        )
+        history += [{"member": index + 1, **r} for r in trained]
         members.append((member, req.card))
     if len(members) < 2:
         raise BadInputError(
@@ -284,8 +297,10 @@ def apply_defense(
     options: Mapping[str, Any] | None = None,
     *,
     members: Sequence[tuple[nn.Module, ModelCard]] = (),
+    progress: ProgressHook | None = None,
 ) -> Defended:
-    """Defend ``parent`` (left untouched) with ``method``; options a method does not take are refused."""
+    """Defend ``parent`` (left untouched) with ``method``; options a method does not take are
+    refused. ``progress`` hears training batches done/total (:mod:`..progress`)."""
     if method not in METHODS:
         raise BadInputError(f"unknown defense {method!r} (known: {', '.join(METHODS)})")
     run, accepted = METHODS[method]
@@ -295,7 +310,7 @@ def apply_defense(
         flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
         raise BadInputError(f"{method} does not take {flags}")
     started = time.perf_counter()
-    defended = run(_Request(parent, card, train, given, members))
+    defended = run(_Request(parent, card, train, given, members, progress))
     defended.train_seconds = time.perf_counter() - started
     defended.method = method
     defended.model.eval()

@@ -42,6 +42,7 @@ from modelguard.robustness.attacks.fgsm import FGSM
 from modelguard.robustness.attacks.pgd import PGD
 from modelguard.robustness.data import Dataset
 from modelguard.robustness.defenses.training import TrainSettings, fit
+from modelguard.robustness.progress import ProgressHook
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,11 @@ def _seed(settings: TrainSettings, epoch: int) -> int:
 
 
 def pgd_at(
-    model: nn.Module, train: Dataset, adv: AdversarialSettings, settings: TrainSettings
+    model: nn.Module,
+    train: Dataset,
+    adv: AdversarialSettings,
+    settings: TrainSettings,
+    progress: ProgressHook | None = None,
 ) -> TrainingRun:
     attacks: dict[int, PGD] = {}
 
@@ -101,17 +106,21 @@ def pgd_at(
         x_adv = attacks[epoch](x, y)
         return F.cross_entropy(m(x_adv), y)
 
-    return TrainingRun(model, fit(model, train, settings, step))
+    return TrainingRun(model, fit(model, train, settings, step, progress=progress))
 
 
 def fgsm_at(
-    model: nn.Module, train: Dataset, adv: AdversarialSettings, settings: TrainSettings
+    model: nn.Module,
+    train: Dataset,
+    adv: AdversarialSettings,
+    settings: TrainSettings,
+    progress: ProgressHook | None = None,
 ) -> TrainingRun:
     def step(m: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         x_adv = FGSM(m, eps=adv.eps_at(epoch))(x, y)
         return adv.mix * F.cross_entropy(m(x), y) + (1 - adv.mix) * F.cross_entropy(m(x_adv), y)
 
-    return TrainingRun(model, fit(model, train, settings, step))
+    return TrainingRun(model, fit(model, train, settings, step, progress=progress))
 
 
 def guard_accuracy(
@@ -124,7 +133,11 @@ def guard_accuracy(
 
 
 def fast_at(
-    model: nn.Module, train: Dataset, adv: AdversarialSettings, settings: TrainSettings
+    model: nn.Module,
+    train: Dataset,
+    adv: AdversarialSettings,
+    settings: TrainSettings,
+    progress: ProgressHook | None = None,
 ) -> TrainingRun:
     if not 0 < adv.guard_size < len(train):
         raise BadInputError(
@@ -177,7 +190,7 @@ def fast_at(
             return True
         return False
 
-    history = fit(model, fit_on, settings, step, after_epoch)
+    history = fit(model, fit_on, settings, step, after_epoch, progress=progress)
     if best["epoch"] != history[-1]["epoch"]:
         model.load_state_dict(best["state"])
     guard.update(restored_epoch=best["epoch"], restored_accuracy=best["accuracy"])

@@ -29,6 +29,7 @@ from torch import nn
 from modelguard.errors import BadInputError
 from modelguard.robustness.data import Dataset
 from modelguard.robustness.defenses.training import TrainSettings, fit
+from modelguard.robustness.progress import ProgressHook
 
 
 def defensive_distillation(
@@ -38,6 +39,7 @@ def defensive_distillation(
     *,
     temperature: float = 50.0,
     settings: TrainSettings | None = None,
+    progress: ProgressHook | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train teacher then student from scratch; returns the student (deployed at T = 1)."""
     if not temperature >= 1.0:
@@ -50,7 +52,12 @@ def defensive_distillation(
     def teacher_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, _e: int) -> torch.Tensor:
         return F.cross_entropy(model(x) / t, y)
 
-    history = [{"phase": "teacher", **r} for r in fit(teacher, train, settings, teacher_step)]
+    history = [
+        {"phase": "teacher", **r}
+        for r in fit(
+            teacher, train, settings, teacher_step, progress=progress, label="train teacher"
+        )
+    ]
     teacher.eval()
 
     student = factory(**dict(kwargs))
@@ -60,6 +67,11 @@ def defensive_distillation(
             soft = F.softmax(teacher(x) / t, dim=1)
         return -(soft * F.log_softmax(model(x) / t, dim=1)).sum(dim=1).mean()
 
-    history += [{"phase": "student", **r} for r in fit(student, train, settings, student_step)]
+    history += [
+        {"phase": "student", **r}
+        for r in fit(
+            student, train, settings, student_step, progress=progress, label="train student"
+        )
+    ]
     student.eval()
     return student, history

@@ -27,6 +27,7 @@ from modelguard.errors import BadInputError
 from modelguard.robustness.data import Dataset
 from modelguard.robustness.defenses.adversarial import TrainingRun
 from modelguard.robustness.defenses.training import TrainSettings, fit
+from modelguard.robustness.progress import ProgressHook
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,11 @@ def _kl(clean_log_probs: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor
 
 
 def trades(
-    model: nn.Module, train: Dataset, cfg: TradesSettings, settings: TrainSettings
+    model: nn.Module,
+    train: Dataset,
+    cfg: TradesSettings,
+    settings: TrainSettings,
+    progress: ProgressHook | None = None,
 ) -> TrainingRun:
     generator = torch.Generator().manual_seed(settings.seed)
     alpha = cfg.alpha if cfg.alpha is not None else cfg.eps / 4
@@ -72,4 +77,4 @@ def trades(
         robust = _kl(F.log_softmax(logits, dim=1), m(x_adv.detach())) / len(y)
         return F.cross_entropy(logits, y) + cfg.beta * robust
 
-    return TrainingRun(model, fit(model, train, settings, step))
+    return TrainingRun(model, fit(model, train, settings, step, progress=progress))

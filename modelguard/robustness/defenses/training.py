@@ -9,7 +9,8 @@
 1
 
 A defense supplies ``step(model, x, y, epoch) -> loss`` (it may craft adversarial inputs
-inside) and optionally ``after_epoch(epoch, model, record) -> stop?``; ``fit`` does the rest.
+inside) and optionally ``after_epoch(epoch, model, record) -> stop?``; ``fit`` does the rest,
+reporting batches done/total to a :data:`~modelguard.robustness.progress.ProgressHook`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from modelguard.errors import BadInputError
 from modelguard.modelcard import seed_everything
 from modelguard.robustness import distributed
 from modelguard.robustness.data import Dataset
+from modelguard.robustness.progress import ProgressHook
 
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 AfterEpoch = Callable[[int, nn.Module, dict[str, Any]], bool]
@@ -67,17 +69,21 @@ def fit(
     settings: TrainSettings,
     step: Step,
     after_epoch: AfterEpoch | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: ProgressHook | None = None,
+    label: str = "train",
 ) -> list[dict[str, Any]]:
-    """Train in place; returns one record per epoch (seconds, mean loss, what hooks add)."""
+    """Train in place; returns one record per epoch (seconds, mean loss, what hooks add).
+
+    ``progress`` hears ``("<label> epoch e/E, batches", done, total)`` after every batch."""
     generator = seed_everything(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     steps_per_epoch = distributed.steps_per_epoch(len(train), settings.batch_size)
+    all_steps = settings.epochs * steps_per_epoch
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=settings.lr,
-            total_steps=settings.epochs * steps_per_epoch,
+            total_steps=all_steps,
             pct_start=0.4,
             anneal_strategy="linear",
             cycle_momentum=False,
@@ -90,8 +96,9 @@ def fit(
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         total, count = 0.0, 0
-        for xb, yb in distributed.epoch_batches(
-            train, settings.batch_size, generator, epoch, settings.seed
+        stage = f"{label} epoch {epoch + 1}/{settings.epochs}, batches"
+        for index, (xb, yb) in enumerate(
+            distributed.epoch_batches(train, settings.batch_size, generator, epoch, settings.seed)
         ):
             model.train()
             loss = step(trained, xb, yb, epoch)
@@ -102,6 +109,8 @@ def fit(
                 scheduler.step()
             total += float(loss.detach()) * len(yb)
             count += len(yb)
+            if progress is not None:
+                progress(stage, epoch * steps_per_epoch + index + 1, all_steps)
         model.eval()
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -109,8 +118,6 @@ def fit(
             "loss": total / max(count, 1),
         }
         history.append(record)
-        if progress is not None:
-            progress(1)
         if after_epoch is not None and after_epoch(epoch, model, record):
             break
     model.eval()
