@@ -34,6 +34,7 @@ def commands(model: Path, keys: Path, sigs: Path) -> dict[str, list[str]]:
     mg = [sys.executable, "-m", "modelguard"]
     ms = [str(BIN / "model_signing")]
     priv, pub = str(keys / "bench.priv"), str(keys / "bench.pub")
+    verify = [*mg, "verify", str(model), "--trust-key", pub, "--signature", str(sigs / "mg.sig")]
     return {
         "modelguard --help": [*mg, "--help"],
         "modelguard verify --help": [*mg, "verify", "--help"],
@@ -48,25 +49,8 @@ def commands(model: Path, keys: Path, sigs: Path) -> dict[str, list[str]]:
             str(sigs / "again.sig"),
             "--no-ledger",
         ],
-        "modelguard verify (tiny model)": [
-            *mg,
-            "verify",
-            str(model),
-            "--trust-key",
-            pub,
-            "--signature",
-            str(sigs / "mg.sig"),
-        ],
-        "modelguard verify --json (tiny model)": [
-            *mg,
-            "verify",
-            str(model),
-            "--trust-key",
-            pub,
-            "--signature",
-            str(sigs / "mg.sig"),
-            "--json",
-        ],
+        "modelguard verify (tiny model)": verify,
+        "modelguard verify --json (tiny model)": [*verify, "--json"],
         "model_signing sign key (tiny model)": [
             *ms,
             "sign",
