@@ -40,7 +40,8 @@ from modelguard import audit
 from modelguard.keys import generate_key, key_id
 from modelguard.policy import policy_from_keys, with_ledger_trust
 from modelguard.signing.ledger_check import state_path
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 NAMES = 1000
 

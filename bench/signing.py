@@ -39,7 +39,8 @@ import model_signing
 import numpy as np
 
 from modelguard.keys import generate_key, write_keypair
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 
 def write_safetensors(path: Path, *, tensors: int, tensor_mib: int, seed: int) -> int:

@@ -54,7 +54,7 @@ def build(directory: Path, mib: int) -> tuple[Path, Path]:
     from onnx import TensorProto, helper, numpy_helper
 
     from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
 
     n, rng = 1024, np.random.default_rng(0)
     count = max(1, mib // 4)  # 4 MiB per 1024x1024 float32 weight

@@ -44,7 +44,7 @@ def _torch() -> list[bytes]:
 
 def _bundle() -> list[bytes]:
     from modelguard.keys import generate_key
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
 
     model = WORK / "model"
     model.mkdir(exist_ok=True)

@@ -24,8 +24,8 @@ from modelguard.formats.safetensors import parse_safetensors
 from modelguard.keys import generate_key
 from modelguard.policy import parse_policy, parse_policy_toml
 from modelguard.signing.bundle import load_bundle_bytes, parse_bundle
+from modelguard.signing.envelope import verify_bundle
 from modelguard.signing.statement import parse_statement
-from modelguard.signing.verify import verify_bundle
 
 WORK = Path(tempfile.mkdtemp(prefix="mg-atheris-"))
 NOTE_KEY = NoteSigner.generate("fuzz.example/log")

@@ -66,8 +66,8 @@ __version__ = "0.1.0"
 # public name -> (module, attribute); imported on first access
 _API: dict[str, tuple[str, str]] = {
     "build_manifest": ("modelguard.manifest", "build_manifest"),
-    "sign": ("modelguard.signing.model", "sign_model"),
-    "verify": ("modelguard.signing.model", "verify_model"),
+    "sign": ("modelguard.signing.sign", "sign_model"),
+    "verify": ("modelguard.signing.verify", "verify_model"),
     "encrypt": ("modelguard.encryption.model", "encrypt_model"),
     "decrypt": ("modelguard.encryption.model", "decrypt_model"),
     "open_session": ("modelguard.runtime", "open_session"),

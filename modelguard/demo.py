@@ -36,7 +36,8 @@ from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
 from modelguard.policy import Policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.data import digits_split
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 DEMO_SEED = 0
 
@@ -214,7 +215,7 @@ def stage_bind(ctx: DemoContext) -> None:
     import numpy as np
 
     from modelguard.runtime import session_from_verified
-    from modelguard.signing.model import verify_and_hold
+    from modelguard.signing.verify import verify_and_hold
 
     public, key = ctx.artifacts["public_key"], ctx.artifacts["signing_key"]
     single = ctx.path("single", "model.onnx")

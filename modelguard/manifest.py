@@ -53,7 +53,9 @@ SIGNING_FILE_HASH = "sha256"
 RECORD_FORMATS = ("onnx", "safetensors", "pytorch", "raw")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
-ProgressCallback = Callable[[int], None]
+# progress(n, total): n more bytes hashed, of ``total`` bytes of hashing planned for this pass
+# (a byte hashed by two functions counts twice); called from worker threads
+ProgressCallback = Callable[[int, int], None]
 
 
 # --- value objects ----------------------------------------------------------------------------
@@ -577,7 +579,7 @@ def hash_view(
         chunk = view[start : start + chunk_size]
         feed(hasher, chunk, algorithm)
         if progress is not None:
-            progress(chunk.nbytes)
+            progress(chunk.nbytes, view.nbytes)
     return hasher.hexdigest()
 
 
@@ -627,11 +629,12 @@ def run_hash_jobs(
     for job in ordered:
         pending[job.rel] = pending.get(job.rel, 0) + 1
     lock = threading.Lock()
+    work = sum(job.size * (2 if job.parts else 1) for job in jobs)
 
     def advance(n: int) -> None:
         if progress is not None:
             with lock:
-                progress(n)
+                progress(n, work)
 
     def run(job: HashJob) -> list[tuple[tuple[str, ...], str]]:
         hasher = new_hasher(job.algorithm)
@@ -927,8 +930,8 @@ def build_manifest(
 ) -> Manifest:
     """Parse every file under ``path`` (refusing unsafe ones) and hash files, structures and tensors.
 
-    ``threads``: worker threads (default: the CPUs available). ``progress(n)`` is called from
-    worker threads with the number of bytes just hashed (file bytes, then tensor bytes again).
+    ``threads``: worker threads (default: the CPUs available). ``progress(n, total)`` is called
+    from worker threads with the bytes just hashed and the bytes of hashing planned in all.
     ``files``: the model already opened (:func:`open_model`); its buffers are what is hashed.
     ``file_hash_algorithm``: hash whole files with another function (what signatures do:
     :data:`SIGNING_FILE_HASH` files, :data:`SIGNING_LAYER_HASH` tensors).

@@ -11,7 +11,7 @@ Typical use (``keys`` trusted signer public keys, ``identity`` an X25519 private
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
 
 Order of operations, never relaxed (docs/runtime.md): (1)
-:func:`modelguard.signing.model.verify_and_hold` reads every file once into private memory
+:func:`modelguard.signing.verify.verify_and_hold` reads every file once into private memory
 and verifies those buffers (signatures bound to this target, every file, tensor and structure
 digest, the policy and, when asked, ledger inclusion, revocation and rollback), (2)
 :func:`session_from_verified` builds the session from the held buffers only: containers are
@@ -128,7 +128,7 @@ class VerifiedSession:
     model: str
     layer_root: str | None
     tensors_verified: int
-    verification: Any = None  # modelguard.signing.model.VerificationReport
+    verification: Any = None  # modelguard.signing.report.VerificationReport
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     _buffers: list[Any] = field(default_factory=list, repr=False)  # keep OrtValue memory alive
 
@@ -170,7 +170,7 @@ def _verify(
     """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
     from modelguard.formats import onnx_runtime_reads
     from modelguard.policy import NO_CHECKS
-    from modelguard.signing.model import verify_and_hold
+    from modelguard.signing.verify import verify_and_hold
 
     if signature is None and policy is None and not keys:
         raise BadInputError(
@@ -446,7 +446,7 @@ def session_from_verified(
     threads: int | None = None,
     started: float | None = None,
 ) -> VerifiedSession:
-    """An ONNX Runtime session built only from a :class:`~modelguard.signing.model.VerifiedModel`.
+    """An ONNX Runtime session built only from a :class:`~modelguard.signing.report.VerifiedModel`.
 
     The model's files are not touched again: they may have been renamed, rewritten or removed
     since verification, the session still runs exactly the bytes that verified.

@@ -50,7 +50,7 @@ from modelguard.safeio import MAX_KEY_BYTES, open_regular, read_all
 
 if TYPE_CHECKING:
     from modelguard.policy import Policy
-    from modelguard.signing.model import VerificationReport
+    from modelguard.signing.report import VerificationReport
 
 __all__ = [
     "ProofCheck",

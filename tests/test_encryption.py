@@ -193,7 +193,8 @@ def test_decrypted_model_still_verifies_against_plaintext_signature(
     onnx_model: Path, tmp_path: Path
 ) -> None:
     from modelguard.keys import generate_key
-    from modelguard.signing.model import sign_model, verify_model
+    from modelguard.signing.sign import sign_model
+    from modelguard.signing.verify import verify_model
 
     signer = generate_key()
     signature = tmp_path / "plain.sig"
@@ -402,7 +403,7 @@ def test_any_single_byte_change_is_detected(
 def test_encrypting_a_signed_directory_ledgers_it_under_its_signed_root(tmp_path: Path) -> None:
     from modelguard import audit
     from modelguard.keys import generate_key
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     model = model_dir(tmp_path / "model")
@@ -496,7 +497,7 @@ def test_version_2_header_rewritten_by_a_key_holder_fails_the_root_check(
 
 
 def test_container_records_the_root_a_signature_records(onnx_model: Path, tmp_path: Path) -> None:
-    from modelguard.signing.model import signed_manifest
+    from modelguard.signing.files import signed_manifest
 
     result = encrypt_model(onnx_model, tmp_path / "m.mgenc", key=KEY)
     signed = signed_manifest(onnx_model)

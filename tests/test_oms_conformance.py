@@ -26,9 +26,10 @@ from modelguard.errors import FormatError
 from modelguard.keys import generate_key, load_public_key, write_keypair
 from modelguard.signing import sign_statement
 from modelguard.signing.bundle import dump_bundle, load_bundle_bytes
-from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import Serialization
+from modelguard.signing.sign import sign_model
 from modelguard.signing.statement import parse_oms_bundle, parse_statement
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import model_dir
 
 OMS = Path(__file__).parent / "testdata" / "oms-v1.0"

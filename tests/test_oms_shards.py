@@ -20,7 +20,6 @@ from modelguard.keys import generate_key, write_keypair
 from modelguard.policy import Policy, policy_from_keys
 from modelguard.signing import sign_statement
 from modelguard.signing.bundle import dump_bundle
-from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import (
     Serialization,
     compute_resources,
@@ -28,7 +27,9 @@ from modelguard.signing.shards import (
     shard_name,
     shard_ranges,
 )
+from modelguard.signing.sign import sign_model
 from modelguard.signing.statement import parse_statement, subject_digest
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import model_dir
 
 KEY = generate_key("ecdsa-p256")
@@ -348,7 +349,7 @@ def test_signing_refuses_a_statement_a_reader_would_refuse(
     Signing hashes one buffer per file, so the file cannot change between the two passes; the
     statement is still parsed before it is signed, as a reader would parse it.
     """
-    import modelguard.signing.model as signing_model
+    import modelguard.signing.files as signing_model
 
     real = signing_model.resources_from_views
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import modelguard.manifest as manifest_module
-import modelguard.signing.model as model_module
+import modelguard.signing.sign as model_module
 from modelguard.cli import main as cli_main
 from modelguard.errors import BadInputError, DigestMismatchError, FormatError
 from modelguard.keys import generate_key, write_keypair
@@ -30,7 +30,9 @@ from modelguard.manifest import (
     scan_model,
 )
 from modelguard.policy import policy_from_keys
-from modelguard.signing.model import sign_model, signed_manifest, verify_model
+from modelguard.signing.files import signed_manifest
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import tiny_safetensors
 
 KEY = generate_key()

@@ -18,7 +18,9 @@ from modelguard.policy import (
     load_policy,
     parse_age,
 )
-from modelguard.signing.model import cosign_dir, sign_model, verify_model
+from modelguard.signing.files import cosign_dir
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import tiny_safetensors
 
 A, B, C, D = (generate_key() for _ in range(4))

@@ -36,8 +36,8 @@ def test_the_gate_names_resolve_without_torch_or_onnxruntime() -> None:
 @pytest.mark.parametrize(
     ("name", "module", "attribute"),
     [
-        ("sign", "modelguard.signing.model", "sign_model"),
-        ("verify", "modelguard.signing.model", "verify_model"),
+        ("sign", "modelguard.signing.sign", "sign_model"),
+        ("verify", "modelguard.signing.verify", "verify_model"),
         ("build_manifest", "modelguard.manifest", "build_manifest"),
         ("encrypt", "modelguard.encryption.model", "encrypt_model"),
         ("decrypt", "modelguard.encryption.model", "decrypt_model"),

@@ -19,7 +19,8 @@ from modelguard.encryption import ContainerReader, encrypt_model
 from modelguard.errors import BadInputError, DecryptionError, SignatureError, VerificationError
 from modelguard.keys import generate_key, write_keypair
 from modelguard.runtime import choose_providers, cuda_usable, open_session, open_verified
-from modelguard.signing.model import sign_model, signed_manifest
+from modelguard.signing.files import signed_manifest
+from modelguard.signing.sign import sign_model
 
 X = np.random.default_rng(7).standard_normal((6, 8)).astype(np.float32)
 

@@ -18,13 +18,11 @@ from modelguard.errors import BadInputError, FormatError, ModelGuardError, Signa
 from modelguard.keys import generate_key, key_id, oms_hint, sign_bytes
 from modelguard.signing import dsse, sign_statement, verify_bundle
 from modelguard.signing.bundle import dump_bundle, make_bundle
-from modelguard.signing.model import (
-    VerificationReport,
-    cosign_dir,
-    sign_model,
-    verify_model,
-)
+from modelguard.signing.files import cosign_dir
+from modelguard.signing.report import VerificationReport
+from modelguard.signing.sign import sign_model
 from modelguard.signing.statement import model_statement, parse_statement, subject_digest
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import model_dir, tiny_safetensors
 
 KEY = generate_key("ecdsa-p256")

@@ -13,8 +13,9 @@ from model_signing._signing import sign_sigstore_pb as sigstore_pb
 
 from modelguard.keys import PrivateKey, generate_key, write_keypair
 from modelguard.policy import Policy, policy_from_keys
-from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import Serialization
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import model_dir
 
 

@@ -393,7 +393,7 @@ def _add_node(tree: Tree, node: audit.LineageNode) -> None:
 def model_root(path: Path) -> str:
     """The layer root a signature of ``path`` records (signature files left out)."""
     from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH, build_manifest
-    from modelguard.signing.model import default_signature_path, signing_ignore_paths
+    from modelguard.signing.files import default_signature_path, signing_ignore_paths
 
     ignore = signing_ignore_paths(path, default_signature_path(path))
     return build_manifest(

@@ -125,7 +125,7 @@ def manifest(
     """
     if prove is not None:
         from modelguard.manifest import prove_tensor
-        from modelguard.signing.model import signed_manifest
+        from modelguard.signing.files import signed_manifest
 
         signed = signed_manifest(path, threads=threads)
         # FILE:TENSOR names the file when several hold a tensor of that name
@@ -136,14 +136,14 @@ def manifest(
             output.write_text(json.dumps(proof, indent=2) + "\n")
         emit(proof, as_json or output is None, lambda out: None)
         return
-    with progress("hashing", total=None) as advance:
+    with progress("hashing") as hashed:
         result = build_manifest(
             path,
             hash_algorithm=hash_algorithm,
             allow_symlinks=allow_symlinks,
             ignore_paths=ignore_paths,
             threads=threads,
-            progress=advance,
+            progress=hashed,
         )
     if output is not None:
         output.write_bytes(result.canonical_json())

@@ -189,6 +189,15 @@ class ProgressReporter:
         self.done += n
         self._show()
 
+    def hashed(self, n: int, total: int) -> None:
+        """A hashing callback (``manifest.ProgressCallback``): ``n`` more of ``total`` bytes.
+
+        A different total is a new hashing pass (say, the full check after the layout's):
+        its count starts again."""
+        if total != self.total:
+            self.total, self.done = total, 0.0
+        self.advance(n)
+
     def _show(self) -> None:
         if self._bar is not None:
             self._bar.update(
@@ -248,10 +257,10 @@ def heartbeat(stage: str) -> Callable[[F], F]:
 
 
 @contextmanager
-def progress(description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
-    """Yield ``advance(n)`` for a count of bytes (see :class:`ProgressReporter`)."""
-    with ProgressReporter(description, total, unit="bytes") as reporter:
-        yield reporter.advance
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """Yield a hashing callback ``(n, total)`` in bytes (see :class:`ProgressReporter`)."""
+    with ProgressReporter(description, unit="bytes") as reporter:
+        yield reporter.hashed
 
 
 def to_jsonable(value: Any) -> Any:

@@ -16,12 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 from modelguard.cli.options import load_sign_key, sign_key_options, trust_key_option
-from modelguard.cli.output import emit, heartbeat, json_option
+from modelguard.cli.output import emit, json_option, progress
 from modelguard.gates import STANDARD_CHECKS
 from modelguard.keys import load_public_key
 from modelguard.policy import load_policy, policy_from_keys, with_ledger_trust
-from modelguard.signing.model import sign_model, verify_model
 from modelguard.signing.shards import DEFAULT_SHARD_SIZE, METHODS, OMS_HASHES, Serialization
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from modelguard.transparency import check_signature_proof, write_entry_proof
 
 _PATH = click.Path(path_type=Path, exists=False)
@@ -82,7 +83,6 @@ Examples:
     help="Also write the ledger entry's C2SP tlog-proof here (for `verify --ledger-proof`).",
 )
 @json_option
-@heartbeat("sign")
 def sign(
     path: Path,
     sign_key: Path,
@@ -108,17 +108,19 @@ def sign(
     if serialization == "shards" and shard_size is None:
         shard_size = DEFAULT_SHARD_SIZE
     key = load_sign_key(sign_key, sign_passphrase_env, sign_passphrase_file)
-    result = sign_model(
-        path,
-        key,
-        signature_path=signature_path,
-        name=name,
-        version=model_version,
-        parent=parent,
-        ledger_url=ledger_url,
-        record=not no_ledger,
-        serialization=Serialization(serialization, hash_type, shard_size),
-    )
+    with progress("sign: hashing") as hashed:
+        result = sign_model(
+            path,
+            key,
+            signature_path=signature_path,
+            name=name,
+            version=model_version,
+            parent=parent,
+            ledger_url=ledger_url,
+            record=not no_ledger,
+            serialization=Serialization(serialization, hash_type, shard_size),
+            progress=hashed,
+        )
     document = result.to_dict()
     if ledger_proof is not None and result.ledger_entry:
         index = int(result.ledger_entry["index"])
@@ -220,7 +222,6 @@ Exit codes: 0 verified; 1 a signature, digest, policy or ledger check failed; 2 
 )
 @json_option
 @click.pass_context
-@heartbeat("verify")
 def verify(
     ctx: click.Context,
     path: Path,
@@ -248,18 +249,20 @@ def verify(
         ledger_keys,
         ledger_state,
     )
-    report = verify_model(
-        path,
-        signature_path,
-        keys=(),
-        policy=policy,
-        ledger_url=ledger_url,
-        require_ledger=require_ledger,
-        allow_rollback=allow_rollback,
-        ignore_unsigned_files=ignore_unsigned_files,
-        checks=STANDARD_CHECKS,
-        tensors=[n for n in tensors.split(",") if n] if tensors is not None else None,
-    )
+    with progress("verify: hashing") as hashed:
+        report = verify_model(
+            path,
+            signature_path,
+            keys=(),
+            policy=policy,
+            ledger_url=ledger_url,
+            require_ledger=require_ledger,
+            allow_rollback=allow_rollback,
+            ignore_unsigned_files=ignore_unsigned_files,
+            checks=STANDARD_CHECKS,
+            tensors=[n for n in tensors.split(",") if n] if tensors is not None else None,
+            progress=hashed,
+        )
     if ledger_proof is not None:  # the gate's ledger keys and the policy's witness quorum
         check_signature_proof(report, ledger_proof, policy)
     error = report.error()

@@ -362,7 +362,7 @@ def signed_model_root(model: Path, manifest: Manifest) -> str:
     is hashed again); another scheme needs one more scan in the signature's functions.
     """
     from modelguard.manifest import Manifest, build_manifest
-    from modelguard.signing.model import default_signature_path, is_ignored, signing_ignore_paths
+    from modelguard.signing.files import default_signature_path, is_ignored, signing_ignore_paths
 
     ignore = signing_ignore_paths(model, default_signature_path(model))
     if manifest.scheme == (SIGNING_LAYER_HASH, SIGNING_FILE_HASH):
@@ -429,7 +429,7 @@ def encrypt_model(
     signature = None
     signed = None
     if sign_key is not None:
-        from modelguard.signing.model import sign_model
+        from modelguard.signing.sign import sign_model
 
         model_root = signed_model_root(source, manifest)
         signed = sign_model(

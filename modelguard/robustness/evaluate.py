@@ -808,7 +808,7 @@ def evaluate_model_dir(
 ) -> EvalResult:
     """White-box evaluation of a model directory (``modelguard.json``), with ONNX parity.
 
-    ``verified``: the model as verified (``modelguard.signing.model.VerifiedModel``): card,
+    ``verified``: the model as verified (``modelguard.signing.report.VerifiedModel``): card,
     weights and ONNX graph come from its buffers and its manifest is the identity; nothing is
     read by path again.
     """

@@ -66,11 +66,9 @@ from modelguard.robustness.defenses import apply_defense
 from modelguard.robustness.evaluate import EvalConfig, EvalResult, evaluate_model_dir
 from modelguard.robustness.gate import ROBUSTNESS_SUFFIX, certificate_path_for, robustness_dir_for
 from modelguard.robustness.report import write_outputs
-from modelguard.signing.model import (
-    VerifiedModel,
-    sign_model,
-    verify_and_hold,
-)
+from modelguard.signing.report import VerifiedModel
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_and_hold
 
 HARDEN_KIND = "harden"
 RECERTIFY_KIND = "recertify"

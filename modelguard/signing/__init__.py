@@ -10,6 +10,6 @@
 
 from __future__ import annotations
 
-from modelguard.signing.verify import VerifiedStatement, sign_statement, verify_bundle
+from modelguard.signing.envelope import VerifiedStatement, sign_statement, verify_bundle
 
 __all__ = ["VerifiedStatement", "sign_statement", "verify_bundle"]

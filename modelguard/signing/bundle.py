@@ -147,7 +147,7 @@ def read_signed_bundle(
     path: Path | str, *, max_size: int = MAX_BUNDLE_BYTES, what: str = "signature file"
 ) -> SignedBundle:
     """Read a signed bundle once (a regular file, its size bounded on the descriptor) and
-    decode its JSON; verify it with :func:`modelguard.signing.verify.verify_bundle` on
+    decode its JSON; verify it with :func:`modelguard.signing.envelope.verify_bundle` on
     ``.document``. :class:`BadInputError` for a missing or irregular file, :class:`FormatError`
     for one that is not a bundle."""
     source = Path(path)

@@ -9,7 +9,7 @@ The policy's rules (allowed hash algorithms, maximum signature age, model name p
 threshold of distinct trusted signers) and its ``[certificate]`` / ``[audit.*]`` tables,
 whose checks the caller hands over in a :class:`~modelguard.policy.PolicyChecks` (none given
 and the policy requires one: the check fails closed). Writes :class:`Report` checks only;
-reading and hashing the model is :mod:`modelguard.signing.model`'s job.
+reading and hashing the model is :mod:`modelguard.signing.verify`'s job.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CLOCK_SKEW_S = 300  # a signing time up to this far in the future is accepted
 
 
 class Report(Protocol):
-    """Where checks are recorded (``signing.model.VerificationReport``)."""
+    """Where checks are recorded (``signing.report.VerificationReport``)."""
 
     ledger: dict[str, Any] | None
 
@@ -35,7 +35,7 @@ class Report(Protocol):
 
 
 class SignerFacts(Protocol):
-    """What policy evaluation reads of one signer (``signing.model.SignerResult``)."""
+    """What policy evaluation reads of one signer (``signing.report.SignerResult``)."""
 
     @property
     def key_id(self) -> str | None: ...
@@ -75,7 +75,7 @@ def check_policy(
         algorithms = {r.algorithm for r in item.statement.resources}
         if item.manifest is not None:
             # the whole-file digests always carry the verdict; the tensor hash only where the
-            # policy allows it (else verify checks the files too, signing.model._fast_check)
+            # policy allows it (else verify checks the files too, signing.verify._fast_check)
             algorithms.add(item.manifest.file_algorithm)
         refused = sorted(algorithms - set(policy.allowed_hash_algorithms))
         if refused:

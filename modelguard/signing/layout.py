@@ -38,6 +38,7 @@ from modelguard.manifest import (
     GAP_SEGMENT,
     HashJob,
     Manifest,
+    ProgressCallback,
     Scan,
     file_slice,
     open_model,
@@ -127,6 +128,7 @@ def check_layouts(
     file_algorithm: str | None = None,
     threads: int | None = None,
     only: Callable[[Segment], bool] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Hash every segment (``algorithm``) and every ``whole_files`` path (``file_algorithm``).
 
@@ -183,7 +185,7 @@ def check_layouts(
                     0,
                 )
             )
-    digests = run_hash_jobs(files, jobs, threads=threads)
+    digests = run_hash_jobs(files, jobs, threads=threads, progress=progress)
     problems += [
         f"{path}: {label}" for key, (path, label, want) in labels.items() if digests[key] != want
     ]

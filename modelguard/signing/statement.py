@@ -454,7 +454,7 @@ def parse_oms_bundle(document: object) -> tuple[ParsedBundle, ParsedStatement]:
     """A bundle and the OMS statement it claims, checked for shape only (not yet verified).
 
     Refuses malformed bundles and payloads up front (exit 2) whoever signed them; the
-    signature is checked afterwards with :func:`modelguard.signing.verify.verify_bundle`.
+    signature is checked afterwards with :func:`modelguard.signing.envelope.verify_bundle`.
     """
     parsed = parse_bundle(document)
     return parsed, parse_statement(load_json_payload(parsed.envelope.payload))

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from modelguard.cli import main as cli_main
 from modelguard.keys import PrivateKey, write_keypair
 from modelguard.signing.bundle import dump_bundle
+from modelguard.signing.envelope import sign_statement
 from modelguard.signing.statement import DEFAULT_IGNORE_PATHS, model_statement
-from modelguard.signing.verify import sign_statement
 
 X = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
 

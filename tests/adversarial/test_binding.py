@@ -26,7 +26,8 @@ from modelguard.errors import SignatureError, VerificationError
 from modelguard.keys import generate_key
 from modelguard.policy import policy_from_keys, with_ledger_trust
 from modelguard.runtime import open_session
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 GOOD = np.eye(4, dtype=np.float32)
 EVIL = -7 * np.ones((4, 4), dtype=np.float32)

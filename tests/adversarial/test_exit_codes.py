@@ -20,7 +20,7 @@ from modelguard.encryption.container import MAGIC, PREAMBLE
 from modelguard.keys import generate_key, key_id, oms_hint, public_pem, sign_bytes
 from modelguard.signing.bundle import dump_bundle, make_bundle
 from modelguard.signing.dsse import PAYLOAD_TYPE_INTOTO, Envelope, Signature, pae
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 from tests.tinymodels import model_dir
 
 DEEP = 100_000

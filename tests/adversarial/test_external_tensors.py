@@ -20,7 +20,8 @@ from modelguard.errors import UnsafeModelError, VerificationError
 from modelguard.keys import generate_key
 from modelguard.manifest import build_manifest
 from modelguard.runtime import open_session
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 C = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
 X4 = np.array([10.0, 20.0, 30.0, 40.0], dtype=np.float32)

@@ -27,7 +27,8 @@ from modelguard.cli import main as cli_main
 from modelguard.keys import generate_key, key_id
 from modelguard.policy import policy_from_keys, with_ledger_trust
 from modelguard.signing import ledger_check
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 from tests.tinymodels import model_dir
 
 

@@ -16,7 +16,7 @@ import pytest
 from gatebind_models import X, key_files, one_line, plain_mlp, run_cli
 
 from modelguard.keys import generate_key
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 
 
 @pytest.fixture

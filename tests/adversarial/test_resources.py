@@ -20,7 +20,7 @@ import pytest
 from modelguard.cli import main as cli_main
 from modelguard.encryption import encrypt_model
 from modelguard.keys import generate_encryption_key, generate_key, write_keypair
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 from tests.tinymodels import model_dir
 
 KINDS = ["fifo", "socket", "dev-zero"]

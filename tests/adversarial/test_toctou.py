@@ -23,12 +23,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from gatebind_models import X, external_mlp, plain_mlp, signed_and_unsigned_containers
 
-import modelguard.signing.model as signing_model
+import modelguard.signing.verify as signing_model
 from modelguard.errors import BadInputError, VerificationError
 from modelguard.formats.onnx import MEMORY_LOCATION, nested_tensors
 from modelguard.keys import generate_key
 from modelguard.runtime import open_session
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 
 GOOD = np.eye(4, dtype=np.float32)
 EVIL = np.full((4, 4), 9.0, dtype=np.float32)
@@ -256,7 +256,7 @@ def test_certificate_gate_binds_to_the_verified_root(tmp_path: Path) -> None:
     model (a re-read could hash a swapped-in, certified other model)."""
     from modelguard.keys import write_keypair
     from modelguard.policy import PolicyChecks, load_policy
-    from modelguard.signing.model import verify_model
+    from modelguard.signing.verify import verify_model
 
     key = generate_key()
     model = external_mlp(tmp_path / "m", GOOD)

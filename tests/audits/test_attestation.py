@@ -21,7 +21,8 @@ from modelguard.keys import PrivateKey, generate_key, public_pem
 from modelguard.policy import parse_policy
 from modelguard.robustness.data import load_dataset
 from modelguard.robustness.evaluate import model_identity
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 
 @pytest.fixture(scope="module")

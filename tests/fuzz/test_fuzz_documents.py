@@ -23,9 +23,9 @@ from modelguard.keys import generate_key
 from modelguard.policy import parse_policy, parse_policy_toml
 from modelguard.signing import ledger_check
 from modelguard.signing.bundle import load_bundle_bytes, parse_bundle
-from modelguard.signing.model import sign_model
+from modelguard.signing.envelope import verify_bundle
+from modelguard.signing.sign import sign_model
 from modelguard.signing.statement import parse_statement
-from modelguard.signing.verify import verify_bundle
 from tests.fuzz.typed import json_values, mutated, typed_outcome
 from tests.tinymodels import tiny_safetensors
 

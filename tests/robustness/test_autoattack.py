@@ -18,7 +18,7 @@ from modelguard.robustness.attacks.base import margin
 from modelguard.robustness.attacks.fab import boundary_projection
 from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
 from modelguard.robustness.hardening import harden_model
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 
 
 def binary_linear() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

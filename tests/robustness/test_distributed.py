@@ -21,7 +21,7 @@ from ledger import open_ledger
 from modelguard.keys import generate_key, write_keypair
 from modelguard.robustness import distributed
 from modelguard.robustness.attacks import build_attack
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 from modelguard.zoo import digits_mlp
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MG_PASS": "pw"}

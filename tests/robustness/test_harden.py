@@ -21,7 +21,8 @@ from modelguard.robustness.data import load_dataset
 from modelguard.robustness.evaluate import EvalConfig, evaluate_model_dir
 from modelguard.robustness.gate import certificate_path_for
 from modelguard.robustness.hardening import harden_model, recertify
-from modelguard.signing.model import sign_model, verify_model
+from modelguard.signing.sign import sign_model
+from modelguard.signing.verify import verify_model
 
 
 def small_config(data: str = "digits") -> EvalConfig:

@@ -11,7 +11,7 @@ import pytest
 from modelguard import audit
 from modelguard.cli import main as cli_main
 from modelguard.keys import generate_key
-from modelguard.signing.model import sign_model
+from modelguard.signing.sign import sign_model
 from tests.tinymodels import model_dir
 
 

@@ -331,7 +331,7 @@ def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
 ) -> None:
     """`verify --require-ledger` under `[ledger] witness_quorum = 1`: refused until cosigned."""
     from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.model import sign_model
+    from modelguard.signing.sign import sign_model
     from tests.tinymodels import model_dir
 
     key = generate_key()
