@@ -447,13 +447,11 @@ def test_version_1_containers_still_decrypt(tmp_path: Path, name: str) -> None:
     assert out.tensors and out.layer_root == build_manifest(V1 / name).layer_root
 
 
-def test_version_1_segments_still_bind_the_header_digest(tmp_path: Path) -> None:
-    # someone holding the key rewrites a version-1 header and its MAC: every version-1
-    # segment's associated data names the old header's SHA-256, so the index fails
+def remac_with_another_root(container: Path, out: Path) -> Path:
+    """What someone holding the key can do: change the header's root and make a new MAC."""
     from modelguard.encryption.container import _derive
     from modelguard.encryption.keywrap import unwrap_data_key
 
-    container = V1 / "mlp.onnx.mgenc"
     with ContainerReader(container) as reader:
         data_key = unwrap_data_key(reader.recipients, reader.file_id, [RawKeyIdentity(KEY)])
         salt, file_id, root = reader.salt, reader.file_id, reader.layer_root
@@ -464,9 +462,15 @@ def test_version_1_segments_still_bind_the_header_digest(tmp_path: Path) -> None
     head = bytes(data[:head_length]).replace(root.encode(), other.encode())
     mac = hmac.new(_derive(data_key, salt, "header-mac", file_id), head, "sha256").digest()
     data[: head_length + MAC_SIZE] = head + mac
-    (tmp_path / "bad.mgenc").write_bytes(bytes(data))
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_version_1_segments_still_bind_the_header_digest(tmp_path: Path) -> None:
+    # every version-1 segment's associated data names the old header's SHA-256: the index fails
+    bad = remac_with_another_root(V1 / "mlp.onnx.mgenc", tmp_path / "bad.mgenc")
     with pytest.raises(DecryptionError, match="segment 0 .index"):
-        decrypt_model(tmp_path / "bad.mgenc", tmp_path / "out", key=KEY)
+        decrypt_model(bad, tmp_path / "out", key=KEY)
     assert not (tmp_path / "out").exists()
 
 
@@ -475,24 +479,10 @@ def test_version_2_header_rewritten_by_a_key_holder_fails_the_root_check(
 ) -> None:
     # version 2 segments do not bind the header digest (they are sealed before it exists);
     # a re-MACed header with another root still fails: the root is recomputed from the index
-    from modelguard.encryption.container import _derive
-    from modelguard.encryption.keywrap import unwrap_data_key
-
-    container = tmp_path / "m.mgenc"
-    encrypt_model(onnx_model, container, key=KEY)
-    with ContainerReader(container) as reader:
-        data_key = unwrap_data_key(reader.recipients, reader.file_id, [RawKeyIdentity(KEY)])
-        salt, file_id, root = reader.salt, reader.file_id, reader.layer_root
-        head_length = reader.payload_start - MAC_SIZE
-    assert root is not None
-    other = ("0" if root[0] != "0" else "1") + root[1:]
-    data = bytearray(container.read_bytes())
-    head = bytes(data[:head_length]).replace(root.encode(), other.encode())
-    mac = hmac.new(_derive(data_key, salt, "header-mac", file_id), head, "sha256").digest()
-    data[: head_length + MAC_SIZE] = head + mac
-    (tmp_path / "bad.mgenc").write_bytes(bytes(data))
+    encrypt_model(onnx_model, tmp_path / "m.mgenc", key=KEY)
+    bad = remac_with_another_root(tmp_path / "m.mgenc", tmp_path / "bad.mgenc")
     with pytest.raises(DigestMismatchError, match="recomputed layer root"):
-        decrypt_model(tmp_path / "bad.mgenc", tmp_path / "out", key=KEY)
+        decrypt_model(bad, tmp_path / "out", key=KEY)
     assert not (tmp_path / "out").exists()
 
 
