@@ -339,3 +339,24 @@ def test_version_1_container_opens_verified(tmp_path: Path) -> None:
         assert reader.version == 1 and verified.layer_root == reader.layer_root
     got = verified.session.run(None, {"x": X})[0]
     assert np.array_equal(got, plain_outputs(fixtures / "mlp.onnx"))
+
+
+def test_decryption_holders_are_aligned_private_and_sized_by_shape() -> None:
+    from modelguard.encryption.container import TensorEntry
+    from modelguard.errors import FormatError
+    from modelguard.runtime import _holders
+
+    tensors = [
+        TensorEntry("a", "float32", (3,), 0, 12, "m.onnx"),
+        TensorEntry("b", "bfloat16", (2, 2), 12, 8, "m.onnx"),
+        TensorEntry("c", "int8", (5,), 20, 5, "m.onnx"),
+    ]
+    arrays = _holders(tensors)
+    assert [a.shape for a in arrays] == [(3,), (2, 2), (5,)]
+    assert all(a.ctypes.data % 64 == 0 and a.flags.writeable for a in arrays)
+    arrays[0][:] = 1.0
+    arrays[2][:] = 7
+    assert arrays[1].view(np.uint8).sum() == 0 and arrays[0].sum() == 3.0  # no overlap
+    # a length that disagrees with dtype x shape (a container made with the key) is bad input
+    with pytest.raises(FormatError, match="does not match its shape"):
+        _holders([TensorEntry("d", "float32", (3,), 0, 16, "m.onnx")])
