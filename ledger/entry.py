@@ -145,7 +145,7 @@ class Entry:
         """Parse stored bytes; the entry keeps them so its hash is over exactly those bytes."""
         try:
             body = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:  # too deeply nested
             raise LedgerInputError(f"entry is not valid JSON: {error}") from None
         return cls.from_dict(body, canonical=bytes(data))
 

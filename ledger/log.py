@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,7 @@ from ledger.verify import StoredRow, VerifyReport, indexed_values, verify_entrie
 
 _ENTRY_COLUMNS = "idx, kind, subject_name, subject_root, payload_digest, actor, body"
 _CHUNK = 500
+BODY_BATCH = 4096  # rows per query when streaming entry bodies (Ledger.bodies)
 
 
 def schema_sql(int_pk: str, blob: str) -> list[str]:
@@ -63,6 +64,18 @@ def schema_sql(int_pk: str, blob: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS ledger_checkpoints (tree_size BIGINT NOT NULL,"
         " note TEXT NOT NULL, created TEXT NOT NULL)",
     ]
+
+
+def _stored_bytes(value: object, what: str) -> bytes:
+    """A BLOB/BYTEA value as read. SQLite types each value, so an edited row can hold TEXT or
+    an INTEGER instead (``bytes(2**62)`` would try to allocate it): that is tampering."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise LedgerIntegrityError(
+        f"{what} is stored as {type(value).__name__}, not bytes: the row was edited"
+    )
 
 
 def _matches(entry: Entry, subject: Mapping[str, str] | str | None) -> bool:
@@ -142,7 +155,7 @@ class Ledger(ABC):
             row = cur.fetchone()
         if row is None:
             raise LedgerInputError(f"{self.url}: no entry {index}")
-        return Entry.from_canonical(bytes(row[0]))
+        return Entry.from_canonical(_stored_bytes(row[0], f"{self.url}: entry {index}"))
 
     def entries(
         self,
@@ -179,7 +192,7 @@ class Ledger(ABC):
         with self._read() as cur:
             cur.execute(self._sql(sql), tuple(params))
             rows = cur.fetchall()
-        found = [Entry.from_canonical(bytes(r[0])) for r in rows]
+        found = [Entry.from_canonical(_stored_bytes(r[0], f"{self.url}: an entry")) for r in rows]
         found = [e for e in found if _matches(e, subject)]
         return found[-limit:] if limit is not None and limit > 0 else found
 
@@ -194,7 +207,7 @@ class Ledger(ABC):
                 self._sql(f"SELECT id, hash FROM ledger_nodes WHERE id IN ({marks})"), chunk
             )
             for nid, h in cur.fetchall():
-                found[ids[int(nid)]] = bytes(h)
+                found[ids[int(nid)]] = _stored_bytes(h, f"{self.url}: tree node {nid}")
         return found
 
     def _root(self, cur: Any, size: int) -> bytes:
@@ -236,7 +249,11 @@ class Ledger(ABC):
             row = cur.fetchone()
             origin = self._origin(cur)
         path, leaf, root = tuple(hashes[:-2]), hashes[-2], hashes[-1]
-        entry = Entry.from_canonical(bytes(row[0])) if row else None
+        entry = (
+            Entry.from_canonical(_stored_bytes(row[0], f"{self.url}: entry {index}"))
+            if row
+            else None
+        )
         if entry is None or entry.leaf_hash != leaf:
             raise LedgerIntegrityError(
                 f"{self.url}: entry {index} does not match its tree leaf (run verify)"
@@ -345,25 +362,33 @@ class Ledger(ABC):
             )
             return [str(r[0]) for r in cur.fetchall()]
 
-    def bodies(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    def bodies(
+        self, start: int, end: int, *, batch: int = BODY_BATCH
+    ) -> Generator[tuple[int, bytes], None, None]:
         """(index, stored canonical bytes) of the rows with ``start <= idx < end``, in order.
 
         Rows as stored, unchecked: a reader proves them against a signed tree head (see
-        :mod:`ledger.client`). Read in one snapshot, in batches, so memory stays bounded.
+        :mod:`ledger.client`). Read in one snapshot, ``batch`` rows per query (keyset paging:
+        a client-side cursor such as psycopg's would otherwise hold the whole result), so
+        memory stays bounded whatever the range.
         """
+        if batch < 1:
+            raise LedgerInputError(f"batch size {batch} is not positive")
         with self._read() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT idx, body FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx"
-                ),
-                (start, end),
-            )
-            while True:
-                batch = cur.fetchmany(10_000)
-                if not batch:
+            while start < end:
+                cur.execute(
+                    self._sql(
+                        "SELECT idx, body FROM ledger_entries WHERE idx >= ? AND idx < ?"
+                        " ORDER BY idx LIMIT ?"
+                    ),
+                    (start, end, batch),
+                )
+                rows = cur.fetchall()
+                if not rows:
                     return
-                for index, body in batch:
-                    yield int(index), bytes(body)
+                for index, body in rows:
+                    yield int(index), _stored_bytes(body, f"{self.url}: entry {index}")
+                start = int(rows[-1][0]) + 1
 
     # --- auditing ------------------------------------------------------------------------
     def _rows(self, cur: Any) -> Iterator[StoredRow]:
@@ -373,7 +398,7 @@ class Ledger(ABC):
             if not batch:
                 return
             for r in batch:
-                yield StoredRow(r[0], r[6], r[1:6])
+                yield StoredRow(r[0], _stored_bytes(r[6], f"{self.url}: entry {r[0]}"), r[1:6])
 
     def verify(self, verifiers: Sequence[NoteVerifier] = ()) -> VerifyReport:
         """Recompute chain and tree from the entries; compare with stored nodes and checkpoints."""

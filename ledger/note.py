@@ -143,6 +143,18 @@ class NoteSigner:
         return signer
 
 
+def is_decimal(text: str) -> bool:
+    """A canonical uint64 in ASCII decimal: digits 0-9 only (``str.isdigit`` also accepts
+    ``²`` and other scripts' digits, which ``int`` then refuses), no leading zero, < 2**64."""
+    return (
+        0 < len(text) <= 20
+        and text.isascii()
+        and text.isdigit()
+        and (text == "0" or not text.startswith("0"))
+        and int(text) < 2**64
+    )
+
+
 def _check_text(text: str) -> None:
     if not text.endswith("\n"):
         raise LedgerInputError("note text must end with a newline")
@@ -229,8 +241,10 @@ class Checkpoint:
         if len(lines) < 3 or not lines[0]:
             raise LedgerInputError("checkpoint needs origin, size and root hash lines")
         origin, size_text, root_text = lines[:3]
-        if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
-            raise LedgerInputError(f"checkpoint tree size {size_text!r} is not a decimal number")
+        if not is_decimal(size_text):
+            raise LedgerInputError(
+                f"checkpoint tree size {size_text[:40]!r} is not a decimal number below 2**64"
+            )
         root = _b64decode(root_text, "checkpoint root hash")
         if len(root) != 32:
             raise LedgerInputError("checkpoint root hash is not 32 bytes")

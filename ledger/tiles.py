@@ -28,17 +28,20 @@ a reader never sees a checkpoint whose tiles are not yet there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError
-from ledger.merkle import HASH_SIZE, leaf_hash, root_from_leaf_hashes
+from ledger.log import BODY_BATCH
+from ledger.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, leaf_hash, root_from_leaf_hashes
 from ledger.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, split_note
 from ledger.proofs import b64
 from ledger.verify import Problem, StoredRow, VerifyReport, verify_entries
@@ -125,18 +128,50 @@ def tiles_for_size(size: int) -> list[TileRef]:
     return refs
 
 
-def hash_tiles(leaves: Sequence[bytes]) -> dict[TileRef, bytes]:
+class TileBuilder:
+    """Hash tiles made as leaf hashes arrive, each handed to ``emit`` as soon as it is full.
+
+    Every tile hash comes from the one compact range that also gives the root: the perfect
+    subtree at level 8·L, index i, is hash i of tile level L. Memory: one unfinished tile per
+    level (at most 256 hashes each), whatever the number of leaves.
+    """
+
+    def __init__(self, emit: Callable[[TileRef, bytes], None]) -> None:
+        self.compact = CompactRange()
+        self._emit = emit
+        self._pending: list[list[bytes]] = []  # the unfinished tile's hashes, per tile level
+
+    def add(self, leaf: bytes) -> None:
+        self.compact.append(leaf, self._on_node)
+
+    def _on_node(self, level: int, index: int, node: bytes) -> None:
+        if level % 8:
+            return
+        tier = level // 8
+        if tier == len(self._pending):
+            self._pending.append([])
+        hashes = self._pending[tier]
+        hashes.append(node)
+        if len(hashes) == TILE_WIDTH:
+            self._emit(TileRef(tier, index // TILE_WIDTH, TILE_WIDTH), b"".join(hashes))
+            hashes.clear()
+
+    def finish(self) -> None:
+        """Emit the partial tile at the right edge of each level (never hashed upwards)."""
+        for tier, hashes in enumerate(self._pending):
+            if hashes:
+                count = self.compact.size >> (8 * tier)
+                self._emit(TileRef(tier, count // TILE_WIDTH, len(hashes)), b"".join(hashes))
+                hashes.clear()
+
+
+def hash_tiles(leaves: Iterable[bytes]) -> dict[TileRef, bytes]:
     """The hash tiles of a tree given its leaf hashes."""
     tiles: dict[TileRef, bytes] = {}
-    hashes, level = list(leaves), 0
-    while hashes:
-        upper = []
-        for start in range(0, len(hashes), TILE_WIDTH):
-            chunk = hashes[start : start + TILE_WIDTH]
-            tiles[TileRef(level, start // TILE_WIDTH, len(chunk))] = b"".join(chunk)
-            if len(chunk) == TILE_WIDTH:  # a partial tile is never hashed into the level above
-                upper.append(root_from_leaf_hashes(chunk))
-        hashes, level = upper, level + 1
+    builder = TileBuilder(tiles.__setitem__)
+    for leaf in leaves:
+        builder.add(leaf)
+    builder.finish()
     return tiles
 
 
@@ -189,6 +224,15 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o644)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -204,14 +248,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+MAX_LISTED = 1000  # file names an ExportReport lists (it counts them all)
+
+
 @dataclass
 class ExportReport:
+    """What an export did: ``written`` lists the first MAX_LISTED new files (in the order they
+    were made), ``written_count`` counts them all, the checkpoint included."""
+
     directory: str
     size: int
     root: bytes
     checkpoint: str
     written: list[str] = field(default_factory=list)
+    written_count: int = 0
     unchanged: int = 0
+
+    def add_written(self, rel: str) -> None:
+        self.written_count += 1
+        if len(self.written) < MAX_LISTED:
+            self.written.append(rel)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +276,7 @@ class ExportReport:
             "root": b64(self.root),
             "checkpoint": self.checkpoint,
             "written": self.written,
+            "written_count": self.written_count,
             "unchanged": self.unchanged,
         }
 
@@ -232,25 +289,99 @@ def _existing_checkpoint(directory: Path) -> Checkpoint | None:
     return Checkpoint.from_text(text)
 
 
+class _TileSink:
+    """Where each finished tile goes: compared with the published file when there is one (a
+    full tile never changes), else staged under ``staging`` until the whole tree is proven."""
+
+    def __init__(self, directory: Path, staging: Path, report: ExportReport) -> None:
+        self.directory, self.staging, self.report = directory, staging, report
+
+    def put(self, ref: TileRef, data: bytes) -> None:
+        published = self.directory / ref.path
+        if published.exists():
+            if read_bounded(published, MAX_BUNDLE_BYTES) != data:
+                raise LedgerIntegrityError(
+                    f"{published}: the published tile differs from the log (history rewritten)"
+                )
+            self.report.unchanged += 1
+            return
+        _write_file(self.staging / ref.path, data)
+        self.report.add_written(ref.path)
+
+    def publish(self) -> None:
+        """Move every staged tile into place (each rename atomic)."""
+        for base, _dirs, names in os.walk(self.staging / "tile"):
+            for name in names:
+                staged = Path(base) / name
+                target = self.directory / staged.relative_to(self.staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+
+
+def _stream_tiles(
+    log: Ledger,
+    checkpoint: Checkpoint,
+    previous: Checkpoint | None,
+    sink: _TileSink,
+    batch: int,
+) -> None:
+    """Read the log's first ``checkpoint.size`` entries ``batch`` rows at a time and hand each
+    tile to ``sink`` as it fills; check the prefix ``previous`` covers, and the root.
+
+    Memory: one batch of rows, one entry bundle and a TileBuilder, whatever the log's size.
+    """
+    if previous is not None and previous.size == 0 and previous.root != EMPTY_ROOT:
+        raise LedgerIntegrityError(f"{sink.directory}: the published empty checkpoint is invalid")
+    builder = TileBuilder(sink.put)
+    compact = builder.compact
+    bundle: list[bytes] = []
+    with contextlib.closing(log.bodies(0, checkpoint.size, batch=batch)) as rows:
+        for index, body in rows:
+            if index != compact.size:
+                break
+            bundle.append(body)
+            builder.add(leaf_hash(body))
+            if len(bundle) == TILE_WIDTH:
+                sink.put(TileRef(-1, index // TILE_WIDTH, TILE_WIDTH), encode_bundle(bundle))
+                bundle.clear()
+            if (
+                previous is not None
+                and compact.size == previous.size
+                and compact.root() != previous.root
+            ):
+                raise LedgerIntegrityError(
+                    f"{sink.directory}: the published checkpoint (size {previous.size}) is not a"
+                    " prefix of the log: its history was rewritten since the last export"
+                )
+    if compact.size != checkpoint.size:
+        raise LedgerIntegrityError(f"{log.url}: entries missing below size {checkpoint.size}")
+    if compact.root() != checkpoint.root:
+        raise LedgerIntegrityError(f"{log.url}: entries do not hash to the checkpoint root")
+    builder.finish()
+    if bundle:
+        sink.put(TileRef(-1, checkpoint.size // TILE_WIDTH, len(bundle)), encode_bundle(bundle))
+
+
 def export_tiles(
-    log: Ledger, directory: Path, signer: NoteSigner, *, checkpoint_note: str | None = None
+    log: Ledger,
+    directory: Path,
+    signer: NoteSigner,
+    *,
+    checkpoint_note: str | None = None,
+    batch: int = BODY_BATCH,
 ) -> ExportReport:
     """Write (or bring up to date) the tile tree of ``log`` under ``directory``.
 
     Signs a fresh checkpoint with ``signer`` unless ``checkpoint_note`` (a checkpoint the log
-    already signed, e.g. one carrying witness cosignatures) is given. Refuses, writing
-    nothing, when the log no longer matches what was exported before (a rewritten history).
+    already signed, e.g. one carrying witness cosignatures) is given. Streams: entries are
+    read ``batch`` rows at a time and each tile is made as it fills, so memory does not grow
+    with the log. New tiles are staged in ``directory/.tmp-export-*`` and moved into place
+    only once the entries hash to the checkpoint's root; refuses, publishing nothing, when
+    the log no longer matches what was exported before (a rewritten history).
     """
     directory = Path(directory)
     note = checkpoint_note if checkpoint_note is not None else log.checkpoint(signer)
     checkpoint = open_checkpoint(note, [signer.verifier()])
-    entries = [e for e in log.entries() if e.index < checkpoint.size]
-    if [e.index for e in entries] != list(range(checkpoint.size)):
-        raise LedgerIntegrityError(f"{log.url}: entries missing below size {checkpoint.size}")
-    bodies = [e.canonical() for e in entries]
-    leaves = [leaf_hash(b) for b in bodies]
-    if root_from_leaf_hashes(leaves) != checkpoint.root:
-        raise LedgerIntegrityError(f"{log.url}: entries do not hash to the checkpoint root")
     previous = _existing_checkpoint(directory)
     if previous is not None:
         if previous.origin != checkpoint.origin:
@@ -262,33 +393,17 @@ def export_tiles(
                 f"{directory}: the published checkpoint (size {previous.size}) is newer than the"
                 f" one to publish (size {checkpoint.size}); a mirror never goes back"
             )
-        if root_from_leaf_hashes(leaves[: previous.size]) != previous.root:
-            raise LedgerIntegrityError(
-                f"{directory}: the published checkpoint (size {previous.size}) is not a prefix of"
-                " the log: its history was rewritten since the last export"
-            )
-    files = {ref.path: data for ref, data in hash_tiles(leaves).items()}
-    for ref in tiles_for_size(checkpoint.size):
-        if ref.level < 0:
-            start = ref.index * TILE_WIDTH
-            files[ref.path] = encode_bundle(bodies[start : start + ref.width])
     report = ExportReport(str(directory), checkpoint.size, checkpoint.root, note)
-    pending = []
-    for rel, data in files.items():
-        path = directory / rel
-        if path.exists():
-            if read_bounded(path, MAX_BUNDLE_BYTES) != data:
-                raise LedgerIntegrityError(
-                    f"{path}: the published tile differs from the log (history rewritten)"
-                )
-            report.unchanged += 1
-        else:
-            pending.append((rel, data))
-    for rel, data in pending:
-        _write_atomic(directory / rel, data)
-        report.written.append(rel)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-export-"))
+    try:
+        sink = _TileSink(directory, staging, report)
+        _stream_tiles(log, checkpoint, previous, sink, batch)
+        sink.publish()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _write_atomic(directory / "checkpoint", note.encode())
-    report.written.append("checkpoint")
+    report.add_written("checkpoint")
     return report
 
 

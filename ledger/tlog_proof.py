@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 from ledger.entry import Entry
 from ledger.errors import LedgerInputError, ProofError
 from ledger.merkle import HASH_SIZE, leaf_hash, verify_inclusion
-from ledger.note import Checkpoint, NoteVerifier, open_checkpoint, split_note
-from ledger.witness import CosignerVerifier, require_cosignatures
+from ledger.note import Checkpoint, NoteVerifier, is_decimal, open_checkpoint, split_note
+from ledger.witness import DEFAULT_MAX_COSIGNATURE_AGE, CosignerVerifier, require_cosignatures
 
 if TYPE_CHECKING:
     from ledger.log import Ledger
@@ -81,7 +81,7 @@ class TlogProof:
         if not rest or not rest[0].startswith("index "):
             raise LedgerInputError("tlog proof has no 'index <n>' line")
         index_text = rest[0][6:]
-        if not index_text.isdigit() or (index_text.startswith("0") and index_text != "0"):
+        if not is_decimal(index_text):
             raise LedgerInputError("tlog proof index is not a decimal number")
         if len(rest) - 1 > MAX_PATH_HASHES:
             raise LedgerInputError("tlog proof has too many inclusion proof hashes")
@@ -97,12 +97,16 @@ class TlogProof:
         log_keys: Sequence[NoteVerifier],
         witnesses: Sequence[CosignerVerifier] = (),
         quorum: int = 0,
+        *,
+        max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
+        now: int | None = None,
     ) -> Checkpoint:
-        """Check the log's signature, ``quorum`` witness cosignatures, and the inclusion of
-        the leaf hash ``leaf`` at ``index``; return the checkpoint."""
+        """Check the log's signature, ``quorum`` fresh witness cosignatures (at most ``max_age``
+        seconds old at ``now``), and the inclusion of the leaf hash ``leaf`` at ``index``;
+        return the checkpoint."""
         checkpoint = open_checkpoint(self.checkpoint, log_keys)
         if quorum:
-            require_cosignatures(self.checkpoint, witnesses, quorum)
+            require_cosignatures(self.checkpoint, witnesses, quorum, max_age=max_age, now=now)
         try:
             verify_inclusion(self.index, checkpoint.size, leaf, self.hashes, checkpoint.root)
         except ProofError as error:
@@ -125,12 +129,18 @@ def verify_entry_proof(
     log_keys: Sequence[NoteVerifier],
     witnesses: Sequence[CosignerVerifier] = (),
     quorum: int = 0,
+    *,
+    max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
+    now: int | None = None,
 ) -> tuple[Entry, Checkpoint]:
-    """Offline: the ledger entry a tlog proof carries (in ``extra``), proven in the signed tree."""
+    """Offline: the ledger entry a tlog proof carries (in ``extra``), proven in the signed tree
+    (and cosigned by ``quorum`` witnesses within ``max_age`` seconds of ``now``)."""
     proof = TlogProof.from_text(text)
     if proof.extra is None:
         raise LedgerInputError("tlog proof carries no entry (no extra line)")
-    checkpoint = proof.verify(leaf_hash(proof.extra), log_keys, witnesses, quorum)
+    checkpoint = proof.verify(
+        leaf_hash(proof.extra), log_keys, witnesses, quorum, max_age=max_age, now=now
+    )
     entry = Entry.from_canonical(proof.extra)
     if entry.index != proof.index:
         raise ProofError(f"tlog proof: the entry says index {entry.index}, the proof {proof.index}")

@@ -123,7 +123,7 @@ def _entry_is_sound(row: StoredRow, expected: int, prev: str) -> bool:
             body["payload_digest"],
             body["actor"],
         )
-    except (ValueError, UnicodeDecodeError, KeyError):
+    except (ValueError, UnicodeDecodeError, KeyError, RecursionError):
         return False
 
 
@@ -133,7 +133,7 @@ def _check_row(row: StoredRow, expected: int, prev: str, report: VerifyReport) -
     h = leaf_hash(row.body)
     try:
         body = _decode(row.body.decode())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested: RecursionError
         problems.append(Problem(expected, "edited", f"entry {expected}: content is not valid JSON"))
         return h, h.hex()
     if not isinstance(body, dict) or body.keys() != _FIELD_SET:

@@ -9,12 +9,21 @@
 ...                   {"ex/log": [log_key.verifier()]})
 >>> note = sign_note(Checkpoint("ex/log", 0, EMPTY_ROOT).to_text(), [log_key])
 >>> line = witness.add_checkpoint(add_checkpoint_request(0, (), note), now=1700000000)
->>> require_cosignatures(note + line, [witness.cosigner.verifier()], 1)
+>>> require_cosignatures(note + line, [witness.cosigner.verifier()], 1, now=1700000060)
 ['ex/witness']
+>>> require_cosignatures(note + line, [witness.cosigner.verifier()], 1, now=1700000000 + 86401)
+Traceback (most recent call last):
+...
+ledger.errors.NoteVerificationError: checkpoint has 0 fresh witness cosignature(s) (none); the policy requires 1: witness ex/witness cosigned 86401 s (1d 0h) ago, more than the 86400 s (1d 0h) allowed
 
 A witness keeps, per log origin, the latest checkpoint it cosigned, and cosigns a new one
 only when the log's signature verifies and a consistency proof from that checkpoint does:
 two verifiers who each demand a quorum of its cosignatures can not be shown two histories.
+
+Freshness: a verifier counts a cosignature only when its timestamp is at most ``max_age``
+seconds old (default 24 h, :data:`DEFAULT_MAX_COSIGNATURE_AGE`) and at most
+:data:`MAX_CLOCK_SKEW` seconds ahead of the verifier's clock. Without that bound, whoever
+keeps an old checkpoint with its valid old cosignatures could show it forever (a freeze).
 
 Formats (https://c2sp.org/tlog-witness, https://c2sp.org/tlog-cosignature):
 request ``old <size>\\n`` + one base64 hash per line (at most 63) + ``\\n`` + the signed
@@ -47,11 +56,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.errors import LedgerInputError, LedgerIntegrityError, NoteVerificationError, ProofError
 from ledger.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
-from ledger.note import Checkpoint, NoteVerifier, check_key_name, new_seed, open_note, split_note
+from ledger.note import (
+    Checkpoint,
+    NoteVerifier,
+    check_key_name,
+    is_decimal,
+    new_seed,
+    open_note,
+    split_note,
+)
 
 ALG_COSIGNATURE_V1 = 0x04
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_PROOF_LINES = 63
+DEFAULT_MAX_COSIGNATURE_AGE = 24 * 3600  # seconds: the log must be cosigned at least daily
+MAX_CLOCK_SKEW = 300  # seconds a cosignature may be dated ahead of the verifier's clock
 _DASH = "\u2014"
 _TS_MAX = 2**63 - 1
 
@@ -161,7 +180,8 @@ class Cosigner:
 
 
 def verify_cosignatures(note: str, witnesses: Sequence[CosignerVerifier]) -> dict[str, int]:
-    """Names of the trusted witnesses whose cosignature on ``note`` verifies -> their timestamp.
+    """Names of the trusted witnesses whose cosignature on ``note`` verifies -> their (latest)
+    timestamp.
 
     Signature lines from unknown keys are ignored; a line that claims a trusted witness's name
     and key id but does not verify makes the note malformed (NoteVerificationError).
@@ -178,28 +198,72 @@ def verify_cosignatures(note: str, witnesses: Sequence[CosignerVerifier]) -> dic
         timestamp = int.from_bytes(blob[:8], "big")
         if timestamp > _TS_MAX or not witness.verify(text, timestamp, blob[8:]):
             raise NoteVerificationError(f"cosignature by witness {name} does not verify")
-        verified[name] = timestamp
+        verified[name] = max(timestamp, verified.get(name, 0))  # its latest view counts
     return verified
 
 
-def require_cosignatures(
-    note: str, witnesses: Sequence[CosignerVerifier], quorum: int
-) -> list[str]:
-    """Demand ``quorum`` distinct trusted witnesses cosigned ``note``; return their names.
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
 
-    The caller has already verified the log's own signature on the note. Raises
-    NoteVerificationError when fewer than ``quorum`` valid cosignatures are present.
+
+def cosignature_age_problem(name: str, timestamp: int, now: int, max_age: int) -> str | None:
+    """Why witness ``name``'s cosignature dated ``timestamp`` is not fresh at ``now``; None: it is.
+
+    Fresh: ``now - max_age <= timestamp <= now + MAX_CLOCK_SKEW`` (both ends included).
+    """
+    age = now - timestamp
+    if age > max_age:
+        return (
+            f"witness {name} cosigned {age} s ({_duration(age)}) ago, more than the"
+            f" {max_age} s ({_duration(max_age)}) allowed"
+        )
+    if -age > MAX_CLOCK_SKEW:
+        return (
+            f"witness {name}'s cosignature is dated {-age} s in the future, more than the"
+            f" {MAX_CLOCK_SKEW} s of clock skew allowed"
+        )
+    return None
+
+
+def require_cosignatures(
+    note: str,
+    witnesses: Sequence[CosignerVerifier],
+    quorum: int,
+    *,
+    max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
+    now: int | None = None,
+) -> list[str]:
+    """Demand ``quorum`` distinct trusted witnesses cosigned ``note`` recently; return the names
+    of those whose cosignature counts (valid and fresh).
+
+    The caller has already verified the log's own signature on the note. A valid cosignature
+    older than ``max_age`` seconds, or dated more than MAX_CLOCK_SKEW seconds after ``now``
+    (default: this machine's clock), does not count. Raises NoteVerificationError when fewer
+    than ``quorum`` count, naming each witness left out and its cosignature's age.
     """
     if quorum < 0 or quorum > len({w.name for w in witnesses}):
         raise LedgerInputError(
             f"witness quorum {quorum} is not between 0 and the {len(witnesses)} witness key(s) given"
         )
-    names = sorted(verify_cosignatures(note, witnesses))
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0:
+        raise LedgerInputError(f"maximum cosignature age {max_age!r} is not a positive integer")
+    clock = int(time.time()) if now is None else now
+    names, stale = [], []
+    for name, timestamp in sorted(verify_cosignatures(note, witnesses).items()):
+        problem = cosignature_age_problem(name, timestamp, clock, max_age)
+        if problem is None:
+            names.append(name)
+        else:
+            stale.append(problem)
     if len(names) < quorum:
         have = ", ".join(names) or "none"
+        counted = "fresh" if stale else "valid"
+        why = f": {'; '.join(stale)}" if stale else ""
         raise NoteVerificationError(
-            f"checkpoint has {len(names)} valid witness cosignature(s) ({have}); the policy"
-            f" requires {quorum}"
+            f"checkpoint has {len(names)} {counted} witness cosignature(s) ({have}); the policy"
+            f" requires {quorum}{why}"
         )
     return names
 
@@ -244,11 +308,7 @@ def parse_add_checkpoint(body: bytes) -> tuple[int, list[bytes], str]:
     lines = head.split("\n")
     first = lines[0]
     size_text = first[4:]
-    if (
-        not first.startswith("old ")
-        or not size_text.isdigit()
-        or (size_text.startswith("0") and size_text != "0")
-    ):
+    if not first.startswith("old ") or not is_decimal(size_text):
         raise WitnessBadRequest("request must start with 'old <size>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise WitnessBadRequest(f"more than {MAX_PROOF_LINES} consistency proof lines")

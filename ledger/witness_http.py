@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from ledger.errors import LedgerInputError
-from ledger.note import Checkpoint, split_note
+from ledger.note import Checkpoint, is_decimal, split_note
 from ledger.witness import (
     MAX_REQUEST_BYTES,
     WitnessBadRequest,
@@ -110,6 +110,27 @@ def http_transport(url: str) -> Transport:
     return submit
 
 
+def _cosignature_lines(note: str, reply: str) -> str:
+    """``reply`` if it is one or more well-formed cosignature/v1 lines and nothing else.
+
+    The log keeps ``note + reply`` among its checkpoints, so a witness (or anything answering
+    at its URL) must not be able to append other text: a blank line or a malformed line would
+    make the stored note unreadable. Whether a line verifies is each verifier's check, under
+    the witness keys it trusts.
+    """
+    text, signatures = split_note(note)
+    try:
+        extended_text, extended = split_note(note + reply)
+    except LedgerInputError as error:
+        raise WitnessBadRequest(f"the witness's reply is not cosignature lines: {error}") from None
+    added = extended[len(signatures) :]
+    if extended_text != text or not added or not reply.endswith("\n"):
+        raise WitnessBadRequest("the witness's reply is not cosignature lines")
+    if any(len(blob) != 8 + 64 for _, _, blob in added):
+        raise WitnessBadRequest("the witness's reply holds a line that is not a cosignature/v1")
+    return reply
+
+
 def collect_cosignature(log: Ledger, note: str, submit: Transport, known_size: int = 0) -> str:
     """Have one witness cosign ``note`` (signed by ``log``); return its cosignature line(s).
 
@@ -128,9 +149,9 @@ def collect_cosignature(log: Ledger, note: str, submit: Transport, known_size: i
             )
         proof = log.consistency_proof(old, checkpoint.size).hashes if old else ()
         try:
-            return submit(add_checkpoint_request(old, proof, note))
+            return _cosignature_lines(note, submit(add_checkpoint_request(old, proof, note)))
         except WitnessRefusal as error:
-            if error.status != 409 or attempt or not error.body.strip().isdigit():
+            if error.status != 409 or attempt or not is_decimal(error.body.strip()):
                 raise
             old = int(error.body.strip())
     raise AssertionError("unreachable")  # pragma: no cover

@@ -310,8 +310,19 @@ def gate_on_a_truncated_copy(ctx: DemoContext) -> bool:
     return first.ok and not second.ok
 
 
+def _frozen_view(cosigned: str, witness_state: Path) -> str:
+    """``cosigned`` with its cosignature replaced by the same witness's from two days ago."""
+    from ledger.note import split_note
+    from ledger.witness import Witness
+
+    note = "".join(cosigned.splitlines(keepends=True)[:-1])
+    stale = int(time.time()) - 2 * 86400
+    return note + Witness.load(witness_state).cosigner.cosign(split_note(note)[0], stale)
+
+
 def stage_transparency(ctx: DemoContext) -> None:
     from modelguard import transparency
+    from modelguard.errors import LedgerVerificationError
 
     public_key = audit.note_public_key_path(ctx.ledger_url)
     state = ctx.path("witness")
@@ -319,6 +330,12 @@ def stage_transparency(ctx: DemoContext) -> None:
     cosigned = transparency.cosign_checkpoint([str(state)], ctx.ledger_url)
     witness_keys = transparency.load_witness_keys([state / "witness.pub"])
     names = transparency.require_witness_quorum(cosigned["checkpoint"], witness_keys, 1)
+    frozen = _frozen_view(cosigned["checkpoint"], state)
+    try:
+        transparency.require_witness_quorum(frozen, witness_keys, 1)
+        freeze = "ACCEPTED (bug)"
+    except LedgerVerificationError as error:
+        freeze = f"refused ({str(error).split(': ', 2)[-1]})"
     tiles = ctx.path("tiles")
     export = transparency.export_tile_tree(
         tiles, ctx.ledger_url, checkpoint_note=cosigned["checkpoint"]
@@ -327,15 +344,17 @@ def stage_transparency(ctx: DemoContext) -> None:
     ctx.summary["transparency"] = {
         "witness": witness["name"],
         "cosigned_size": cosigned["size"],
-        "tiles_written": len(export.written) - 1,
+        "tiles_written": export.written_count - 1,
         "tiles_verified": report.ok,
+        "frozen_view_refused": freeze.startswith("refused"),
     }
     ctx.say(
         f"{ctx.heading('Transparency')} witness {names[0]} cosigned the checkpoint of size"
         f" {cosigned['size']} (C2SP tlog-witness, cosignature/v1)"
     )
+    ctx.say(f"   the same checkpoint with a valid cosignature from 2 days ago (a freeze): {freeze}")
     ctx.say(
-        f"   exported {len(export.written) - 1} static C2SP tiles to {tiles.name}/; checked"
+        f"   exported {export.written_count - 1} static C2SP tiles to {tiles.name}/; checked"
         f" offline against the ledger key ({report.tiles_checked} tiles, root and signature):"
         f" {'ok' if report.ok else 'FAILED'}"
     )

@@ -32,6 +32,7 @@ A policy file (see docs/policy.md)::
     state = "ledger-state"             # where the gate keeps the last checkpoint it accepted
     witnesses = ["keys/w1.pub", "keys/w2.pub"]  # witness cosignature keys (files or vkeys)
     witness_quorum = 2                 # a checkpoint needs this many valid cosignatures
+    max_cosignature_age = "24h"        # ... each at most this old (default 24h; as max_signature_age)
     [audit.poisoning]                  # checked by the audit check (docs/audits.md)
     max_issue_rate = 0.05
     [audit.membership]
@@ -47,6 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ledger.witness import DEFAULT_MAX_COSIGNATURE_AGE
 from modelguard.audit import is_verifier_key_string
 from modelguard.errors import BadInputError
 from modelguard.hashing import HASH_ALGORITHMS
@@ -66,7 +68,7 @@ _TOP_KEYS = {
     "ledger",
     "audit",
 }
-_LEDGER_KEYS = {"key", "state", "witnesses", "witness_quorum"}
+_LEDGER_KEYS = {"key", "state", "witnesses", "witness_quorum", "max_cosignature_age"}
 _SIGNER_KEYS = {"name", "public_key", "public_key_pem"}
 _CERTIFICATE_KEYS = {"min_robust_accuracy", "epsilon", "norm", "required", "estimate"}
 _AGE = re.compile(r"(\d+)\s*([smhd]?)")
@@ -133,6 +135,7 @@ class LedgerTrust:
     state: Path | None = None
     witnesses: tuple[str, ...] = ()  # witness keys (files or vkeys), for witness_quorum
     witness_quorum: int = 0  # valid witness cosignatures a checkpoint needs
+    max_cosignature_age: int = DEFAULT_MAX_COSIGNATURE_AGE  # seconds; older ones do not count
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +143,7 @@ class LedgerTrust:
             "state": str(self.state) if self.state else None,
             "witnesses": list(self.witnesses),
             "witness_quorum": self.witness_quorum,
+            "max_cosignature_age_s": self.max_cosignature_age,
         }
 
 
@@ -256,16 +260,14 @@ class Policy:
         }
 
 
-def parse_age(value: object, source: str) -> int:
+def parse_age(value: object, source: str, key: str = "max_signature_age") -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     if isinstance(value, str):
         match = _AGE.fullmatch(value.strip())
         if match and int(match.group(1)) > 0:
             return int(match.group(1)) * _AGE_UNITS[match.group(2)]
-    raise BadInputError(
-        f"max_signature_age {value!r} is not like 3600, '90m', '12h' or '30d'", path=source
-    )
+    raise BadInputError(f"{key} {value!r} is not like 3600, '90m', '12h' or '30d'", path=source)
 
 
 def _fail(message: str, source: str) -> BadInputError:
@@ -356,11 +358,13 @@ def _ledger(table: object, base: Path | None, source: str) -> LedgerTrust:
     quorum = table.get("witness_quorum", len(witnesses))
     if not isinstance(quorum, int) or isinstance(quorum, bool) or not 0 <= quorum <= len(witnesses):
         raise _fail(f"[ledger] witness_quorum must be an integer 0..{len(witnesses)}", source)
+    max_age = table.get("max_cosignature_age", DEFAULT_MAX_COSIGNATURE_AGE)
     return LedgerTrust(
         keys=tuple(_resolve(k, base) for k in keys),
         state=Path(_resolve(state, base)) if state else None,
         witnesses=tuple(_resolve(w, base) for w in witnesses),
         witness_quorum=quorum,
+        max_cosignature_age=parse_age(max_age, source, "[ledger] max_cosignature_age"),
     )
 
 

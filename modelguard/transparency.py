@@ -36,7 +36,13 @@ from ledger import (
 from ledger.note import open_checkpoint, sign_note, split_note
 from ledger.tiles import ExportReport, TilesReport, export_tiles, verify_tiles
 from ledger.tlog_proof import MAX_PROOF_BYTES, TlogProof, entry_proof, verify_entry_proof
-from ledger.witness import Cosigner, CosignerVerifier, Witness, require_cosignatures
+from ledger.witness import (
+    DEFAULT_MAX_COSIGNATURE_AGE,
+    Cosigner,
+    CosignerVerifier,
+    Witness,
+    require_cosignatures,
+)
 from ledger.witness_http import Transport, collect_cosignature, http_transport, record_cosigned
 from modelguard.audit import (
     ledger_verifiers,
@@ -134,8 +140,14 @@ def load_witness_keys(specs: Sequence[str | Path]) -> list[CosignerVerifier]:
     return [load_witness_key(spec) for spec in specs]
 
 
-def witness_quorum_reasons(note: str, witness_keys: Sequence[str | Path], quorum: int) -> list[str]:
-    """The gate's policy check (``[ledger] witnesses``, ``witness_quorum``) as refusal reasons.
+def witness_quorum_reasons(
+    note: str,
+    witness_keys: Sequence[str | Path],
+    quorum: int,
+    max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
+) -> list[str]:
+    """The gate's policy check (``[ledger] witnesses``, ``witness_quorum``,
+    ``max_cosignature_age``) as refusal reasons.
 
     ``note`` is a checkpoint whose log signature already verified; empty list: accepted.
     """
@@ -143,21 +155,25 @@ def witness_quorum_reasons(note: str, witness_keys: Sequence[str | Path], quorum
         return []
     keys = load_witness_keys(witness_keys)
     try:
-        require_cosignatures(note, keys, quorum)
+        require_cosignatures(note, keys, quorum, max_age=max_age)
     except (LedgerInputError, LedgerIntegrityError) as error:
         return [str(error)]
     return []
 
 
 def require_witness_quorum(
-    note: str, witnesses: Sequence[CosignerVerifier], quorum: int
+    note: str,
+    witnesses: Sequence[CosignerVerifier],
+    quorum: int,
+    max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
 ) -> list[str]:
-    """The gate's check: ``quorum`` trusted witnesses cosigned this (log-verified) checkpoint.
+    """The gate's check: ``quorum`` trusted witnesses cosigned this (log-verified) checkpoint
+    within the last ``max_age`` seconds.
 
     Returns the witnesses' names; LedgerVerificationError (exit 1) when the quorum is not met.
     """
     with mapped_errors():
-        return require_cosignatures(note, witnesses, quorum)
+        return require_cosignatures(note, witnesses, quorum, max_age=max_age)
 
 
 def policy_witness_reasons(note: str, policy: Policy | None) -> list[str]:
@@ -165,7 +181,9 @@ def policy_witness_reasons(note: str, policy: Policy | None) -> list[str]:
     trust = policy.ledger if policy is not None else None
     if trust is None or trust.witness_quorum <= 0:
         return []
-    return witness_quorum_reasons(note, trust.witnesses, trust.witness_quorum)
+    return witness_quorum_reasons(
+        note, trust.witnesses, trust.witness_quorum, trust.max_cosignature_age
+    )
 
 
 def init_witness(state: Path, name: str, log_keys: Sequence[str | Path]) -> dict[str, Any]:
@@ -290,9 +308,11 @@ def check_entry_proof(
     log_keys: Sequence[NoteVerifier],
     witness_keys: Sequence[CosignerVerifier] = (),
     quorum: int = 0,
+    max_age: int = DEFAULT_MAX_COSIGNATURE_AGE,
 ) -> ProofCheck:
     """Offline: the entry a tlog proof file carries, proven against the log's key(s) and a
-    witness quorum. LedgerVerificationError (exit 1) when anything fails to verify."""
+    witness quorum (cosignatures at most ``max_age`` seconds old). LedgerVerificationError
+    (exit 1) when anything fails to verify."""
     if not log_keys:
         raise BadInputError(
             "checking a ledger proof needs the ledger's public key (--ledger-key, policy"
@@ -300,8 +320,12 @@ def check_entry_proof(
         )
     text = read_text_file(proof_file, max_size=MAX_PROOF_BYTES, what="ledger proof")
     with mapped_errors():
-        entry, checkpoint = verify_entry_proof(text, log_keys, witness_keys, quorum)
-        names = require_cosignatures(TlogProof.from_text(text).checkpoint, witness_keys, 0)
+        entry, checkpoint = verify_entry_proof(
+            text, log_keys, witness_keys, quorum, max_age=max_age
+        )
+        names = require_cosignatures(
+            TlogProof.from_text(text).checkpoint, witness_keys, 0, max_age=max_age
+        )
     return ProofCheck(entry, checkpoint, tuple(names))
 
 
@@ -316,9 +340,10 @@ def check_signature_proof(report: VerificationReport, proof_file: Path, policy: 
     trust = policy.ledger
     witnesses = load_witness_keys(trust.witnesses) if trust else []
     quorum = trust.witness_quorum if trust else 0
+    max_age = trust.max_cosignature_age if trust else DEFAULT_MAX_COSIGNATURE_AGE
     try:
         keys = ledger_verifiers(trust.keys if trust else ())
-        checked = check_entry_proof(proof_file, keys, witnesses, quorum)
+        checked = check_entry_proof(proof_file, keys, witnesses, quorum, max_age)
     except LedgerVerificationError as error:
         report.check("ledger", False, f"ledger proof {proof_file}: {error}", "ledger")
         return

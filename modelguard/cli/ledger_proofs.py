@@ -2,7 +2,7 @@
 
 $ modelguard ledger prove 0 --tlog-proof model.sig.tlog-proof
 $ modelguard ledger check-tlog-proof model.sig.tlog-proof --key ledger.db.note.pub \\
-      --witness-key w1.pub --witness-key w2.pub --quorum 2
+      --witness-key w1.pub --witness-key w2.pub --quorum 2 --max-cosignature-age 12h
 """
 
 from __future__ import annotations
@@ -12,10 +12,29 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ledger.witness import DEFAULT_MAX_COSIGNATURE_AGE
 from modelguard import transparency
 from modelguard.audit import load_note_verifier
 from modelguard.cli.options import AliasOption
 from modelguard.cli.output import emit, json_option
+from modelguard.errors import BadInputError
+from modelguard.policy import parse_age
+
+
+class AgeParam(click.ParamType):
+    """A duration like policy ages: an integer of seconds, or 90m, 12h, 30d."""
+
+    name = "AGE"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_age(value, "--max-cosignature-age", "maximum cosignature age")
+        except BadInputError:
+            self.fail(f"{value!r} is not like 3600, '90m', '12h' or '30d'", param, ctx)
 
 
 def prove_command(
@@ -55,18 +74,28 @@ def prove_command(
 @click.option(
     "--quorum", type=click.IntRange(min=0), default=0, help="Witness cosignatures required."
 )
+@click.option(
+    "--max-cosignature-age",
+    "max_age",
+    type=AgeParam(),
+    default=DEFAULT_MAX_COSIGNATURE_AGE,
+    show_default="24h",
+    help="A witness cosignature older than this (seconds, or 90m, 12h, 30d) does not count"
+    " toward --quorum (stops a frozen, outdated view).",
+)
 @json_option
 def check_tlog_proof(
     proof_file: Path,
     public_keys: tuple[Path, ...],
     witness_keys: tuple[Path, ...],
     quorum: int,
+    max_age: int,
     as_json: bool,
 ) -> None:
     """Offline: check a tlog proof's checkpoint, cosignatures and inclusion (exit 1 if not)."""
     witnesses = transparency.load_witness_keys(witness_keys)
     log_keys = [load_note_verifier(p) for p in public_keys]
-    checked = transparency.check_entry_proof(proof_file, log_keys, witnesses, quorum)
+    checked = transparency.check_entry_proof(proof_file, log_keys, witnesses, quorum, max_age)
 
     def human(console: Console) -> None:
         cosigned = f", cosigned by {', '.join(checked.witnesses)}" if checked.witnesses else ""

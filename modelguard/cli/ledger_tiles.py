@@ -58,7 +58,7 @@ def export_tiles(
     def human(console: Console) -> None:
         console.print(
             f"[green bold]exported[/] {report.size} entries to {directory}:"
-            f" {len(report.written) - 1} new tile(s), {report.unchanged} unchanged"
+            f" {report.written_count - 1} new tile(s), {report.unchanged} unchanged"
         )
 
     emit(report.to_dict(), as_json, human)

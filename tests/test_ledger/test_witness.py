@@ -330,16 +330,10 @@ def test_gate_with_a_quorum_refuses_an_uncosigned_checkpoint(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`verify --require-ledger` under `[ledger] witness_quorum = 1`: refused until cosigned."""
-    from modelguard.keys import generate_key, write_keypair
-    from modelguard.signing.sign import sign_model
-    from tests.tinymodels import model_dir
+    from tests.test_ledger.signed import signed_model
 
-    key = generate_key()
-    _, pub = write_keypair(tmp_path / "keys", "signer", key, None)
-    url = f"sqlite:///{tmp_path / 'ledger' / 'l.db'}"
-    model = model_dir(tmp_path / "model")
-    sign_model(model, key, name="m", version="1", ledger_url=url)
-    note_pub = tmp_path / "ledger" / "l.db.note.pub"
+    signed = signed_model(tmp_path)
+    model, pub, url, note_pub = signed.model, signed.public_key, signed.url, signed.note_pub
     state = tmp_path / "wstate"
     init_witness_cli(capsys, state, "w.example", note_pub)
     policy = tmp_path / "policy.toml"
