@@ -58,7 +58,9 @@ def _container() -> list[bytes]:
     source = WORK / "p.safetensors"
     source.write_bytes(_safetensors()[0])
     encrypt_model(source, WORK / "c.mgenc", key=bytes(range(32)))
-    return [(WORK / "c.mgenc").read_bytes()]
+    # version-1 containers (same key) keep the older reader path under the fuzzer too
+    old = sorted((Path(__file__).parents[1] / "tests/testdata/containers-v1").glob("*.mgenc"))
+    return [(WORK / "c.mgenc").read_bytes(), *(p.read_bytes() for p in old)]
 
 
 def _checkpoint() -> list[bytes]:

@@ -36,6 +36,7 @@ from modelguard.manifest import build_manifest
 from modelguard.modelcard import accuracy, export_model_dir, seed_everything, train_classifier
 from modelguard.policy import Policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.data import digits_split
+from modelguard.signing.files import signed_manifest
 from modelguard.signing.sign import sign_model
 from modelguard.signing.verify import verify_model
 
@@ -372,7 +373,7 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
     identity = load_x25519_private_key(priv, passphrase)
     recipient = load_x25519_public_key(pub)
     container = ctx.path("digits.enc")
-    encrypt_model(
+    encrypted = encrypt_model(
         ctx.path("model"),
         container,
         recipients=[recipient],
@@ -426,6 +427,16 @@ def stage_encrypt_run(ctx: DemoContext) -> None:
         f"model: {bit_exact}"
     )
     ctx.say(f"   one flipped byte in a copy of the container, refused before decryption: {refused}")
+    # one root per model: the ledger's encrypt entry names the root the model's signature records
+    _, encrypt_entries = audit.list_entries(ctx.ledger_url, kind="encrypt")
+    ledger_root = encrypt_entries[-1].subject["root"]
+    same = ledger_root == signed_manifest(ctx.path("model")).layer_root
+    ctx.summary["encrypt_run"]["one_root"] = same
+    ctx.say(
+        f"   ledger encrypt entry root {ledger_root[:16]}... = the plaintext model's signed root: "
+        f"{same} (container scheme {encrypted.hash_algorithm} tensors, "
+        f"{encrypted.file_hash_algorithm} files)"
+    )
 
 
 DEMO_EPS = [0.1, 0.2]  # the gate checks 0.1; fewer budgets keep the demo under 2 minutes

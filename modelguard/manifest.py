@@ -775,10 +775,20 @@ def _gap_ranges(start: int, end: int) -> list[tuple[int, int, str | None]]:
     return [(at, min(GAP_SEGMENT, end - at), None) for at in range(start, end, GAP_SEGMENT)]
 
 
-def _plan(files: ModelFiles, hash_algorithm: str, file_algorithm: str, tile: bool) -> _Plan:
+def _plan(
+    files: ModelFiles,
+    hash_algorithm: str,
+    file_algorithm: str,
+    tile: bool,
+    known: Mapping[str, ParsedModel | None] | None = None,
+) -> _Plan:
     plan = _Plan()
     for rel in files.members:
-        parsed = parse_model_file(files.root / rel, root=files.root, files=files)
+        parsed = (
+            known[rel]
+            if known is not None and rel in known
+            else parse_model_file(files.root / rel, root=files.root, files=files)
+        )
         size = files.size(rel)
         plan.files[rel] = (size, parsed.format if parsed else "raw", parsed)
         plan.jobs.append(
@@ -864,20 +874,23 @@ def scan_model(
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
+    parsed_files: Mapping[str, ParsedModel | None] | None = None,
     stop: threading.Event | None = None,
 ) -> Scan:
     """Parse each file once and compute every digest once, concurrently, from the same buffers.
 
     Whole files are hashed with ``file_hash_algorithm`` (default: SHA-256, the OMS resource
     digests), tensors, structures and the gaps between tensors with ``hash_algorithm`` (default
-    BLAKE3). No byte goes through the same function twice. ``progress(n, total)``: bytes just hashed
-    (from worker threads); ``stop``: once set, the scan raises :class:`ScanCancelled`.
+    BLAKE3). No byte goes through the same function twice. ``parsed_files``: files the caller has
+    already parsed from these ``files`` (``parse_model_file``), not parsed again.
+    ``progress(n, total)``: bytes just hashed (from worker threads); ``stop``: once set, the
+    scan raises :class:`ScanCancelled`.
     """
     check_algorithm(hash_algorithm)
     file_algorithm = check_algorithm(file_hash_algorithm or hash_algorithm)
     if chunk_size <= 0:
         raise BadInputError("chunk size must be positive")
-    plan = _plan(files, hash_algorithm, file_algorithm, layout)
+    plan = _plan(files, hash_algorithm, file_algorithm, layout, parsed_files)
     workers = threads or default_threads()
     tiled_files = len(plan.tiles or ())
     if tiled_files and (tiled_files % workers == 0 or tiled_files >= 4 * workers):

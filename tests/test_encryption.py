@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,24 @@ from tinymodels import mlp_onnx, model_dir, tensors_onnx, tiny_safetensors
 
 from modelguard.cli.main import main
 from modelguard.encryption import ContainerReader, decrypt_model, encrypt_model
-from modelguard.encryption.container import MAC_SIZE, PREAMBLE, TAG_SIZE
-from modelguard.encryption.keywrap import RawKeyIdentity, read_raw_key
+from modelguard.encryption.container import (
+    MAC_SIZE,
+    PREAMBLE,
+    TAG_SIZE,
+    ContainerWriter,
+    write_container,
+)
+from modelguard.encryption.keywrap import RawKeyIdentity, RawKeyRecipient, read_raw_key
+from modelguard.encryption.model import plan_model
 from modelguard.errors import (
     DecryptionError,
     DigestMismatchError,
     FormatError,
+    InternalError,
     KeyFileError,
     ModelGuardError,
 )
+from modelguard.manifest import build_manifest
 
 KEY = bytes(range(32))
 
@@ -267,7 +278,7 @@ def test_unknown_future_version_exit_2(
 ) -> None:
     enc = tmp_path / "m.mgenc"
     encrypt_model(onnx_model, enc, key=KEY)
-    future = patched(enc, tmp_path / "future.mgenc", {8: struct.pack(">H", 2)})
+    future = patched(enc, tmp_path / "future.mgenc", {8: struct.pack(">H", 3)})
     (tmp_path / "k").write_bytes(KEY)
     code, _, err = run_cli(
         capsys,
@@ -279,7 +290,7 @@ def test_unknown_future_version_exit_2(
         str(tmp_path / "k"),
     )
     assert code == 2
-    assert "unsupported container version 2" in err and len(err.strip().splitlines()) == 1
+    assert "unsupported container version 3" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -417,3 +428,179 @@ def test_encrypting_a_signed_directory_ledgers_it_under_its_signed_root(tmp_path
     # and the container's own signature names the model it was made from as its parent
     _, signs = audit.list_entries(url, kind="sign")
     assert signs[-1].subject["parent"] == signed.manifest.layer_root
+
+
+# ---------------------------------------------------------------------------- one root, one scan
+
+V1 = Path(__file__).parent / "testdata" / "containers-v1"
+
+
+@pytest.mark.parametrize("name", ["mlp.onnx", "w.safetensors"])
+def test_version_1_containers_still_decrypt(tmp_path: Path, name: str) -> None:
+    # written by the format-1 writer: SHA-256 for tensors and files, header digest in every AAD
+    container = V1 / f"{name}.mgenc"
+    with ContainerReader(container) as reader:
+        assert reader.version == 1 and "file_hash_algorithm" not in reader.header["plaintext"]
+        assert (reader.hash_algorithm, reader.file_hash_algorithm) == ("sha256", "sha256")
+    out = decrypt_model(container, tmp_path / name, key=KEY)
+    assert (tmp_path / name).read_bytes() == (V1 / name).read_bytes()
+    assert out.tensors and out.layer_root == build_manifest(V1 / name).layer_root
+
+
+def remac_with_another_root(container: Path, out: Path) -> Path:
+    """What someone holding the key can do: change the header's root and make a new MAC."""
+    from modelguard.encryption.container import _derive
+    from modelguard.encryption.keywrap import unwrap_data_key
+
+    with ContainerReader(container) as reader:
+        data_key = unwrap_data_key(reader.recipients, reader.file_id, [RawKeyIdentity(KEY)])
+        salt, file_id, root = reader.salt, reader.file_id, reader.layer_root
+        head_length = reader.payload_start - MAC_SIZE
+    assert root is not None
+    other = ("0" if root[0] != "0" else "1") + root[1:]
+    data = bytearray(container.read_bytes())
+    head = bytes(data[:head_length]).replace(root.encode(), other.encode())
+    mac = hmac.new(_derive(data_key, salt, "header-mac", file_id), head, "sha256").digest()
+    data[: head_length + MAC_SIZE] = head + mac
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_version_1_segments_still_bind_the_header_digest(tmp_path: Path) -> None:
+    # every version-1 segment's associated data names the old header's SHA-256: the index fails
+    bad = remac_with_another_root(V1 / "mlp.onnx.mgenc", tmp_path / "bad.mgenc")
+    with pytest.raises(DecryptionError, match="segment 0 .index"):
+        decrypt_model(bad, tmp_path / "out", key=KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_version_2_header_rewritten_by_a_key_holder_fails_the_root_check(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    # version 2 segments do not bind the header digest (they are sealed before it exists);
+    # a re-MACed header with another root still fails: the root is recomputed from the index
+    encrypt_model(onnx_model, tmp_path / "m.mgenc", key=KEY)
+    bad = remac_with_another_root(tmp_path / "m.mgenc", tmp_path / "bad.mgenc")
+    with pytest.raises(DigestMismatchError, match="recomputed layer root"):
+        decrypt_model(bad, tmp_path / "out", key=KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_container_records_the_root_a_signature_records(onnx_model: Path, tmp_path: Path) -> None:
+    from modelguard.signing.files import signed_manifest
+
+    result = encrypt_model(onnx_model, tmp_path / "m.mgenc", key=KEY)
+    signed = signed_manifest(onnx_model)
+    assert result.layer_root == signed.layer_root
+    assert (result.hash_algorithm, result.file_hash_algorithm) == ("blake3", "sha256")
+    with ContainerReader(tmp_path / "m.mgenc") as reader:
+        assert reader.version == 2 and reader.layer_root == signed.layer_root
+        plaintext = reader.header["plaintext"]
+        assert plaintext == {
+            "layer_root": signed.layer_root,
+            "hash_algorithm": "blake3",
+            "file_hash_algorithm": "sha256",
+        }
+
+
+def test_legacy_sha256_scheme_is_recorded_as_such(onnx_model: Path, tmp_path: Path) -> None:
+    result = encrypt_model(
+        onnx_model,
+        tmp_path / "m.mgenc",
+        key=KEY,
+        hash_algorithm="sha256",
+        file_hash_algorithm="sha256",
+    )
+    assert result.layer_root == build_manifest(onnx_model).layer_root
+    with ContainerReader(tmp_path / "m.mgenc") as reader:
+        assert reader.header["plaintext"]["file_hash_algorithm"] == "sha256"
+    decrypt_model(tmp_path / "m.mgenc", tmp_path / "out.onnx", key=KEY)
+    assert (tmp_path / "out.onnx").read_bytes() == onnx_model.read_bytes()
+
+
+def test_header_hash_function_edit_fails_authentication(onnx_model: Path, tmp_path: Path) -> None:
+    enc = tmp_path / "m.mgenc"
+    encrypt_model(onnx_model, enc, key=KEY)
+    before = b'"file_hash_algorithm":"sha256"'
+    assert before in enc.read_bytes()
+    bad = tmp_path / "bad.mgenc"
+    bad.write_bytes(enc.read_bytes().replace(before, b'"file_hash_algorithm":"blake3"'))
+    with pytest.raises(DecryptionError, match="header authentication failed"):
+        decrypt_model(bad, tmp_path / "out", key=KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_naming_other_hash_functions_than_the_index_is_refused(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    # a writer holding the key says "sha256 tensors" in the header over a BLAKE3 manifest
+    manifest = build_manifest(onnx_model, hash_algorithm="blake3", file_hash_algorithm="sha256")
+    plan = plan_model(onnx_model).plans[0]
+    lying = replace(
+        plan,
+        manifest=manifest.to_dict(),
+        layer_root=manifest.layer_root,
+        hash_algorithm="sha256",
+        file_hash_algorithm="sha256",
+    )
+    write_container(lying, tmp_path / "lie.mgenc", [RawKeyRecipient(KEY)])
+    with pytest.raises(DigestMismatchError, match="header says sha256/sha256"):
+        decrypt_model(tmp_path / "lie.mgenc", tmp_path / "out", key=KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_final_manifest_of_another_length_is_an_internal_error(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    plan = plan_model(onnx_model)
+    file_plan = plan.plans[0]
+    writer = ContainerWriter(
+        file_plan, tmp_path / "w.mgenc", [RawKeyRecipient(KEY)], plan.files.view(file_plan.path)
+    )
+    writer.seal_payload()
+    longer = {**dict(file_plan.manifest or {}), "extra": "x"}
+    with pytest.raises(InternalError, match="planned length"):
+        writer.finish(longer, file_plan.layer_root)
+    writer.close()
+
+
+def test_encrypt_parses_once_and_hashes_each_byte_once_per_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelguard.formats as formats_module
+    import modelguard.manifest as manifest_module
+
+    src = model_dir(tmp_path / "model")
+    sizes = {p.name: p.stat().st_size for p in src.iterdir()}
+    fed: dict[str, int] = {}
+    parses: list[str] = []
+    real_hasher, real_parse = manifest_module.new_hasher, formats_module.parse_model_file
+
+    class Counting:
+        def __init__(self, algorithm: str) -> None:
+            self.inner, self.algorithm = real_hasher(algorithm), algorithm
+
+        def update(self, data: bytes | memoryview) -> None:
+            fed[self.algorithm] = fed.get(self.algorithm, 0) + memoryview(data).nbytes
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            return str(self.inner.hexdigest())
+
+    def parse(path: Path, **kwargs: object) -> object:
+        parses.append(path.name)
+        return real_parse(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifest_module, "new_hasher", Counting)
+    monkeypatch.setattr(manifest_module, "parse_model_file", parse)
+    monkeypatch.setattr(formats_module, "parse_model_file", parse)
+    result = encrypt_model(src, tmp_path / "enc", key=KEY)
+    assert sorted(parses) == sorted(sizes)  # each file parsed once
+    assert fed["sha256"] == sum(sizes.values())  # every byte once, for the file digests
+    # tensors and structures once with BLAKE3: never more bytes than the model files hold
+    assert 0 < fed["blake3"] <= sum(sizes.values()) and set(fed) == {"sha256", "blake3"}
+    decrypt_model(tmp_path / "enc", tmp_path / "dec", key=KEY)
+    assert (
+        result.layer_root
+        == build_manifest(src, hash_algorithm="blake3", file_hash_algorithm="sha256").layer_root
+    )

@@ -19,6 +19,7 @@ from modelguard.encryption import ContainerReader, encrypt_model
 from modelguard.errors import BadInputError, DecryptionError, SignatureError, VerificationError
 from modelguard.keys import generate_key, write_keypair
 from modelguard.runtime import choose_providers, cuda_usable, open_session, open_verified
+from modelguard.signing.files import signed_manifest
 from modelguard.signing.sign import sign_model
 
 X = np.random.default_rng(7).standard_normal((6, 8)).astype(np.float32)
@@ -291,7 +292,12 @@ def test_cli_keygen_encrypt_sign_run_round_trip(
     from ledger import open_ledger
 
     (event,) = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}").entries(kind="encrypt")
-    assert event.subject["root"] == enc["layer_root"]
+    # One root for a model: the container header, the ledger's encrypt entry and a signature of
+    # the plaintext model all name the same layer root (BLAKE3 tensor leaves, SHA-256 file
+    # leaves). Before container version 2 the header recorded an all-SHA-256 root instead.
+    signature_root = signed_manifest(tmp_path / "m.onnx").layer_root
+    assert event.subject["root"] == enc["layer_root"] == signature_root
+    assert (enc["hash_algorithm"], enc["file_hash_algorithm"]) == ("blake3", "sha256")
     code, ran = cli(
         "run",
         "m.onnx.mgenc",
@@ -311,3 +317,46 @@ def test_cli_keygen_encrypt_sign_run_round_trip(
     )
     assert code == 0 and ran["encrypted"] is True and ran["layer_root"] == enc["layer_root"]
     assert np.array_equal(np.load(tmp_path / "y.npy"), plain_outputs(tmp_path / "m.onnx"))
+
+
+def test_version_1_container_opens_verified(tmp_path: Path) -> None:
+    """A container written before version 2 (SHA-256 tensor digests) still runs, verified."""
+    fixtures = Path(__file__).parent / "testdata" / "containers-v1"
+    (tmp_path / "enc").mkdir()
+    container = tmp_path / "enc" / "mlp.onnx.mgenc"
+    container.write_bytes((fixtures / "mlp.onnx.mgenc").read_bytes())
+    signer = generate_key()
+    signed = sign_model(container, signer, record=False)
+    verified = open_verified(
+        container,
+        signature=signed.signature_path,
+        keys=[signer.public_key()],
+        key=bytes(range(32)),
+        providers="cpu",
+    )
+    assert verified.tensors_verified == 4
+    with ContainerReader(container) as reader:
+        assert reader.version == 1 and verified.layer_root == reader.layer_root
+    got = verified.session.run(None, {"x": X})[0]
+    assert np.array_equal(got, plain_outputs(fixtures / "mlp.onnx"))
+
+
+def test_decryption_holders_are_aligned_private_and_sized_by_shape() -> None:
+    from modelguard.encryption.container import TensorEntry
+    from modelguard.errors import FormatError
+    from modelguard.runtime import _holders
+
+    tensors = [
+        TensorEntry("a", "float32", (3,), 0, 12, "m.onnx"),
+        TensorEntry("b", "bfloat16", (2, 2), 12, 8, "m.onnx"),
+        TensorEntry("c", "int8", (5,), 20, 5, "m.onnx"),
+    ]
+    arrays = _holders(tensors)
+    assert [a.shape for a in arrays] == [(3,), (2, 2), (5,)]
+    assert all(a.ctypes.data % 64 == 0 and a.flags.writeable for a in arrays)
+    arrays[0][:] = 1.0
+    arrays[2][:] = 7
+    assert arrays[1].view(np.uint8).sum() == 0 and arrays[0].sum() == 3.0  # no overlap
+    # a length that disagrees with dtype x shape (a container made with the key) is bad input
+    with pytest.raises(FormatError, match="does not match its shape"):
+        _holders([TensorEntry("d", "float32", (3,), 0, 16, "m.onnx")])

@@ -1,4 +1,4 @@
-"""The encrypted container, version 1: one plaintext file -> one ``.mgenc`` file (docs/format.md).
+"""The encrypted container, version 2: one plaintext file -> one ``.mgenc`` file (docs/format.md).
 
 >>> import os, tempfile, pathlib
 >>> from modelguard.encryption.container import FilePlan, write_container, ContainerReader
@@ -12,11 +12,14 @@
 b'hello'
 
 Layout: preamble (magic, version, header length), a canonical-JSON header (recipients, salt,
-key commitment, clear plaintext layer root), HMAC-SHA256 over both, then AES-256-GCM segments:
-0 = index (tensor table + plaintext manifest), then structure chunks, the ONNX runtime graph,
-and tensor chunks. Every nonce is the segment number under a per-file key, and each segment's
-associated data names the file, the header digest, its number, the segment count and what it
-holds, so nothing can be swapped, reordered, dropped, duplicated or transplanted unnoticed.
+key commitment, clear plaintext layer root and the hash functions behind it), HMAC-SHA256 over
+both, then AES-256-GCM segments: 0 = index (tensor table + plaintext manifest), then structure
+chunks, the ONNX runtime graph, and tensor chunks. Every nonce is the segment number under a
+per-file key, and each segment's associated data names the file, its number, the segment count
+and what it holds, so nothing can be swapped, reordered, dropped, duplicated or transplanted
+unnoticed. Version 2 segments do not depend on the digests: :class:`ContainerWriter` seals
+them while the model is being hashed, then writes the index and the header. Version 1
+containers (whose segments also bind the header's SHA-256) are still read.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -43,12 +46,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelguard.encryption.keywrap import Identity, Recipient, unwrap_data_key
-from modelguard.errors import DecryptionError, FormatError
+from modelguard.errors import DecryptionError, FormatError, InternalError
 from modelguard.hashing import Hasher, new_hasher
 from modelguard.safeio import open_regular
 
 MAGIC = b"\x89MGENC\r\n"
-VERSION = 1
+VERSION = 2  # what this modelguard writes
+READ_VERSIONS = (1, 2)  # what it reads
 FORMAT_NAME = "modelguard-encrypted-file"
 SUFFIX = ".mgenc"
 PREAMBLE = struct.Struct(">8sHHI")  # magic, version, reserved (0), header length
@@ -144,12 +148,14 @@ class Segment:
     length: int  # plaintext bytes
     tensor: TensorEntry | None = None
 
-    def aad(self, file_id: bytes, header_digest: bytes, count: int) -> bytes:
+    def aad(
+        self, file_id: bytes, count: int, version: int = VERSION, header_digest: bytes = b""
+    ) -> bytes:
+        """Associated data; version 1 also binds ``header_digest`` (SHA-256 of the header)."""
         doc: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": VERSION,
+            "version": version,
             "file_id": file_id.hex(),
-            "header_sha256": header_digest.hex(),
             "segment": self.number,
             "segment_count": count,
             "kind": self.kind,
@@ -158,6 +164,8 @@ class Segment:
             "start": self.start,
             "length": self.length,
         }
+        if version == 1:
+            doc["header_sha256"] = header_digest.hex()
         if self.tensor is not None:
             doc["tensor"] = self.tensor.to_dict()
         return canonical(doc)
@@ -219,7 +227,11 @@ def _pieces(
 
 @dataclass
 class FilePlan:
-    """What to encrypt: a plaintext file, its tensors, and what the index should carry."""
+    """What to encrypt: a plaintext file, its tensors, and what the index should carry.
+
+    ``manifest`` and ``layer_root`` may be placeholders of the final values' shape (same
+    digest lengths) when :class:`ContainerWriter` seals the payload before the digests exist.
+    """
 
     source: Path
     path: str  # posix, relative to the model root
@@ -227,7 +239,8 @@ class FilePlan:
     graph: bytes = b""  # ONNX model with initializers marked external (runtime, no disk)
     manifest: Mapping[str, Any] | None = None  # plaintext Manifest.to_dict()
     layer_root: str | None = None
-    hash_algorithm: str | None = None
+    hash_algorithm: str | None = None  # tensor and structure digests
+    file_hash_algorithm: str | None = None  # whole-file digests (None: hash_algorithm)
     format: str = "raw"
     chunk_size: int = DEFAULT_CHUNK
 
@@ -242,16 +255,140 @@ def _validate_tensors(tensors: Sequence[TensorEntry], size: int, where: str) -> 
         cursor = tensor.offset + tensor.length
 
 
-def _index_document(plan: FilePlan, size: int) -> dict[str, Any]:
-    return {
-        "path": plan.path,
-        "format": plan.format,
-        "size": size,
-        "chunk_size": plan.chunk_size,
-        "graph_length": len(plan.graph),
-        "tensors": [t.to_dict() for t in plan.tensors],
-        "manifest": dict(plan.manifest) if plan.manifest is not None else None,
-    }
+def _index(plan: FilePlan, tensors: Sequence[TensorEntry], size: int) -> bytes:
+    return canonical(
+        {
+            "path": plan.path,
+            "format": plan.format,
+            "size": size,
+            "chunk_size": plan.chunk_size,
+            "graph_length": len(plan.graph),
+            "tensors": [t.to_dict() for t in tensors],
+            "manifest": dict(plan.manifest) if plan.manifest is not None else None,
+        }
+    )
+
+
+class ContainerWriter:
+    """Writes one container in two steps: :meth:`seal_payload`, then :meth:`finish`.
+
+    Every segment but the index depends only on the plaintext and the layout, so it can be
+    sealed while the model's digests are still being computed (from the same buffer);
+    :meth:`finish` then seals the index (with the real manifest) and writes the header. The
+    plan's manifest and root fix the index and header lengths up front: digests are
+    fixed-length hex, so the final ones must serialize to exactly as many bytes (checked).
+    """
+
+    def __init__(
+        self,
+        plan: FilePlan,
+        out: Path,
+        recipients: Sequence[Recipient],
+        source: memoryview,
+    ) -> None:
+        if not recipients:
+            raise FormatError("at least one recipient is needed")
+        if not 1 <= plan.chunk_size <= MAX_CHUNK:
+            raise FormatError(f"chunk size {plan.chunk_size} outside [1, {MAX_CHUNK}]")
+        self.plan, self.out, self.source = plan, out, source
+        self.tensors = tuple(sorted(plan.tensors, key=lambda t: t.offset))
+        self.size = source.nbytes
+        _validate_tensors(self.tensors, self.size, str(plan.source))
+        self._data_key, self._salt, self.file_id = os.urandom(32), os.urandom(32), os.urandom(16)
+        self._recipients = [r.wrap(self._data_key, self.file_id) for r in recipients]
+        self.ranges = structure_ranges(self.size, self.tensors)
+        self.index_length = len(_index(plan, self.tensors, self.size))
+        self.segments = plan_segments(
+            self.index_length,
+            sum(n for _, n in self.ranges),
+            len(plan.graph),
+            self.tensors,
+            plan.chunk_size,
+        )
+        self.header_length = len(self._header(plan.layer_root))
+        self.offsets, cursor = [], PREAMBLE.size + self.header_length + MAC_SIZE
+        for segment in self.segments:
+            self.offsets.append(cursor)
+            cursor += segment.length + TAG_SIZE
+        self._aead = AESGCM(_derive(self._data_key, self._salt, "enc", self.file_id))
+        self._sink = open(out, "wb")  # noqa: SIM115 -- closed by finish() or close()
+        self._sink.truncate(cursor)
+
+    def _header(self, layer_root: str | None) -> bytes:
+        return canonical(
+            {
+                "format": FORMAT_NAME,
+                "version": VERSION,
+                "aead": "AES-256-GCM",
+                "kdf": "HKDF-SHA256",
+                "file_id": self.file_id.hex(),
+                "salt": self._salt.hex(),
+                "key_commitment": _derive(self._data_key, self._salt, "commit", self.file_id).hex(),
+                "recipients": self._recipients,
+                "segment_count": len(self.segments),
+                "index_length": self.index_length,
+                "payload_length": sum(s.length + TAG_SIZE for s in self.segments),
+                "plaintext": {
+                    "layer_root": layer_root,
+                    "hash_algorithm": self.plan.hash_algorithm,
+                    "file_hash_algorithm": self.plan.file_hash_algorithm
+                    or self.plan.hash_algorithm,
+                },
+            }
+        )
+
+    def _plaintext(self, segment: Segment) -> bytes | memoryview:
+        if segment.kind == "graph":
+            return memoryview(self.plan.graph)[segment.start : segment.start + segment.length]
+        if segment.kind == "tensor":
+            assert segment.tensor is not None
+            begin = segment.tensor.offset + segment.start
+            return self.source[begin : begin + segment.length]
+        parts = list(_pieces(self.ranges, segment.start, segment.length))
+        if len(parts) == 1:
+            return self.source[parts[0][0] : parts[0][0] + parts[0][1]]
+        return b"".join(self.source[o : o + n] for o, n in parts)
+
+    def _seal(
+        self, segment: Segment, plaintext: bytes | memoryview, buffers: SegmentBuffers
+    ) -> None:
+        aad = segment.aad(self.file_id, len(self.segments))
+        buf = buffers.get(segment.length + TAG_SIZE)
+        self._aead.encrypt_into(nonce(segment.number), plaintext, aad, buf)
+        pwrite_all(self._sink.fileno(), buf, self.offsets[segment.number])
+
+    def seal_payload(self, threads: int | None = None) -> None:
+        """Seal and write every segment but the index (it needs the digests)."""
+        payload = self.segments[1:]
+        if not payload:
+            return
+        buffers = SegmentBuffers(max(s.length for s in payload) + TAG_SIZE)
+        _run_parallel(
+            lambda s: self._seal(s, self._plaintext(s), buffers),
+            payload,
+            threads,
+            lambda s: s.length,
+        )
+
+    def finish(self, manifest: Mapping[str, Any] | None, layer_root: str | None) -> None:
+        """Seal the index with the final ``manifest``, write the header and its MAC, close."""
+        plan = replace(self.plan, manifest=manifest, layer_root=layer_root)
+        index = _index(plan, self.tensors, self.size)
+        header = self._header(layer_root)
+        if len(index) != self.index_length or len(header) != self.header_length:
+            raise InternalError(
+                "the final manifest does not serialize to the planned length", path=str(self.out)
+            )
+        self._seal(self.segments[0], index, SegmentBuffers(len(index) + TAG_SIZE))
+        head = PREAMBLE.pack(MAGIC, VERSION, 0, len(header)) + header
+        key = _derive(self._data_key, self._salt, "header-mac", self.file_id)
+        pwrite_all(
+            self._sink.fileno(), memoryview(head + hmac.new(key, head, "sha256").digest()), 0
+        )
+        self.close()
+
+    def close(self) -> None:
+        self._sink.close()
 
 
 def write_container(
@@ -262,76 +399,19 @@ def write_container(
     threads: int | None = None,
 ) -> None:
     """Encrypt ``plan.source`` into ``out`` (the caller renames it into place)."""
-    if not recipients:
-        raise FormatError("at least one recipient is needed")
-    if not 1 <= plan.chunk_size <= MAX_CHUNK:
-        raise FormatError(f"chunk size {plan.chunk_size} outside [1, {MAX_CHUNK}]")
-    tensors = tuple(sorted(plan.tensors, key=lambda t: t.offset))
-    data_key, salt, file_id = os.urandom(32), os.urandom(32), os.urandom(16)
     with open_regular(plan.source, what="model file") as handle:
         size = os.fstat(handle.fileno()).st_size
-        source = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    _validate_tensors(tensors, size, str(plan.source))
-    ranges = structure_ranges(size, tensors)
-    index = canonical(_index_document(plan, size) | {"tensors": [t.to_dict() for t in tensors]})
-    segments = plan_segments(
-        len(index), sum(n for _, n in ranges), len(plan.graph), tensors, plan.chunk_size
-    )
-    header_doc = {
-        "format": FORMAT_NAME,
-        "version": VERSION,
-        "aead": "AES-256-GCM",
-        "kdf": "HKDF-SHA256",
-        "file_id": file_id.hex(),
-        "salt": salt.hex(),
-        "key_commitment": _derive(data_key, salt, "commit", file_id).hex(),
-        "recipients": [r.wrap(data_key, file_id) for r in recipients],
-        "segment_count": len(segments),
-        "index_length": len(index),
-        "payload_length": sum(s.length + TAG_SIZE for s in segments),
-        "plaintext": {"layer_root": plan.layer_root, "hash_algorithm": plan.hash_algorithm},
-    }
-    header = canonical(header_doc)
-    head = PREAMBLE.pack(MAGIC, VERSION, 0, len(header)) + header
-    mac = hmac.new(_derive(data_key, salt, "header-mac", file_id), head, "sha256").digest()
-    aead = AESGCM(_derive(data_key, salt, "enc", file_id))
-    header_digest = hashlib.sha256(head).digest()
-    total = len(head) + MAC_SIZE + sum(s.length + TAG_SIZE for s in segments)
-
-    offsets, cursor = [], len(head) + MAC_SIZE
-    for segment in segments:
-        offsets.append(cursor)
-        cursor += segment.length + TAG_SIZE
-
-    def plaintext(segment: Segment) -> bytes | memoryview:
-        if segment.kind == "index":
-            return index
-        if segment.kind == "graph":
-            return memoryview(plan.graph)[segment.start : segment.start + segment.length]
-        if segment.kind == "tensor":
-            assert segment.tensor is not None
-            begin = segment.tensor.offset + segment.start
-            return memoryview(source)[begin : begin + segment.length]
-        parts = list(_pieces(ranges, segment.start, segment.length))
-        if len(parts) == 1:
-            return memoryview(source)[parts[0][0] : parts[0][0] + parts[0][1]]
-        return b"".join(source[o : o + n] for o, n in parts)
-
-    buffers = SegmentBuffers(max(s.length for s in segments) + TAG_SIZE)
+        source = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     try:
-        with open(out, "wb") as sink:
-            sink.truncate(total)
-            os.pwrite(sink.fileno(), head + mac, 0)
-
-            def seal(segment: Segment) -> None:
-                aad = segment.aad(file_id, header_digest, len(segments))
-                buf = buffers.get(segment.length + TAG_SIZE)
-                aead.encrypt_into(nonce(segment.number), plaintext(segment), aad, buf)
-                pwrite_all(sink.fileno(), buf, offsets[segment.number])
-
-            _run_parallel(seal, segments, threads, lambda s: s.length)
+        with memoryview(source if source is not None else b"") as view:
+            writer = ContainerWriter(plan, out, recipients, view)
+            try:
+                writer.seal_payload(threads)
+                writer.finish(plan.manifest, plan.layer_root)
+            finally:
+                writer.close()
     finally:
-        if isinstance(source, mmap.mmap):
+        if source is not None:
             close_map(source)
 
 
@@ -486,11 +566,13 @@ class ContainerReader:
         magic, version, reserved, header_length = PREAMBLE.unpack(self._bytes(0, PREAMBLE.size))
         if magic != MAGIC:
             raise FormatError("not a modelguard container (bad magic)", path=self._where)
-        if version != VERSION:
+        if version not in READ_VERSIONS:
             raise FormatError(
-                f"unsupported container version {version} (this modelguard reads version {VERSION})",
+                f"unsupported container version {version} (this modelguard reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))})",
                 path=self._where,
             )
+        self.version: int = version
         if reserved != 0 or header_length > MAX_HEADER:
             raise FormatError("container preamble is malformed", path=self._where)
         self._head = bytes(self._bytes(0, PREAMBLE.size + header_length))
@@ -502,7 +584,7 @@ class ContainerReader:
         if (
             not isinstance(doc, dict)
             or doc.get("format") != FORMAT_NAME
-            or doc.get("version") != VERSION
+            or doc.get("version") != version
         ):
             raise FormatError("container header names another format or version", path=self._where)
         if doc.get("aead") != "AES-256-GCM" or doc.get("kdf") != "HKDF-SHA256":
@@ -531,6 +613,15 @@ class ContainerReader:
         plaintext = _field(doc, "plaintext", dict, self._where)
         self.layer_root: str | None = plaintext.get("layer_root")
         self.hash_algorithm: str | None = plaintext.get("hash_algorithm")
+        # version 1 hashed whole files with the tensors' function and did not say so
+        self.file_hash_algorithm: str | None = (
+            plaintext.get("file_hash_algorithm") if version >= 2 else self.hash_algorithm
+        )
+        for value in (self.layer_root, self.hash_algorithm, self.file_hash_algorithm):
+            if value is not None and not isinstance(value, str):
+                raise FormatError(
+                    "container header plaintext field is not a string", path=self._where
+                )
         self.payload_start = len(self._head) + MAC_SIZE
         expected = self.payload_start + self.payload_length
         if self._size != expected:
@@ -593,7 +684,7 @@ class ContainerReader:
         assert self._aead is not None
         begin = self._offsets[segment.number]
         data = self._bytes(begin, segment.length + TAG_SIZE)
-        aad = segment.aad(self.file_id, self._header_digest, self.segment_count)
+        aad = segment.aad(self.file_id, self.segment_count, self.version, self._header_digest)
         try:
             self._aead.decrypt_into(nonce(segment.number), data, aad, out)
         except InvalidTag:

@@ -25,12 +25,14 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from modelguard.formats import ModelFiles, ParsedModel
     from modelguard.manifest import Manifest
 
 from modelguard.encryption.container import (
@@ -38,9 +40,9 @@ from modelguard.encryption.container import (
     SUFFIX,
     ContainerIndex,
     ContainerReader,
+    ContainerWriter,
     FilePlan,
     TensorEntry,
-    write_container,
 )
 from modelguard.encryption.keywrap import (
     Identity,
@@ -53,7 +55,8 @@ from modelguard.encryption.keywrap import (
     X25519Recipient,
 )
 from modelguard.errors import BadInputError, DecryptionError, DigestMismatchError, FormatError
-from modelguard.hashing import new_hasher
+from modelguard.hashing import check_algorithm, new_hasher
+from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH
 
 # ---------------------------------------------------------------------------- results
 
@@ -64,7 +67,8 @@ class EncryptResult:
     out: Path
     files: tuple[str, ...]  # container paths, relative to ``out`` (or its name)
     layer_root: str
-    hash_algorithm: str
+    hash_algorithm: str  # tensor and structure digests of the plaintext manifest
+    file_hash_algorithm: str  # its whole-file digests
     recipients: tuple[str, ...]  # stanza types
     bytes_in: int
     signature: Path | None = None
@@ -77,6 +81,7 @@ class EncryptResult:
             "files": list(self.files),
             "layer_root": self.layer_root,
             "hash_algorithm": self.hash_algorithm,
+            "file_hash_algorithm": self.file_hash_algorithm,
             "recipients": list(self.recipients),
             "bytes": self.bytes_in,
             "signature": str(self.signature) if self.signature else None,
@@ -156,27 +161,71 @@ def identities_from(
 # ---------------------------------------------------------------------------- plans
 
 
+@dataclass
+class ModelPlan:
+    """A model opened and parsed once: what each container holds, before any digest exists."""
+
+    files: ModelFiles  # every reader takes its bytes from here (one descriptor per file)
+    parsed: dict[str, ParsedModel | None]  # handed to the scan, so nothing is parsed twice
+    plans: list[FilePlan]  # one per file; manifest and root are same-length placeholders
+    hash_algorithm: str
+    file_hash_algorithm: str
+
+
+def _placeholder_manifest(
+    files: ModelFiles,
+    parsed: Mapping[str, ParsedModel | None],
+    hash_algorithm: str,
+    file_hash_algorithm: str,
+) -> Manifest:
+    """The manifest the scan will produce, with zero digests: the same JSON length."""
+    from modelguard.manifest import FileRecord, Manifest, TensorRecord
+
+    zero, file_zero = (
+        "0" * len(new_hasher(a).hexdigest()) for a in (hash_algorithm, file_hash_algorithm)
+    )
+    records = [
+        FileRecord(
+            rel,
+            files.size(rel),
+            file_zero,
+            model.format if model is not None else "raw",
+            zero if model is not None else None,
+            tuple(
+                TensorRecord(t.name, t.dtype, t.shape, t.nbytes, zero)
+                for t in (model.tensors if model is not None else ())
+            ),
+        )
+        for rel, model in parsed.items()
+    ]
+    return Manifest.create(hash_algorithm, records, file_hash_algorithm)
+
+
 def plan_model(
-    path: Path, *, hash_algorithm: str = "sha256", chunk_size: int = DEFAULT_CHUNK
-) -> tuple[list[FilePlan], Any]:
-    """One :class:`FilePlan` per file of the model, and the plaintext manifest."""
+    path: Path,
+    *,
+    hash_algorithm: str = SIGNING_LAYER_HASH,
+    file_hash_algorithm: str = SIGNING_FILE_HASH,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> ModelPlan:
+    """Open and parse every file of the model once; one :class:`FilePlan` per file.
+
+    The default hash functions are a signature's (BLAKE3 tensors, SHA-256 files: the
+    container records the same layer root as ``modelguard sign`` of the plaintext model).
+    """
     from modelguard.formats import parse_model_file
     from modelguard.formats.onnx import runtime_graph
-    from modelguard.manifest import build_manifest, open_model
+    from modelguard.manifest import open_model
     from modelguard.runtime import in_memory_dtype
 
-    files = open_model(path)  # each file read once: manifest, tensor plan and graph share it
-    manifest = build_manifest(path, hash_algorithm=hash_algorithm, files=files)
+    check_algorithm(hash_algorithm)
+    check_algorithm(file_hash_algorithm)
+    files = open_model(path)  # each file read once: tensor plan, graph and digests share it
     root = files.root
-    manifest_doc = manifest.to_dict()
+    parsed = {rel: parse_model_file(root / rel, root=root, files=files) for rel in files.members}
     by_file: dict[str, dict[int, TensorEntry]] = {}
-    for record in manifest.files:
-        if record.format not in ("onnx", "safetensors", "pytorch"):
-            continue
-        parsed = parse_model_file(root / record.path, root=root, files=files)
-        if parsed is None:
-            continue
-        for tensor in parsed.tensors:
+    for rel, model in parsed.items():
+        for tensor in model.tensors if model is not None else ():
             if tensor.location is None or tensor.nbytes == 0:
                 continue  # decoded (typed ONNX fields, pickles) or empty: stays in the structure
             file, offset, length = tensor.location
@@ -186,21 +235,22 @@ def plan_model(
                     f"tensors {entries[offset].name!r} and {tensor.name!r} share bytes", path=file
                 )
             entries[offset] = TensorEntry(
-                tensor.name, tensor.dtype, tensor.shape, offset, length, record.path
+                tensor.name, tensor.dtype, tensor.shape, offset, length, rel
             )
-    outside = sorted(set(by_file) - {record.path for record in manifest.files})
+    outside = sorted(set(by_file) - set(files.members))
     if outside:
         raise BadInputError(
             f"tensors live in {outside[0]!r}, outside what is being encrypted: encrypt the model directory",
             path=str(path),
         )
+    placeholder = _placeholder_manifest(files, parsed, hash_algorithm, file_hash_algorithm)
     plans = []
-    for record in manifest.files:
+    for rel, model in parsed.items():
         graph = b""
-        if record.format == "onnx":
+        if model is not None and model.format == "onnx":
             # the graph ONNX Runtime will get: no file reference left, weights from memory
             graph, _ = runtime_graph(
-                root / record.path,
+                root / rel,
                 root=root,
                 files=files,
                 keep=lambda t: in_memory_dtype(t.dtype),
@@ -208,20 +258,60 @@ def plan_model(
             )
         plans.append(
             FilePlan(
-                source=root / record.path,
-                path=record.path,
-                tensors=tuple(
-                    sorted(by_file.get(record.path, {}).values(), key=lambda t: t.offset)
-                ),
+                source=root / rel,
+                path=rel,
+                tensors=tuple(sorted(by_file.get(rel, {}).values(), key=lambda t: t.offset)),
                 graph=graph,
-                manifest=manifest_doc,
-                layer_root=manifest.layer_root,
-                hash_algorithm=manifest.hash_algorithm,
-                format=record.format,
+                manifest=placeholder.to_dict(),
+                layer_root=placeholder.layer_root,
+                hash_algorithm=hash_algorithm,
+                file_hash_algorithm=file_hash_algorithm,
+                format=model.format if model is not None else "raw",
                 chunk_size=chunk_size,
             )
         )
-    return plans, manifest
+    return ModelPlan(files, parsed, plans, hash_algorithm, file_hash_algorithm)
+
+
+def write_containers(
+    plan: ModelPlan,
+    destinations: Sequence[Path],
+    recipients: Sequence[Recipient],
+    *,
+    threads: int | None = None,
+) -> Manifest:
+    """Encrypt every file of ``plan`` while the one scan of the model hashes it; the manifest.
+
+    The scan (whole-file and tensor digests, :func:`modelguard.manifest.scan_model`) and the
+    AES-GCM sealing read the same buffers at the same time; the index and header, which hold
+    the digests, are written last.
+    """
+    from modelguard.manifest import scan_model
+
+    files = plan.files
+    with contextlib.ExitStack() as stack:
+        writers = []
+        for file_plan, destination in zip(plan.plans, destinations, strict=True):
+            writer = ContainerWriter(file_plan, destination, recipients, files.view(file_plan.path))
+            stack.callback(writer.close)
+            writers.append(writer)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelguard-scan") as side:
+            scanning = side.submit(
+                scan_model,
+                files,
+                hash_algorithm=plan.hash_algorithm,
+                file_hash_algorithm=plan.file_hash_algorithm,
+                layout=False,
+                threads=threads,
+                parsed_files=plan.parsed,
+            )
+            for writer in writers:
+                writer.seal_payload(threads)
+        manifest = scanning.result().manifest
+        document = manifest.to_dict()
+        for writer in writers:
+            writer.finish(document, manifest.layer_root)
+    return manifest
 
 
 # ---------------------------------------------------------------------------- atomic output
@@ -268,19 +358,25 @@ def signed_model_root(model: Path, manifest: Manifest) -> str:
 
     Encrypting a signed directory carries its ``model.sig`` along (so decryption restores a
     verifiable model), but the model's identity in the ledger is the root it was signed under.
+    In a signature's hash functions the root is derived from ``manifest``'s records (nothing
+    is hashed again); another scheme needs one more scan in the signature's functions.
     """
-    from modelguard.manifest import SIGNING_FILE_HASH, SIGNING_LAYER_HASH, build_manifest
-    from modelguard.signing.files import default_signature_path, signing_ignore_paths
+    from modelguard.manifest import Manifest, build_manifest
+    from modelguard.signing.files import default_signature_path, is_ignored, signing_ignore_paths
 
-    if manifest.hash_algorithm != "sha256" or not model.is_dir():
-        return manifest.layer_root
-    # signatures hash tensors with BLAKE3 and files with SHA-256 (docs/signature.md)
     ignore = signing_ignore_paths(model, default_signature_path(model))
+    if manifest.scheme == (SIGNING_LAYER_HASH, SIGNING_FILE_HASH):
+        kept = [f for f in manifest.files if not (model.is_dir() and is_ignored(f.path, ignore))]
+        if len(kept) == len(manifest.files):
+            return manifest.layer_root
+        return Manifest.create(
+            manifest.hash_algorithm, kept, manifest.file_hash_algorithm
+        ).layer_root
     return build_manifest(
         model,
         hash_algorithm=SIGNING_LAYER_HASH,
         file_hash_algorithm=SIGNING_FILE_HASH,
-        ignore_paths=ignore,
+        ignore_paths=ignore if model.is_dir() else (),
     ).layer_root
 
 
@@ -297,7 +393,8 @@ def encrypt_model(
     version: str | None = None,
     ledger_url: str | None = None,
     record: bool = True,
-    hash_algorithm: str = "sha256",
+    hash_algorithm: str = SIGNING_LAYER_HASH,
+    file_hash_algorithm: str = SIGNING_FILE_HASH,
     threads: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     scrypt_log_n: int | None = None,
@@ -306,21 +403,29 @@ def encrypt_model(
 
     ``recipients``: X25519 public keys; ``passphrase``: scrypt-wrapped; ``key``: a raw 256-bit
     key. With ``sign_key`` the container is signed at once (``modelguard.signing.sign_model``).
+    ``hash_algorithm`` / ``file_hash_algorithm``: the plaintext manifest's tensor and whole-file
+    hash functions (default a signature's, so the recorded root is the signature's root).
     """
     source, target = Path(path), Path(out)
     if not source.exists():
         raise BadInputError(f"no such file or directory: {source}")
     wrapped = recipients_from(recipients, passphrase, key, scrypt_log_n)
-    plans, manifest = plan_model(source, hash_algorithm=hash_algorithm, chunk_size=chunk_size)
+    plan = plan_model(
+        source,
+        hash_algorithm=hash_algorithm,
+        file_hash_algorithm=file_hash_algorithm,
+        chunk_size=chunk_size,
+    )
     directory = source.is_dir()
-    files: list[str] = []
-    with _staging(target, directory) as stage:
-        for plan in plans:
-            rel = plan.path + SUFFIX
-            destination = stage / rel if directory else stage
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            write_container(plan, destination, wrapped, threads=threads)
-            files.append(rel if directory else target.name)
+    files = [p.path + SUFFIX if directory else target.name for p in plan.plans]
+    try:
+        with _staging(target, directory) as stage:
+            destinations = [stage / rel if directory else stage for rel in files]
+            for destination in destinations:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+            manifest = write_containers(plan, destinations, wrapped, threads=threads)
+    finally:
+        plan.files.close()
     signature = None
     signed = None
     if sign_key is not None:
@@ -333,7 +438,7 @@ def encrypt_model(
             signature_path=signature_path,
             name=name,
             version=version,
-            parent=model_root if manifest.hash_algorithm == "sha256" else None,
+            parent=model_root,
             ledger_url=ledger_url,
             record=record,
         )
@@ -344,10 +449,9 @@ def encrypt_model(
             # Links the plaintext model, under the root its own signature records (signature
             # files left out, as sign_model does), to the signed container in the ledger; the
             # model keeps the name it was signed with unless --name renames it.
-            root = signed_model_root(source, manifest)
             subject = {
-                "name": name or signed_name(root, ledger_url) or target.resolve().name,
-                "root": root,
+                "name": name or signed_name(model_root, ledger_url) or target.resolve().name,
+                "root": model_root,
             }
             if version is not None:
                 subject["version"] = version
@@ -369,6 +473,7 @@ def encrypt_model(
         files=tuple(files),
         layer_root=manifest.layer_root,
         hash_algorithm=manifest.hash_algorithm,
+        file_hash_algorithm=manifest.file_algorithm,
         recipients=tuple(sorted({type(r).__name__ for r in wrapped})),
         bytes_in=sum(f.size for f in manifest.files),
         signature=signature,
@@ -420,6 +525,12 @@ def checked_manifest(reader: ContainerReader) -> Any:
             "container carries no plaintext manifest to check against", path=str(reader.path)
         )
     manifest = Manifest.from_dict(index.manifest)
+    if manifest.scheme != (reader.hash_algorithm, reader.file_hash_algorithm):
+        raise DigestMismatchError(
+            f"the index's manifest hashes with {'/'.join(manifest.scheme)}, the header says "
+            f"{reader.hash_algorithm}/{reader.file_hash_algorithm}",
+            path=str(reader.path),
+        )
     if not hmac.compare_digest(manifest.layer_root, reader.layer_root):
         raise DigestMismatchError(
             f"recomputed layer root {manifest.layer_root[:16]}... differs from the header's {reader.layer_root[:16]}...",
