@@ -743,7 +743,7 @@ def file_slice(files: ModelFiles, rel: str, offset: int, length: int) -> Callabl
 def _tiles(
     files: ModelFiles, parsed: Mapping[str, ParsedModel | None]
 ) -> dict[str, list[tuple[int, int, str | None]]] | None:
-    """Tensor and gap ranges tiling each file that holds tensors; None if some tensor is not verbatim."""
+    """Tensor and gap ranges tiling every non-empty file; None if some tensor is not verbatim."""
     placed: dict[str, list[tuple[int, int, str]]] = {}
     for model in parsed.values():
         if model is None:
@@ -768,6 +768,9 @@ def _tiles(
             cursor = offset + length
         segments += _gap_ranges(cursor, size)
         tiles[where] = segments
+    for rel in files.members:  # files without tensors (configs, containers): gap segments too,
+        if rel not in tiles and files.size(rel):  # so verify hashes every byte on all cores
+            tiles[rel] = _gap_ranges(0, files.size(rel))
     return tiles
 
 

@@ -105,8 +105,10 @@ def test_sign_hashes_each_byte_once_per_function(tmp_path: Path, fed: Counter[st
     result = sign_model(model, KEY, record=False)
     # SHA-256: every byte of every file once (the OMS resources); nothing else
     assert fed["sha256"] == total
-    # BLAKE3: every byte of the tensor-holding files once (tensors + gaps), plus the structures
-    assert fed["blake3"] == tiled + structure
+    # BLAKE3: every byte of every file once (tensors + gaps; files without tensors are all
+    # gaps), plus the structures
+    assert tiled < total  # config.json and the index hold no tensors
+    assert fed["blake3"] == total + structure
     assert set(fed) == {"sha256", "blake3"}
     signed = result.manifest
     assert signed.scheme == ("blake3", "sha256")
@@ -121,8 +123,8 @@ def test_verify_runs_on_the_layout_alone(tmp_path: Path, fed: Counter[str]) -> N
     fed.clear()
     report = verify_model(model, keys=[KEY.public_key()])
     assert report.ok, report.failures
-    assert fed["blake3"] == tiled  # every tensor and gap byte once
-    assert fed["sha256"] == total - tiled  # only the files without tensors (config, index)
+    assert fed["blake3"] == total  # every tensor and gap byte once, in every file
+    assert fed["sha256"] == 0  # files without tensors (config, index) are gap segments too
     assert any("every byte hashed" in c.detail for c in report.checks)
 
 
@@ -175,6 +177,10 @@ def _tamper(model: Path, how: str) -> str | None:
         shard.write_bytes(shard.read_bytes()[:-4])
     elif how == "config":
         (model / "config.json").write_text('{"layers": 6}')
+    elif how == "config grows":  # a file without tensors is gap segments: its size is signed too
+        (model / "config.json").write_text('{"layers": 5} ')
+    elif how == "config emptied":
+        (model / "config.json").write_bytes(b"")
     elif how == "remove":
         (model / SHARD2).unlink()
     elif how == "add":
@@ -193,6 +199,8 @@ TAMPERS = [
     "append",
     "truncate",
     "config",
+    "config grows",
+    "config emptied",
     "remove",
     "add",
     "swap",
@@ -249,10 +257,16 @@ def test_mixed_manifest_round_trip_and_validation(tmp_path: Path) -> None:
         Manifest.from_dict({**mixed.to_dict(), "file_hash_algorithm": "blake2b"})
 
 
-def test_the_scan_layout_tiles_every_file_with_tensors(tmp_path: Path) -> None:
+def test_the_scan_layout_tiles_every_file(tmp_path: Path) -> None:
     model = sharded(tmp_path / "m")
     scan = scan_model(open_model(model))
-    assert scan.layout is not None and set(scan.layout) == {SHARD1, SHARD2}
+    assert scan.layout is not None and set(scan.layout) == {
+        SHARD1,
+        SHARD2,
+        "config.json",
+        "model.safetensors.index.json",
+    }
+    assert all(s[2] is None for s in scan.layout["config.json"])  # no tensors: gaps only
     for path, segments in scan.layout.items():
         cursor = 0
         for offset, length, _, _ in segments:
@@ -286,7 +300,7 @@ def test_partial_verification_checks_named_tensors_and_every_non_tensor_byte(
     assert report.manifest is not None
     left_out = [t for f in report.manifest.files for t in f.tensors if t.name not in ("a1", "b0")]
     skipped = sum(t.nbytes for t in left_out)
-    assert fed["blake3"] == tiled - skipped  # only the named tensors and the gaps
+    assert fed["blake3"] == total - skipped  # only the named tensors and the gaps
     # a change in a tensor left out goes unnoticed, and the report said so; in a named one or
     # in a header it is caught
     flip(model / SHARD1, tensor_offset(model / SHARD1, "a2"))
@@ -400,3 +414,16 @@ def test_cli_sign_stops_its_scan_when_the_key_does_not_load(
     assert code == 2 and document["error"]["type"] == "KeyFileError"
     assert not (model / "model.sig").exists()
     assert not [t for t in threading.enumerate() if t.name.startswith("modelguard-")]
+
+
+def test_a_file_without_tensors_verifies_on_the_layout(tmp_path: Path, fed: Counter[str]) -> None:
+    """An encrypted container, a tokenizer, any raw file: BLAKE3 gap segments, no SHA-256 pass."""
+    blob = tmp_path / "weights.mgenc"
+    blob.write_bytes(np.random.default_rng(5).bytes(300_000))
+    sign_model(blob, KEY, record=False)
+    fed.clear()
+    report = verify_model(blob, keys=[KEY.public_key()])
+    assert report.ok, report.failures
+    assert fed == Counter({"blake3": 300_000})
+    flip(blob, 299_999)
+    assert not verify_model(blob, keys=[KEY.public_key()]).ok

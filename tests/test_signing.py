@@ -65,16 +65,15 @@ def test_layout_tiles_every_model_file(signed_model: Path) -> None:
     bundle = json.loads((signed_model / "model.sig").read_bytes())
     statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     layout = parse_statement(statement).modelguard["layout"]  # type: ignore[index]
-    assert set(layout) == {"model.onnx", "model.safetensors"}
+    assert set(layout) == {"model.onnx", "model.safetensors", "modelguard.json"}  # the card too
     for path, segments in layout.items():
         assert segments[0][0] == 0
         assert sum(s[1] for s in segments) == (signed_model / path).stat().st_size
-        assert {s[2] for s in segments if s[2]} == {
-            "fc1.weight",
-            "fc1.bias",
-            "fc2.weight",
-            "fc2.bias",
-        }
+        assert {s[2] for s in segments if s[2]} == (
+            set()
+            if path == "modelguard.json"
+            else {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+        )
 
 
 def test_single_file_model_signature_sits_next_to_it(tmp_path: Path) -> None:
