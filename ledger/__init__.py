@@ -16,21 +16,57 @@ True
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ledger.entry import Entry, EventSpec
-from ledger.errors import (
-    LedgerError,
-    LedgerInputError,
-    LedgerIntegrityError,
-    NoteVerificationError,
-    ProofError,
-)
-from ledger.log import Ledger, verify_jsonl
-from ledger.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, sign_note
-from ledger.proofs import ConsistencyProof, InclusionProof
-from ledger.verify import Problem, VerifyReport
+if TYPE_CHECKING:
+    from ledger.entry import Entry, EventSpec
+    from ledger.errors import (
+        LedgerError,
+        LedgerInputError,
+        LedgerIntegrityError,
+        NoteVerificationError,
+        ProofError,
+    )
+    from ledger.log import Ledger, verify_jsonl
+    from ledger.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, sign_note
+    from ledger.proofs import ConsistencyProof, InclusionProof
+    from ledger.verify import Problem, VerifyReport
+
+# Names load with their module on first use (PEP 562): the gate imports one submodule (say
+# ledger.witness for a default) without paying for the whole log, SQLite and proof code.
+_HOMES = {
+    "Entry": "entry",
+    "EventSpec": "entry",
+    "LedgerError": "errors",
+    "LedgerInputError": "errors",
+    "LedgerIntegrityError": "errors",
+    "NoteVerificationError": "errors",
+    "ProofError": "errors",
+    "Ledger": "log",
+    "verify_jsonl": "log",
+    "Checkpoint": "note",
+    "NoteSigner": "note",
+    "NoteVerifier": "note",
+    "open_checkpoint": "note",
+    "sign_note": "note",
+    "ConsistencyProof": "proofs",
+    "InclusionProof": "proofs",
+    "Problem": "verify",
+    "VerifyReport": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ledger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ledger.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Checkpoint",
@@ -73,6 +109,8 @@ def open_ledger(
     ``sqlite:///relative/or/absolute/path.db`` (``sqlite:////abs`` also works) or
     ``postgresql://user@host:port/db?schema=NAME`` (``schema`` is optional, default public).
     """
+    from ledger.errors import LedgerInputError
+
     path = sqlite_path(url)
     if path is not None:
         if not str(path):
