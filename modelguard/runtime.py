@@ -168,6 +168,7 @@ def _verify(
     require_ledger: bool,
     allow_rollback: bool,
     checks: Any = None,
+    progress: Any = None,
 ) -> Any:
     """Verify and hold: the returned VerifiedModel's buffers are the only bytes used afterwards."""
     from modelguard.formats import onnx_runtime_reads
@@ -188,6 +189,7 @@ def _verify(
         allow_rollback=allow_rollback,
         private=onnx_runtime_reads,  # a safetensors copy beside the ONNX file is only hashed
         checks=NO_CHECKS if checks is None else checks,
+        progress=progress,
     )
 
 
@@ -436,8 +438,12 @@ def open_verified(
     allow_rollback: bool = False,
     threads: int | None = None,
     checks: Any = None,
+    progress: Any = None,
 ) -> VerifiedSession:
-    """Like :func:`open_session`, returning the session with what was verified."""
+    """Like :func:`open_session`, returning the session with what was verified.
+
+    ``progress(n, total)``: bytes hashed while verifying (``modelguard.manifest.ProgressCallback``).
+    """
     from modelguard.encryption.model import identities_from, is_encrypted
 
     model = Path(path)
@@ -450,7 +456,7 @@ def open_verified(
     # (2) every file is read once into private memory and verified there; nothing after this
     # line opens a model path again
     verified = _verify(
-        model, signature, keys, policy, ledger_url, require_ledger, allow_rollback, checks
+        model, signature, keys, policy, ledger_url, require_ledger, allow_rollback, checks, progress
     )
     return session_from_verified(
         verified,
@@ -511,6 +517,7 @@ def open_session(
     require_ledger: bool = False,
     allow_rollback: bool = False,
     checks: Any = None,
+    progress: Any = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for a verified (and, if encrypted, decrypted) model.
 
@@ -518,6 +525,7 @@ def open_session(
     the signature, policy or ledger check fails, and on any tampered segment or tensor.
     ``checks``: a :class:`~modelguard.policy.PolicyChecks` for the policy's ``[certificate]``
     and ``[audit.*]`` tables (``modelguard.gates.STANDARD_CHECKS``); without one they fail closed.
+    ``progress(n, total)``: bytes hashed while verifying, for a progress display.
     """
     verified = open_verified(
         path,
@@ -532,6 +540,7 @@ def open_session(
         require_ledger=require_ledger,
         allow_rollback=allow_rollback,
         checks=checks,
+        progress=progress,
     )
     session = verified.session
     session._modelguard = verified  # the OrtValues' memory lives as long as the session

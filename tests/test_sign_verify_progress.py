@@ -103,3 +103,20 @@ def test_quiet_and_json_print_no_progress(cli_model: Path, flag: str) -> None:
         assert "hashing" not in done.stderr + done.stdout
     if flag == "--json":
         assert json.loads(checked.stdout)["ok"] is True
+
+
+def test_run_prints_verification_progress(tmp_path: Path) -> None:
+    from tests.tinymodels import mlp_onnx
+
+    mlp_onnx(tmp_path / "model.onnx", inputs=1024, hidden=1024)  # 4 MiB of weights
+    write_keypair(tmp_path, "k", KEY, None)
+    sign_model(tmp_path / "model.onnx", KEY, record=False)
+    np.save(tmp_path / "x.npy", np.ones((2, 1024), dtype=np.float32))
+    args = ["run", "model.onnx", "--trust-key", "k.pub", "--input", "x.npy"]
+    env = {"MODELGUARD_PROGRESS_INTERVAL": "0"}
+    done = mg(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^run: verifying: \d+/\d+ MiB \(", done.stderr, re.M), done.stderr
+    quiet = mg(*args, "--json", cwd=tmp_path, env=env)
+    assert quiet.returncode == 0 and "verifying" not in quiet.stderr
+    assert json.loads(quiet.stdout)["ok"] is True

@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 
 from modelguard.cli.crypto import decryption_options, decryption_secrets
-from modelguard.cli.output import emit, json_option
+from modelguard.cli.output import emit, json_option, progress
 from modelguard.cli.signing import verification_options
 from modelguard.errors import BadInputError
 
@@ -165,23 +165,25 @@ def run(
     secrets = decryption_secrets(
         identity, identity_passphrase_env, identity_passphrase_file, passphrase_env, key_file
     )
-    verified = open_verified(
-        path,
-        signature=signature_path,
-        policy=with_ledger_trust(
-            load_policy(policy_path)
-            if policy_path
-            else policy_from_keys([load_public_key(p) for p in key_paths]),
-            ledger_keys,
-            ledger_state,
-        ),
-        ledger_url=ledger_url,
-        require_ledger=require_ledger,
-        allow_rollback=allow_rollback,
-        providers=provider,
-        checks=STANDARD_CHECKS,
-        **{k: v for k, v in secrets.items() if v is not None},
-    )
+    with progress("run: verifying") as hashed:
+        verified = open_verified(
+            path,
+            signature=signature_path,
+            policy=with_ledger_trust(
+                load_policy(policy_path)
+                if policy_path
+                else policy_from_keys([load_public_key(p) for p in key_paths]),
+                ledger_keys,
+                ledger_state,
+            ),
+            ledger_url=ledger_url,
+            require_ledger=require_ledger,
+            allow_rollback=allow_rollback,
+            providers=provider,
+            checks=STANDARD_CHECKS,
+            progress=hashed,
+            **{k: v for k, v in secrets.items() if v is not None},
+        )
     session = verified.session
     feeds = load_inputs(input_path, [i.name for i in session.get_inputs()])
     check_feeds(list(session.get_inputs()), feeds, input_path)
