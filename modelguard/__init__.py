@@ -45,9 +45,9 @@ Robustness (PyTorch; ``make demo`` builds the model directories used here):
 
 >>> from modelguard.robustness.config import EvalConfig
 >>> result = modelguard.evaluate(                                     # doctest: +SKIP
-...     "build/demo/digits-v1", EvalConfig(attacks=["pgd"], eps=[0.1], limit=100))
+...     "build/demo/model", EvalConfig(attacks=["pgd"], eps=[0.1], limit=100))
 >>> hardened = modelguard.harden(                                     # doctest: +SKIP
-...     pathlib.Path("build/demo/digits-v1"), method="pgd-at",
+...     pathlib.Path("build/demo/model"), method="pgd-at",
 ...     out_dir=pathlib.Path("build/digits-pgd"), key=key, keys=[key.public_key()])
 
 Every name is imported on first use (module ``__getattr__``): ``import modelguard`` loads

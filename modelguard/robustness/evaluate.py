@@ -3,7 +3,7 @@
 >>> from modelguard.robustness.config import EvalConfig
 >>> from modelguard.robustness.evaluate import evaluate_model_dir
 >>> config = EvalConfig(attacks=["fgsm", "pgd"], eps=[0.05, 0.1], limit=100)
->>> result = evaluate_model_dir("build/demo/digits-v1", config)        # doctest: +SKIP
+>>> result = evaluate_model_dir("build/demo/model", config)        # doctest: +SKIP
 >>> result.worst_case_accuracy(0.1)                                     # doctest: +SKIP
 0.62
 

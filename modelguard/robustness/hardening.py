@@ -3,7 +3,7 @@
 >>> from pathlib import Path
 >>> from modelguard.keys import load_private_key, load_public_key
 >>> from modelguard.robustness.hardening import harden_model, recertify
->>> result = harden_model(Path("build/demo/digits-v1"), method="pgd-at",          # doctest: +SKIP
+>>> result = harden_model(Path("build/demo/model"), method="pgd-at",          # doctest: +SKIP
 ...                       out_dir=Path("build/demo/digits-pgd"), key=load_private_key(...),
 ...                       keys=[load_public_key(Path("keys/mg.pub"))],
 ...                       options={"eps": 0.1, "epochs": 8})
