@@ -6,7 +6,6 @@ $ modelguard audit membership --model build/digits --members digits:train --nonm
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.options import load_sign_key, sign_key_options
+from modelguard.cli.options import json_object, load_sign_key, sign_key_options
 from modelguard.cli.output import emit, json_option
-from modelguard.errors import BadInputError
 from modelguard.keys import PrivateKey
 
 
@@ -76,18 +74,6 @@ def _common(func: Any) -> Any:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _kwargs(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"--arch-kwargs is not JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise BadInputError("--arch-kwargs must be a JSON object")
-    return value
 
 
 def _key(path: Path | None, env: str | None, file: Path | None) -> PrivateKey | None:
@@ -221,7 +207,7 @@ def poisoning(
         _out(out_dir, model_dir),
         model_dir=model_dir,
         arch=arch,
-        arch_kwargs=_kwargs(arch_kwargs),
+        arch_kwargs=json_object(arch_kwargs, "--arch-kwargs") if arch_kwargs is not None else None,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -312,7 +298,7 @@ def membership(
         _out(out_dir, model_path),
         reference_spec=reference_spec,
         arch=arch,
-        arch_kwargs=_kwargs(arch_kwargs),
+        arch_kwargs=json_object(arch_kwargs, "--arch-kwargs") if arch_kwargs is not None else None,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,

@@ -7,34 +7,14 @@ $ modelguard card model --arch pkg.nets:resnet --arch-kwargs '{"depth": 8}' \\
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 
+from modelguard.cli.options import float_list, json_object
 from modelguard.cli.output import emit, json_option
 from modelguard.errors import BadInputError
-
-
-def float_list(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BadInputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-
-
-def json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"{flag} is not JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise BadInputError(f"{flag} must be a JSON object")
-    return value
 
 
 @click.command(

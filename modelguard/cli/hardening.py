@@ -16,6 +16,7 @@ from rich.table import Table
 
 from modelguard.cli.options import (
     arch_option,
+    float_list,
     ledger_trust_options,
     load_sign_key,
     sign_key_options,
@@ -23,7 +24,6 @@ from modelguard.cli.options import (
     trust_key_option,
 )
 from modelguard.cli.output import ProgressReporter, emit, json_option, percent
-from modelguard.errors import BadInputError
 from modelguard.keys import PublicKey, load_public_key
 from modelguard.policy import Policy, load_policy, policy_from_keys, with_ledger_trust
 from modelguard.robustness.defenses import METHODS
@@ -52,15 +52,6 @@ def _with_ledger_trust(
     if not ledger_keys and ledger_state is None:
         return keys, policy
     return [], with_ledger_trust(policy or policy_from_keys(keys), ledger_keys, ledger_state)
-
-
-def _float_list(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BadInputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
 def render_comparison(console: Console, comparison: dict[str, Any], title: str) -> None:
@@ -218,7 +209,7 @@ def harden(
         defaults = EvalConfig()
         config = EvalConfig(
             attacks=attacks.split(",") if attacks else defaults.attacks,
-            eps=_float_list(eval_eps, "--eval-eps") or defaults.eps,
+            eps=float_list(eval_eps, "--eval-eps") or defaults.eps,
             limit=limit,
         )
     with ProgressReporter("harden") as reporter:

@@ -24,6 +24,7 @@ quiet, JSON                            ``-q/--quiet``, ``--json`` (every command
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,3 +185,24 @@ def ledger_trust_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def float_list(text: str | None, flag: str) -> list[float] | None:
+    """``"0.1,0.2"`` -> ``[0.1, 0.2]`` for a comma-separated option (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+
+
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    """A JSON-object option such as ``--arch-kwargs``; bad JSON or another type is bad input."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{flag} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise BadInputError(f"{flag} must be a JSON object")
+    return value

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from modelguard.cli.options import load_sign_key, sign_key_options, trust_arch
+from modelguard.cli.options import json_object, load_sign_key, sign_key_options, trust_arch
 from modelguard.cli.output import ProgressReporter, emit, json_option, percent
 from modelguard.errors import BadInputError
 from modelguard.robustness.certificate import EvaluationRun, evaluate_and_certify
@@ -52,16 +52,6 @@ def _params(items: tuple[str, ...], surrogate: Path | None) -> dict[str, dict[st
     if surrogate is not None:
         params.setdefault("transfer", {})["surrogate"] = str(surrogate)
     return params
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"--arch-kwargs is not JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise BadInputError("--arch-kwargs must be a JSON object")
-    return value
 
 
 def _render(run: EvaluationRun, console: Console) -> None:
@@ -295,7 +285,7 @@ def evaluate(
             record=not no_ledger,
             arch=arch,
             weights=weights,
-            arch_kwargs=_json_object(arch_kwargs),
+            arch_kwargs=json_object(arch_kwargs, "--arch-kwargs"),
             device=device,
             progress=reporter.update,
         )
